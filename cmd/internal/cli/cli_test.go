@@ -1,0 +1,125 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func run(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code = Main(context.Background(), args, strings.NewReader(""), &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func TestValidateBrokenPolicy(t *testing.T) {
+	dir := t.TempDir()
+	f := filepath.Join(dir, "broken.yaml")
+	data := "version: \"1.0\"\nsandbox:\n  filesystem: {allowed_writes: [/]}\n  network:\n    allowed_egress: [{host: a.example.com, port: 70000}]\n"
+	if err := os.WriteFile(f, []byte(data), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := os.ReadDir(dir)
+	code, out, errs := run(t, "policy", "validate", f)
+	if code != exitFailed {
+		t.Errorf("exit %d, want %d", code, exitFailed)
+	}
+	want := []string{
+		f + ":3:33: sandbox.filesystem.allowed_writes[0]: / can never be writable",
+		f + ":5:50: sandbox.network.allowed_egress[0].port: 70000 is not a port (1-65535)",
+	}
+	if got := strings.Split(strings.TrimSpace(errs), "\n"); strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("stderr:\n%s\nwant:\n%s", errs, strings.Join(want, "\n"))
+	}
+	if out != "" {
+		t.Errorf("stdout = %q, want nothing", out)
+	}
+	after, _ := os.ReadDir(dir)
+	if len(after) != len(before) {
+		t.Errorf("validate changed the directory: %v -> %v", before, after)
+	}
+}
+
+func TestValidateExamples(t *testing.T) {
+	files, _ := filepath.Glob("../../../examples/*.yaml")
+	code, out, errs := run(t, append([]string{"policy", "validate"}, files...)...)
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	if n := strings.Count(out, ": valid ("); n != len(files) {
+		t.Errorf("%d valid lines for %d files:\n%s", n, len(files), out)
+	}
+	if !strings.Contains(errs, "warning: ") {
+		t.Errorf("warnings not shown:\n%s", errs)
+	}
+}
+
+func TestValidateMixedExitsNonZero(t *testing.T) {
+	code, out, errs := run(t, "policy", "validate", "../../../examples/seed.yaml", "/nonexistent/p.yaml")
+	if code != exitFailed || !strings.Contains(out, "seed.yaml: valid") || !strings.Contains(errs, "open policy: open /nonexistent/p.yaml") {
+		t.Errorf("exit %d\nstdout %s\nstderr %s", code, out, errs)
+	}
+}
+
+func TestCompileJSON(t *testing.T) {
+	code, out, errs := run(t, "policy", "compile", "../../../examples/coding-agent.yaml", "--json")
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	var got compileOutput
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatalf("output is not JSON: %v\n%s", err, out)
+	}
+	if got.Spec.Root.Path != dryRunRoot || !got.Spec.Root.Readonly || got.Spec.Process.User.UID != 1000 ||
+		got.TimeoutSeconds != 3600 || strings.Join(got.RunscFlags, " ") != "--oci-seccomp --network=none" || len(got.Warnings) == 0 {
+		t.Errorf("unexpected compile output: %+v", got)
+	}
+}
+
+func TestCompileDiffWithSpec(t *testing.T) {
+	dir := t.TempDir()
+	spec := `{"ociVersion":"1.2.1","process":{"user":{"uid":0,"gid":0},"args":["sh"],"cwd":"/"},"root":{"path":"rootfs"}}`
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), []byte(spec), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errs := run(t, "policy", "compile", "--spec", filepath.Join(dir, "config.json"), "../../../examples/seed.yaml")
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	for _, want := range []string{"-      \"uid\": 0,", "+      \"uid\": 65534,", "\"source\": \"" + filepath.Join(dir, "rootfs", "usr") + "\"", "runsc flags: --oci-seccomp --network=none"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	if code, _, errs := run(t, "policy", "compile", "--spec", filepath.Join(dir, "missing.json"), "../../../examples/seed.yaml"); code != exitFailed || !strings.Contains(errs, "read spec") {
+		t.Errorf("missing spec: exit %d, %s", code, errs)
+	}
+}
+
+func TestExplainTable(t *testing.T) {
+	code, out, errs := run(t, "policy", "explain", "../../../examples/seed.yaml")
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	for _, want := range []string{"RULE", "ENFORCED BY", "allow_exec: false", "seccomp: execve, execveat -> EPERM", "max_processes: 16", "RLIMIT_NPROC"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("explain lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func TestUsage(t *testing.T) {
+	for _, args := range [][]string{{}, {"bogus"}, {"policy"}, {"policy", "validate"}, {"policy", "compile"}, {"version", "x"}} {
+		if code, _, _ := run(t, args...); code != exitUsage {
+			t.Errorf("%v: exit %d, want %d", args, code, exitUsage)
+		}
+	}
+	if code, out, _ := run(t, "version"); code != exitOK || !strings.HasPrefix(out, "openshell ") {
+		t.Errorf("version: exit %d, %q", code, out)
+	}
+}

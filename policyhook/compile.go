@@ -1,0 +1,221 @@
+// Package policyhook compiles a validated policy into what enforces it: a
+// list of OCI spec modifiers, the runsc flags they need, and the settings
+// the runtime itself enforces (the wall-clock limit).
+//
+// It reads no file but the image's user database, when asked to, and
+// starts nothing: applying a Compiled to a spec is all it does.
+package policyhook
+
+import (
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/openshell/openshell/policyhook/modifier"
+	"github.com/openshell/openshell/policyhook/policy"
+)
+
+// Runsc flags a policy can require.
+const (
+	FlagOCISeccomp  = "--oci-seccomp"
+	FlagNetworkNone = "--network=none"
+)
+
+// SymlinkSyscalls are closed by block_symlinks.
+var SymlinkSyscalls = []string{"symlink", "symlinkat"}
+
+// Compiled is a policy turned into enforcement.
+type Compiled struct {
+	Policy     *policy.Policy
+	Modifiers  modifier.List
+	RunscFlags []string
+	// Timeout is max_execution_time_seconds; the runtime kills the sandbox
+	// when it runs out. Zero: no limit.
+	Timeout time.Duration
+	UID     uint32
+	GID     uint32
+	// Warnings are the policy's own plus what the compiler could not
+	// enforce as the policy asks. A caller shows them; it never drops them.
+	Warnings policy.ErrorList
+}
+
+// Apply modifies spec to enforce the policy.
+func (c *Compiled) Apply(spec *specs.Spec) error {
+	if err := c.Modifiers.Modify(spec); err != nil {
+		return fmt.Errorf("apply policy %s: %w", c.Policy.File, err)
+	}
+	return nil
+}
+
+// UserLookup resolves user and group names in the image.
+type UserLookup interface {
+	LookupUser(name string) (uid, gid uint32, err error)
+	LookupGroup(name string) (gid uint32, err error)
+}
+
+type options struct {
+	view  modifier.ViewOptions
+	users UserLookup
+}
+
+// Option configures Compile.
+type Option func(*options)
+
+// WithRootDir sets the empty directory that becomes the sandbox's root.
+func WithRootDir(dir string) Option { return func(o *options) { o.view.RootDir = dir } }
+
+// WithBundle sets the bundle a relative root path is resolved against.
+func WithBundle(dir string) Option { return func(o *options) { o.view.Bundle = dir } }
+
+// WithUsers resolves run_as_user and run_as_group names.
+func WithUsers(u UserLookup) Option { return func(o *options) { o.users = u } }
+
+// Compile turns a validated policy into modifiers and flags.
+func Compile(p *policy.Policy, opts ...Option) (*Compiled, error) {
+	if p == nil {
+		return nil, fmt.Errorf("compile policy: policy is nil")
+	}
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	c := &Compiled{Policy: p, Timeout: p.Resources.MaxExecutionTime, Warnings: slices.Clone(p.Warnings)}
+	warn := func(field, format string, args ...any) {
+		c.Warnings = append(c.Warnings, &policy.FieldError{File: p.File, Pos: p.Position(field), Field: field, Msg: fmt.Sprintf(format, args...)})
+	}
+
+	var err error
+	if c.UID, c.GID, err = resolveUser(p.Process, o.users); err != nil {
+		return nil, fmt.Errorf("compile policy %s: %w", p.File, err)
+	}
+
+	fs := p.Filesystem
+	view, err := modifier.NewRootView(fs, o.view)
+	if err != nil {
+		return nil, fmt.Errorf("compile policy %s: %w", p.File, err)
+	}
+	tmpWritable := slices.ContainsFunc(fs.ReadWrite, func(r policy.PathRule) bool { return r.Path == "/tmp" })
+	tmpSize := fs.MaxTotalSizeMB
+	if tmpSize == 0 {
+		tmpSize = policy.DefaultTmpSizeMB
+	}
+	tmp, err := modifier.NewTmp(tmpSize, tmpWritable)
+	if err != nil {
+		return nil, fmt.Errorf("compile policy %s: %w", p.File, err)
+	}
+	if fs.MaxTotalSizeMB > 0 {
+		var host []string
+		for _, r := range fs.ReadWrite {
+			if r.Path != "/tmp" && !policy.IsKernelPath(r.Path) {
+				host = append(host, r.Path)
+			}
+		}
+		if len(host) > 0 {
+			warn("sandbox.filesystem.max_total_size_mb", "bounds /tmp only; the writable paths %s are image or host directories, bounded per file by max_file_size_mb", strings.Join(host, ", "))
+		}
+	}
+
+	var deny []string
+	if !p.Process.AllowExec {
+		deny = append(deny, policy.ExecSyscalls...)
+	}
+	if fs.BlockSymlinks {
+		deny = append(deny, SymlinkSyscalls...)
+	}
+	sc, err := modifier.NewSeccomp(p.Process.Seccomp, deny)
+	if err != nil {
+		return nil, fmt.Errorf("compile policy %s: %w", p.File, err)
+	}
+
+	maxProcs := p.Process.MaxProcesses
+	if maxProcs == 0 {
+		maxProcs = policy.DefaultMaxProcesses
+	}
+	maxFiles := p.Resources.MaxOpenFiles
+	if maxFiles == 0 {
+		maxFiles = policy.DefaultMaxOpenFiles
+	}
+
+	c.Modifiers = modifier.List{}.Append(
+		modifier.NewAnnotations(p.Name, p.Hash, string(p.Format)),
+		view,
+		tmp,
+		modifier.NewMaskCredentials(nil),
+		modifier.NewDropPrivileges(),
+		modifier.NewUser(c.UID, c.GID),
+		modifier.NewRlimits(modifier.Limits{
+			NoFile:    uint64(maxFiles),
+			NProc:     uint64(maxProcs),
+			FSizeByte: uint64(fs.MaxFileSizeMB) << 20,
+		}),
+		modifier.NewResources(p.Resources.MaxMemoryMB, p.Resources.MaxCPUCores),
+		sc,
+		modifier.NewEnv(p.Env),
+		modifier.NewIsolateNetwork(),
+	)
+	c.RunscFlags = []string{FlagOCISeccomp, FlagNetworkNone}
+
+	// Until the egress gateway exists, allowed egress cannot be opened
+	// safely: the sandbox gets no network at all. Fail closed, and say so.
+	if len(p.Network.Egress) > 0 {
+		warn(parentOf(p.Network.Egress[0].Field), "%d egress rule(s) are not active: egress needs openshell's egress gateway, which this build does not have, so the sandbox has no network at all (fail closed)", len(p.Network.Egress))
+	}
+	if p.Inference != nil {
+		warn(p.Inference.Field, "inference routing needs the egress gateway, which this build does not have; inference.local is unreachable (fail closed)")
+	}
+	return c, nil
+}
+
+// parentOf turns "a.b[3]" into "a.b": the list a set of rules came from.
+func parentOf(field string) string {
+	if i := strings.LastIndexByte(field, '['); i >= 0 {
+		field = field[:i]
+	}
+	if strings.HasPrefix(field, "network_policies.") {
+		return "network_policies"
+	}
+	return field
+}
+
+func resolveUser(pr policy.Process, users UserLookup) (uid, gid uint32, err error) {
+	uid, gid, err = lookupID(pr.User, pr.UserField, func(name string) (uint32, uint32, error) {
+		if users == nil {
+			return 0, 0, fmt.Errorf("no user database to look it up in; give a numeric uid")
+		}
+		return users.LookupUser(name)
+	})
+	if err != nil {
+		return 0, 0, err
+	}
+	if pr.Group == "" {
+		return uid, gid, nil // the user's own primary group
+	}
+	_, gid, err = lookupID(pr.Group, pr.GroupField, func(name string) (uint32, uint32, error) {
+		if users == nil {
+			return 0, 0, fmt.Errorf("no group database to look it up in; give a numeric gid")
+		}
+		g, err := users.LookupGroup(name)
+		return g, g, err
+	})
+	return uid, gid, err
+}
+
+// lookupID parses a numeric id, or resolves a name; a numeric user's group
+// defaults to the same number.
+func lookupID(id, field string, lookup func(string) (uint32, uint32, error)) (uint32, uint32, error) {
+	if n, err := strconv.ParseUint(id, 10, 32); err == nil {
+		return uint32(n), uint32(n), nil
+	}
+	a, b, err := lookup(id)
+	if err != nil {
+		return 0, 0, fmt.Errorf("%s: %q: %w", field, id, err)
+	}
+	if a == 0 || b == 0 {
+		return 0, 0, fmt.Errorf("%s: %q resolves to root, and the sandbox never runs as root", field, id)
+	}
+	return a, b, nil
+}

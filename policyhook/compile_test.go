@@ -1,0 +1,214 @@
+package policyhook
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/openshell/openshell/policyhook/policy"
+	"github.com/openshell/openshell/test/golden"
+	"github.com/openshell/openshell/test/spectest"
+)
+
+func load(t testing.TB, file string) *policy.Policy {
+	t.Helper()
+	p, err := policy.Load(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestExamplesCompile is the round trip: every example loads, compiles and
+// applies to a default spec, and the result is pinned by a golden spec.
+func TestExamplesCompile(t *testing.T) {
+	files, _ := filepath.Glob("../examples/*.yaml")
+	if len(files) < 3 {
+		t.Fatalf("found %d examples", len(files))
+	}
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			p := load(t, f)
+			c, err := Compile(p, WithRootDir("/run/openshell/s/root"), WithBundle("/bundle"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := spectest.Base(t)
+			if err := c.Apply(s); err != nil {
+				t.Fatal(err)
+			}
+			p.Hash = "" // pinned separately; examples may be re-commented
+			s.Annotations["io.openshell.policy.sha256"] = ""
+			golden.JSON(t, "examples/"+strings.TrimSuffix(filepath.Base(f), ".yaml"), struct {
+				Spec       *specs.Spec
+				RunscFlags []string
+				Timeout    time.Duration
+				Warnings   []string
+			}{s, c.RunscFlags, c.Timeout, warnings(c)})
+		})
+	}
+}
+
+func warnings(c *Compiled) []string {
+	var out []string
+	for _, w := range c.Warnings {
+		out = append(out, w.Error())
+	}
+	return out
+}
+
+func TestCompileFailsClosed(t *testing.T) {
+	c, err := Compile(load(t, "../examples/seed.yaml"), WithRootDir("/r"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(c.RunscFlags, FlagNetworkNone) || !slices.Contains(c.RunscFlags, FlagOCISeccomp) {
+		t.Errorf("flags %v lack %s and %s", c.RunscFlags, FlagNetworkNone, FlagOCISeccomp)
+	}
+	w := strings.Join(warnings(c), "\n")
+	if !strings.Contains(w, "examples/seed.yaml:11:7: sandbox.network.allowed_egress: 1 egress rule(s) are not active") {
+		t.Errorf("no placed warning that egress is not active:\n%s", w)
+	}
+}
+
+func TestCompileNeedsRootDir(t *testing.T) {
+	if _, err := Compile(load(t, "../examples/seed.yaml")); err == nil || !strings.Contains(err.Error(), "root directory") {
+		t.Fatalf("error = %v", err)
+	}
+}
+
+func TestUsers(t *testing.T) {
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "etc"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	write := func(name, data string) {
+		if err := os.WriteFile(filepath.Join(root, "etc", name), []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("passwd", "root:x:0:0::/root:/bin/sh\nsandbox:x:1001:1002::/sandbox:/bin/sh\n")
+	write("group", "root:x:0:\nsandbox:x:1002:\nagents:x:2000:\n")
+	parse := func(body string) *policy.Policy {
+		p, err := policy.Parse("p.yaml", []byte("version: 1\nprocess: {"+body+"}\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	cases := []struct {
+		body     string
+		uid, gid uint32
+		wantErr  string
+	}{
+		{body: "run_as_user: sandbox", uid: 1001, gid: 1002},
+		{body: "run_as_user: sandbox, run_as_group: agents", uid: 1001, gid: 2000},
+		{body: "run_as_user: \"1500\"", uid: 1500, gid: 1500},
+		{body: "", uid: 65534, gid: 65534},
+		{body: "run_as_user: ghost", wantErr: `process.run_as_user: "ghost": not found in the image's /etc/passwd`},
+		{body: "run_as_user: sandbox, run_as_group: nogroup", wantErr: `process.run_as_group: "nogroup": not found in the image's /etc/group`},
+	}
+	for _, tc := range cases {
+		c, err := Compile(parse(tc.body), WithRootDir("/r"), WithUsers(UsersInRoot(root)))
+		if tc.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("%s: error = %v, want %q", tc.body, err, tc.wantErr)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%s: %v", tc.body, err)
+			continue
+		}
+		if c.UID != tc.uid || c.GID != tc.gid {
+			t.Errorf("%s: %d:%d, want %d:%d", tc.body, c.UID, c.GID, tc.uid, tc.gid)
+		}
+	}
+	// A name with no database to look it up in is an error, not root.
+	if _, err := Compile(parse("run_as_user: sandbox"), WithRootDir("/r")); err == nil {
+		t.Error("a user name compiled without a user database")
+	}
+	// An image whose /etc/passwd links out of the image cannot make the
+	// lookup read the host's file.
+	evil := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(evil, "etc"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(root, "etc", "passwd"), filepath.Join(evil, "etc", "passwd")); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := UsersInRoot(evil).LookupUser("sandbox"); err == nil {
+		t.Error("lookup followed a symlink out of the image")
+	}
+}
+
+func TestExplain(t *testing.T) {
+	c, err := Compile(load(t, "../examples/seed.yaml"), WithRootDir("/r"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lines []string
+	for _, r := range Explain(c) {
+		lines = append(lines, r.Rule+" | "+r.EnforcedBy+" | "+r.Blocks)
+	}
+	golden.Bytes(t, "explain-seed.txt", []byte(strings.Join(lines, "\n")+"\n"))
+}
+
+// BenchmarkCompileAndApply is the cost the runtime pays per sandbox start:
+// parse, validate, compile and apply a typical policy.
+func BenchmarkCompileAndApply(b *testing.B) {
+	data, err := os.ReadFile("../examples/coding-agent.yaml")
+	if err != nil {
+		b.Fatal(err)
+	}
+	base := spectest.Base(b)
+	b.ReportAllocs()
+	for b.Loop() {
+		p, err := policy.Parse("coding-agent.yaml", data)
+		if err != nil {
+			b.Fatal(err)
+		}
+		c, err := Compile(p, WithRootDir("/r"), WithBundle("/b"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		s := *base
+		proc := *base.Process
+		s.Process = &proc
+		s.Mounts = slices.Clone(base.Mounts)
+		lin := *base.Linux
+		s.Linux = &lin
+		s.Annotations = nil
+		if err := c.Apply(&s); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkApply is the modify step alone, on an already compiled policy.
+func BenchmarkApply(b *testing.B) {
+	p := load(b, "../examples/coding-agent.yaml")
+	c, err := Compile(p, WithRootDir("/r"), WithBundle("/b"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	base := spectest.Base(b)
+	b.ReportAllocs()
+	for b.Loop() {
+		s := *base
+		proc := *base.Process
+		s.Process = &proc
+		s.Mounts = slices.Clone(base.Mounts)
+		lin := *base.Linux
+		s.Linux = &lin
+		s.Annotations = nil
+		if err := c.Apply(&s); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

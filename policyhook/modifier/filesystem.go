@@ -1,0 +1,161 @@
+package modifier
+
+import (
+	"cmp"
+	"fmt"
+	"path"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/openshell/openshell/policyhook/policy"
+)
+
+// kernelMounts are the filesystems gVisor provides itself. They are kept
+// from the engine's spec; sysfs and cgroupfs are forced read-only.
+var kernelMounts = map[string]bool{
+	"/proc": true, "/dev": true, "/dev/pts": true, "/dev/shm": true,
+	"/dev/mqueue": true, "/sys": true, "/sys/fs/cgroup": true,
+}
+
+// ViewOptions place the sandbox's mount view.
+type ViewOptions struct {
+	// RootDir is the empty directory that becomes the sandbox's root.
+	// runsc creates mount points inside it on the host, so each sandbox
+	// needs its own, owned and removed by the runtime.
+	RootDir string
+	// Bundle resolves a relative spec root path.
+	Bundle string
+}
+
+type rootView struct {
+	readOnly  []string
+	readWrite []string
+	workdirRW bool
+	opts      ViewOptions
+}
+
+var _ SpecModifier = (*rootView)(nil)
+
+// NewRootView makes the sandbox see exactly the listed paths of the image:
+// the root becomes an empty read-only directory, and each listed path is
+// bind-mounted onto it from the image root, read-only or read-write.
+// Paths under /dev, /proc and /sys are gVisor's own and are not bound.
+func NewRootView(fs policy.Filesystem, opts ViewOptions) (SpecModifier, error) {
+	if opts.RootDir == "" || !filepath.IsAbs(opts.RootDir) {
+		return nil, fmt.Errorf("filesystem view: root directory %q is not an absolute path", opts.RootDir)
+	}
+	v := &rootView{workdirRW: fs.IncludeWorkdir, opts: opts}
+	rw := map[string]bool{}
+	for _, r := range fs.ReadWrite {
+		rw[r.Path] = true
+		v.readWrite = append(v.readWrite, r.Path)
+	}
+	for _, r := range fs.ReadOnly {
+		if !rw[r.Path] && !slices.Contains(v.readOnly, r.Path) {
+			v.readOnly = append(v.readOnly, r.Path)
+		}
+	}
+	return v, nil
+}
+
+func (v *rootView) Modify(s *specs.Spec) error {
+	image := "/"
+	if s.Root != nil && s.Root.Path != "" {
+		image = s.Root.Path
+		if !filepath.IsAbs(image) {
+			if v.opts.Bundle == "" {
+				return fmt.Errorf("filesystem view: root path %q is relative and no bundle was given", image)
+			}
+			image = filepath.Join(v.opts.Bundle, image)
+		}
+	}
+	s.Root = &specs.Root{Path: v.opts.RootDir, Readonly: true}
+
+	writable := slices.Clone(v.readWrite)
+	if v.workdirRW && s.Process != nil && s.Process.Cwd != "" && s.Process.Cwd != "/" {
+		writable = append(writable, path.Clean(s.Process.Cwd))
+	}
+	allowed := func(dest string) (ok, rw bool) {
+		for _, p := range writable {
+			if within(dest, p) {
+				return true, true
+			}
+		}
+		for _, p := range v.readOnly {
+			if within(dest, p) {
+				ok = true
+			}
+		}
+		return ok, false
+	}
+
+	var kernel, binds []specs.Mount
+	engine := map[string]bool{}
+	for _, m := range s.Mounts {
+		dest := path.Clean(m.Destination)
+		if kernelMounts[dest] {
+			if strings.HasPrefix(dest, "/sys") {
+				m.Options = setRO(m.Options, true)
+			}
+			kernel = append(kernel, m)
+			continue
+		}
+		// An engine mount (a volume, Docker's /etc/hosts) stays only where
+		// the policy lets the sandbox see that path, and is writable only
+		// where the policy allows writes.
+		ok, rw := allowed(dest)
+		if !ok || policy.IsKernelPath(dest) {
+			continue
+		}
+		m.Options = setRO(m.Options, !rw)
+		binds = append(binds, m)
+		engine[dest] = true
+	}
+	add := func(p string, rw bool) {
+		if engine[p] || policy.IsKernelPath(p) {
+			return
+		}
+		binds = append(binds, specs.Mount{
+			Destination: p,
+			Type:        "bind",
+			Source:      filepath.Join(image, p),
+			Options:     setRO([]string{"rbind", "nosuid", "nodev"}, !rw),
+		})
+	}
+	for _, p := range v.readOnly {
+		add(p, false)
+	}
+	for _, p := range writable {
+		add(p, true)
+	}
+	// Parents must be mounted before the paths inside them.
+	slices.SortStableFunc(binds, func(a, b specs.Mount) int {
+		return cmp.Compare(depth(a.Destination), depth(b.Destination))
+	})
+	s.Mounts = append(kernel, binds...)
+	return nil
+}
+
+// within reports whether p is dir or lies below it.
+func within(p, dir string) bool {
+	return p == dir || dir == "/" || strings.HasPrefix(p, dir+"/")
+}
+
+func depth(p string) int {
+	if p == "/" {
+		return 0
+	}
+	return strings.Count(path.Clean(p), "/")
+}
+
+// setRO returns opts with exactly one of ro/rw.
+func setRO(opts []string, ro bool) []string {
+	out := slices.DeleteFunc(slices.Clone(opts), func(o string) bool { return o == "ro" || o == "rw" })
+	if ro {
+		return append(out, "ro")
+	}
+	return append(out, "rw")
+}

@@ -1,0 +1,171 @@
+package policy
+
+import (
+	"fmt"
+	"net/netip"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// forbiddenRanges may never be opened by allowed_ips: the host's loopback,
+// link-local (which holds the cloud metadata service), "this network", and
+// the AWS IPv6 metadata address.
+var forbiddenRanges = []struct {
+	prefix netip.Prefix
+	what   string
+}{
+	{netip.MustParsePrefix("127.0.0.0/8"), "loopback"},
+	{netip.MustParsePrefix("::1/128"), "loopback"},
+	{netip.MustParsePrefix("169.254.0.0/16"), "link-local (cloud metadata)"},
+	{netip.MustParsePrefix("fe80::/10"), "link-local"},
+	{netip.MustParsePrefix("0.0.0.0/8"), "0.0.0.0/8"},
+	{netip.MustParsePrefix("::/128"), "the unspecified address"},
+	{netip.MustParsePrefix("fd00:ec2::254/128"), "cloud metadata"},
+}
+
+// ports reads the port/ports pair of an endpoint: exactly one must be set.
+func ports(port int64, list []int64, field string, s *errSink) []int {
+	switch {
+	case port != 0 && len(list) > 0:
+		s.addf(field+".ports", "cannot be set together with port")
+		return nil
+	case port == 0 && len(list) == 0:
+		s.addf(field+".port", "is required (or ports)")
+		return nil
+	case port != 0:
+		if !validPort(port) {
+			s.addf(field+".port", "%d is not a port (1-65535)", port)
+			return nil
+		}
+		return []int{int(port)}
+	}
+	var out []int
+	seen := map[int64]bool{}
+	for i, p := range list {
+		f := fmt.Sprintf("%s.ports[%d]", field, i)
+		switch {
+		case !validPort(p):
+			s.addf(f, "%d is not a port (1-65535)", p)
+		case seen[p]:
+			s.addf(f, "port %d is listed twice", p)
+		default:
+			seen[p] = true
+			out = append(out, int(p))
+		}
+	}
+	return out
+}
+
+func validPort(p int64) bool { return p >= 1 && p <= 65535 }
+
+// prefixes parses allowed_ips: addresses or CIDR ranges, none of which may
+// reach the host or the metadata service.
+func prefixes(list []string, field string, s *errSink) []netip.Prefix {
+	var out []netip.Prefix
+	for i, raw := range list {
+		f := fmt.Sprintf("%s[%d]", field, i)
+		pfx, err := parsePrefix(raw)
+		if err != nil {
+			s.addf(f, "%q is not an IP address or CIDR range", raw)
+			continue
+		}
+		if what := forbiddenOverlap(pfx); what != "" {
+			s.addf(f, "%s covers %s, which a sandbox may never reach", raw, what)
+			continue
+		}
+		out = append(out, pfx)
+	}
+	return out
+}
+
+func parsePrefix(raw string) (netip.Prefix, error) {
+	if strings.Contains(raw, "/") {
+		p, err := netip.ParsePrefix(raw)
+		if err != nil {
+			return netip.Prefix{}, err
+		}
+		if p.Addr().Is4In6() {
+			bits := p.Bits() - 96
+			if bits < 0 {
+				bits = 0
+			}
+			p = netip.PrefixFrom(p.Addr().Unmap(), bits)
+		}
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(raw)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	a = a.Unmap()
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
+func forbiddenOverlap(p netip.Prefix) string {
+	for _, f := range forbiddenRanges {
+		if f.prefix.Overlaps(p) {
+			return f.what
+		}
+	}
+	return ""
+}
+
+var rateRE = regexp.MustCompile(`^([0-9]+)\s*/\s*(second|minute|hour|s|m|h)$`)
+
+func rateLimit(raw, field string, s *errSink) *RateLimit {
+	m := rateRE.FindStringSubmatch(strings.TrimSpace(raw))
+	if m == nil {
+		s.addf(field, "%q is not a rate: write COUNT/second, COUNT/minute or COUNT/hour, e.g. \"5/minute\"", raw)
+		return nil
+	}
+	n, err := strconv.ParseInt(m[1], 10, 64)
+	if err != nil || n <= 0 {
+		s.addf(field, "%q: the count must be a positive integer", raw)
+		return nil
+	}
+	per := map[string]time.Duration{"second": time.Second, "s": time.Second, "minute": time.Minute, "m": time.Minute, "hour": time.Hour, "h": time.Hour}[m[2]]
+	return &RateLimit{Count: n, Per: per}
+}
+
+var labelRE = regexp.MustCompile(`^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$`)
+
+// checkHost validates a host name pattern: a DNS name, or "*." followed by
+// one, with at least two labels after the wildcard (a wildcard over a whole
+// top-level domain is refused).
+func checkHost(host string) string {
+	switch {
+	case host == "":
+		return "is required"
+	case strings.Contains(host, "://"):
+		return fmt.Sprintf("%q has a scheme; write the host name alone", host)
+	case strings.ContainsAny(host, "/?#@ "):
+		return fmt.Sprintf("%q is not a host name", host)
+	}
+	if _, err := netip.ParseAddr(strings.Trim(host, "[]")); err == nil {
+		return fmt.Sprintf("%q is an IP address; egress rules name hosts, and raw addresses go in allowed_ips", host)
+	}
+	if strings.Contains(host, ":") {
+		return fmt.Sprintf("%q has a port; use the port field", host)
+	}
+	name := host
+	if rest, ok := strings.CutPrefix(host, "*."); ok {
+		name = rest
+		if strings.Count(name, ".") < 1 {
+			return fmt.Sprintf("%q: a wildcard must sit above a registered domain, e.g. *.example.com", host)
+		}
+	}
+	if strings.Contains(name, "*") {
+		return fmt.Sprintf("%q: the only wildcard allowed is a leading \"*.\"", host)
+	}
+	if len(name) > 253 {
+		return fmt.Sprintf("%q is longer than 253 characters", host)
+	}
+	for _, label := range strings.Split(strings.TrimSuffix(name, "."), ".") {
+		if !labelRE.MatchString(label) {
+			return fmt.Sprintf("%q is not a valid host name (label %q)", host, label)
+		}
+	}
+	return ""
+}

@@ -1,0 +1,233 @@
+package policy
+
+import (
+	"fmt"
+	"net/url"
+	"path"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// Bounds on numeric fields. They keep a typo (an extra zero) from turning
+// into a limit that means nothing.
+const (
+	maxProcessesLimit = 1 << 22
+	maxOpenFilesLimit = 1 << 20
+	maxCPUCoresLimit  = 1024
+)
+
+// kernelPaths are provided by gVisor's own kernel (its procfs, sysfs and
+// devices), not by the image, so listing them grants nothing from the host.
+var kernelPaths = []string{"/dev", "/proc", "/sys"}
+
+// IsKernelPath reports whether p lies under /dev, /proc or /sys.
+func IsKernelPath(p string) bool {
+	for _, k := range kernelPaths {
+		if p == k || strings.HasPrefix(p, k+"/") {
+			return true
+		}
+	}
+	return false
+}
+
+var envNameRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+// validate checks the whole model, adding every problem to s. It may
+// normalise values (host names to lower case).
+func validate(p *Policy, s *errSink) {
+	validateFilesystem(&p.Filesystem, s)
+	validateProcess(&p.Process, s)
+	validateResources(p, s)
+	validateNetwork(&p.Network, s)
+	for _, e := range p.Env {
+		if !envNameRE.MatchString(e.Name) {
+			s.addf(e.Field, "%q is not a valid environment variable name", e.Name)
+		}
+	}
+	if inf := p.Inference; inf != nil {
+		u, err := url.Parse(inf.RoutingEndpoint)
+		switch {
+		case inf.RoutingEndpoint == "":
+			s.addf(inf.Field, "is required")
+		case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
+			s.addf(inf.Field, "%q is not an http:// or https:// URL", inf.RoutingEndpoint)
+		case u.User != nil:
+			s.addf(inf.Field, "must not carry credentials; the runtime injects them from the host")
+		}
+	}
+}
+
+func validateFilesystem(fs *Filesystem, s *errSink) {
+	seen := map[string]string{}
+	check := func(r PathRule, writable bool) {
+		switch {
+		case r.Path == "":
+			s.addf(r.Field, "is empty")
+			return
+		case !strings.HasPrefix(r.Path, "/"):
+			s.addf(r.Field, "%q is not an absolute path", r.Path)
+			return
+		case slices.Contains(strings.Split(r.Path, "/"), ".."):
+			s.addf(r.Field, "%q contains \"..\"", r.Path)
+			return
+		case path.Clean(r.Path) != r.Path:
+			s.addf(r.Field, "%q is not clean; write %q", r.Path, path.Clean(r.Path))
+			return
+		case writable && r.Path == "/":
+			s.addf(r.Field, "/ can never be writable")
+			return
+		}
+		// A path may be both readable and writable (writes win, as in the
+		// seed example's /tmp), and may repeat a system path; only a repeat
+		// within one list is a mistake.
+		key := parentField(r.Field) + "\x00" + r.Path
+		if prev, dup := seen[key]; dup {
+			s.addf(r.Field, "%s is already listed at %s", r.Path, prev)
+			return
+		}
+		seen[key] = r.Field
+	}
+	for _, r := range fs.ReadOnly {
+		check(r, false)
+	}
+	for _, r := range fs.ReadWrite {
+		check(r, true)
+	}
+	if fs.MaxFileSizeMB < 0 {
+		s.addf("sandbox.filesystem.max_file_size_mb", "must be positive")
+	}
+	if fs.MaxTotalSizeMB < 0 {
+		s.addf("sandbox.filesystem.max_total_size_mb", "must be positive")
+	}
+}
+
+func validateProcess(pr *Process, s *errSink) {
+	const pf = "sandbox.process"
+	if pr.MaxProcesses < 0 || pr.MaxProcesses > maxProcessesLimit {
+		s.addf(pf+".max_processes", "%d is out of range (1-%d)", pr.MaxProcesses, maxProcessesLimit)
+	}
+	if isRoot(pr.User) {
+		s.addf(pr.UserField, "the sandbox never runs as root; name an unprivileged user")
+	}
+	if isRoot(pr.Group) {
+		s.addf(pr.GroupField, "the sandbox never runs with group root; name an unprivileged group")
+	}
+	sc := pr.Seccomp
+	if sc == nil {
+		return
+	}
+	af := sc.Field + ".default_action"
+	switch {
+	case sc.DefaultAction == "":
+		s.addf(af, "is required (one of %s)", strings.Join(SeccompActions, ", "))
+	case !slices.Contains(SeccompActions, sc.DefaultAction):
+		s.addf(af, "%q is not a seccomp action (one of %s)", sc.DefaultAction, strings.Join(SeccompActions, ", "))
+	}
+	if sc.DefaultAction != "SCMP_ACT_ALLOW" && sc.DefaultAction != "SCMP_ACT_LOG" && len(sc.Allowed) == 0 {
+		s.addf(sc.Field+".allowed_syscalls", "is empty: with default_action %s nothing could run", sc.DefaultAction)
+	}
+	seen := map[string]bool{}
+	for i, name := range sc.Allowed {
+		f := fmt.Sprintf("%s.allowed_syscalls[%d]", sc.Field, i)
+		switch {
+		case !KnownSyscall(name):
+			s.addf(f, "%q is not a Linux syscall", name)
+		case seen[name]:
+			s.addf(f, "%s is listed twice", name)
+		case slices.Contains(AlwaysDenied, name):
+			s.addf(f, "%s is always denied in a sandbox and cannot be allowed", name)
+		case !pr.AllowExec && slices.Contains(ExecSyscalls, name):
+			s.addf(f, "%s conflicts with allow_exec: false", name)
+		}
+		seen[name] = true
+	}
+}
+
+func isRoot(id string) bool { return id == "0" || id == "root" }
+
+func validateResources(p *Policy, s *errSink) {
+	const rf = "sandbox.resources"
+	r := p.Resources
+	if r.MaxMemoryMB < 0 {
+		s.addf(rf+".max_memory_mb", "must be positive")
+	} else if r.MaxMemoryMB > 0 && r.MaxMemoryMB < 16 {
+		s.addf(rf+".max_memory_mb", "%d MiB is too small to start a sandbox (at least 16)", r.MaxMemoryMB)
+	}
+	if r.MaxCPUCores < 0 || r.MaxCPUCores > maxCPUCoresLimit {
+		s.addf(rf+".max_cpu_cores", "%s is out of range (0-%d)", strconv.FormatFloat(r.MaxCPUCores, 'g', -1, 64), maxCPUCoresLimit)
+	}
+	if r.MaxExecutionTime < 0 {
+		s.addf(rf+".max_execution_time_seconds", "must be positive")
+	}
+	if r.MaxOpenFiles < 0 || r.MaxOpenFiles > maxOpenFilesLimit || (r.MaxOpenFiles > 0 && r.MaxOpenFiles < 16) {
+		s.addf(rf+".max_open_files", "%d is out of range (16-%d)", r.MaxOpenFiles, maxOpenFilesLimit)
+	}
+}
+
+var (
+	enforcements = []string{string(EnforcementEnforce), string(EnforcementAudit)}
+	protocols    = []string{"", "rest", "tcp"}
+	accesses     = []string{"", "read-only", "read-write", "full"}
+	tlsModes     = []string{"", "terminate", "passthrough", "skip"}
+	httpMethods  = []string{"*", "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"}
+)
+
+func validateNetwork(n *Network, s *errSink) {
+	type key struct {
+		group, host string
+		port        int
+	}
+	seen := map[key]string{}
+	for i := range n.Egress {
+		r := &n.Egress[i]
+		if msg := checkHost(r.Host); msg != "" {
+			s.addf(r.Field+".host", "%s", msg)
+		}
+		r.Host = strings.TrimSuffix(strings.ToLower(r.Host), ".")
+		for _, p := range r.Ports {
+			k := key{r.Group, r.Host, p}
+			if prev, dup := seen[k]; dup {
+				s.addf(r.Field, "%s:%d duplicates %s", r.Host, p, prev)
+				continue
+			}
+			seen[k] = r.Field
+		}
+		oneOf(s, r.Field+".enforcement", string(r.Enforcement), enforcements)
+		oneOf(s, r.Field+".protocol", r.Protocol, protocols)
+		oneOf(s, r.Field+".access", r.Access, accesses)
+		oneOf(s, r.Field+".tls", r.TLS, tlsModes)
+		if (len(r.HTTPRules) > 0 || r.Access != "") && r.Protocol != "rest" {
+			s.addf(r.Field+".protocol", "must be rest when rules or access are set")
+		}
+		for j, h := range r.HTTPRules {
+			f := fmt.Sprintf("%s.rules[%d].allow", r.Field, j)
+			if !slices.Contains(httpMethods, strings.ToUpper(h.Method)) {
+				s.addf(f+".method", "%q is not an HTTP method", h.Method)
+			}
+			if !strings.HasPrefix(h.Path, "/") && h.Path != "*" && h.Path != "**" {
+				s.addf(f+".path", "%q must start with /", h.Path)
+			}
+		}
+		if r.MaxRequestKB < 0 {
+			s.addf(r.Field+".max_request_size_kb", "must be positive")
+		}
+		if r.MaxResponseMB < 0 {
+			s.addf(r.Field+".max_response_size_mb", "must be positive")
+		}
+	}
+}
+
+func oneOf(s *errSink, field, v string, allowed []string) {
+	if slices.Contains(allowed, v) {
+		return
+	}
+	var names []string
+	for _, a := range allowed {
+		if a != "" {
+			names = append(names, a)
+		}
+	}
+	s.addf(field, "%q is not one of %s", v, strings.Join(names, ", "))
+}
