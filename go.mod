@@ -8,6 +8,7 @@ require (
 	github.com/opencontainers/runtime-tools v0.9.0
 	github.com/pmezard/go-difflib v1.0.0
 	go.yaml.in/yaml/v3 v3.0.5
+	golang.org/x/sys v0.43.0
 )
 
 require (
@@ -20,5 +21,4 @@ require (
 	github.com/xeipuuv/gojsonpointer v0.0.0-20180127040702-4e3ac2762d5f // indirect
 	github.com/xeipuuv/gojsonreference v0.0.0-20180127040603-bd5ef7bd5415 // indirect
 	github.com/xeipuuv/gojsonschema v1.2.0 // indirect
-	golang.org/x/sys v0.43.0 // indirect
 )

@@ -33,6 +33,7 @@ type command struct {
 
 func commands() []command {
 	return []command{
+		{"run", "run a command in a gVisor sandbox under a policy", runRun},
 		{"policy", "validate, compile and explain policies", runPolicy},
 		{"version", "print version information", runVersion},
 	}

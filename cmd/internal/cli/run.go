@@ -1,0 +1,199 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/opencontainers/runtime-tools/generate"
+	"golang.org/x/sys/unix"
+
+	"github.com/openshell/openshell/policyhook"
+	"github.com/openshell/openshell/policyhook/policy"
+	"github.com/openshell/openshell/runtime"
+	"github.com/openshell/openshell/runtime/runsc"
+)
+
+// exitTimeout is what a sandbox killed at its wall-clock limit exits with,
+// as if killed by SIGKILL.
+const exitTimeout = 128 + int(syscall.SIGKILL)
+
+type multiFlag []string
+
+func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
+func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
+
+// findRunsc picks the runsc binary: the flag, $OPENSHELL_RUNSC, runsc next
+// to this binary (make build puts both in bin/), or runsc on PATH.
+func findRunsc(flagValue string) string {
+	if flagValue != "" {
+		return flagValue
+	}
+	if p := os.Getenv("OPENSHELL_RUNSC"); p != "" {
+		return p
+	}
+	if self, err := os.Executable(); err == nil {
+		if p := filepath.Join(filepath.Dir(self), "runsc"); isFile(p) {
+			return p
+		}
+	}
+	if p, err := exec.LookPath("runsc"); err == nil {
+		return p
+	}
+	return "runsc"
+}
+
+func isFile(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && st.Mode().IsRegular()
+}
+
+// platform picks kvm where /dev/kvm exists, systrap elsewhere.
+func platform() string {
+	if _, err := os.Stat("/dev/kvm"); err == nil {
+		return "kvm"
+	}
+	return "systrap"
+}
+
+func runRun(ctx context.Context, s streams, args []string) int {
+	fs := newFlags(s, "run", "run --policy FILE [--rootfs DIR] [--workdir DIR] [-e K=V]... [--] CMD [ARG...]")
+	policyFile := fs.String("policy", "", "the policy file (required)")
+	rootfs := fs.String("rootfs", "/", "the directory the policy's paths are taken from (default: the host's root)")
+	workdir := fs.String("workdir", "/", "the working directory inside the sandbox")
+	runscPath := fs.String("runsc", "", "the runsc binary (default: $OPENSHELL_RUNSC, bin/runsc beside openshell, or runsc on PATH)")
+	stateDir := fs.String("state-dir", "/run/openshell", "where sandbox state is kept")
+	plat := fs.String("platform", platform(), "runsc platform")
+	var env multiFlag
+	fs.Var(&env, "e", "set an environment variable in the sandbox (K=V; repeatable)")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	if *policyFile == "" || fs.NArg() == 0 {
+		fs.Usage()
+		return exitUsage
+	}
+	fail := func(format string, a ...any) int {
+		fmt.Fprintf(s.err, "openshell: "+format+"\n", a...)
+		return exitFailed
+	}
+	p, err := policy.Load(*policyFile)
+	if err != nil {
+		printErr(s, err)
+		return exitFailed
+	}
+	image, err := filepath.Abs(*rootfs)
+	if err != nil {
+		return fail("rootfs: %s", err)
+	}
+	r := &runsc.Runsc{Path: findRunsc(*runscPath), Root: filepath.Join(*stateDir, "runsc"), Platform: *plat}
+	if _, err := r.Check(ctx); err != nil {
+		return fail("%s", err)
+	}
+
+	g, err := generate.New("linux")
+	if err != nil {
+		return fail("default spec: %s", err)
+	}
+	g.SetProcessArgs(fs.Args())
+	g.SetProcessCwd(*workdir)
+	g.SetHostname("openshell")
+	g.AddProcessEnv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+	for _, kv := range env {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return fail("-e %q: want NAME=VALUE", kv)
+		}
+		g.AddProcessEnv(k, v)
+	}
+	terminal := isTerminal(0) && isTerminal(1)
+	g.SetProcessTerminal(terminal)
+
+	id, err := runtime.NewID()
+	if err != nil {
+		return fail("%s", err)
+	}
+	sb, err := runtime.Prepare(*stateDir, id, image, g.Config, func(rootDir, bundle string) (*policyhook.Compiled, error) {
+		return policyhook.Compile(p, policyhook.WithRootDir(rootDir), policyhook.WithBundle(bundle), policyhook.WithUsers(policyhook.UsersInRoot(image)))
+	})
+	if err != nil {
+		return fail("%s", err)
+	}
+	c := sb.Compiled
+	printWarnings(s, c.Warnings)
+	r.Flags = append(r.Flags, c.RunscFlags...)
+
+	code, err := runSandbox(ctx, s, r, sb, c.Timeout)
+	// Always clean up, whatever happened above.
+	cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if derr := r.Delete(cctx, sb.ID, true); derr != nil && !strings.Contains(derr.Error(), "does not exist") {
+		fmt.Fprintf(s.err, "openshell: %s\n", derr)
+	}
+	if cerr := sb.Cleanup(); cerr != nil {
+		fmt.Fprintf(s.err, "openshell: %s\n", cerr)
+	}
+	if err != nil {
+		return fail("%s", err)
+	}
+	return code
+}
+
+// runSandbox runs the sandbox in the foreground, forwarding signals and
+// enforcing the wall-clock limit.
+func runSandbox(ctx context.Context, s streams, r *runsc.Runsc, sb *runtime.Sandbox, timeout time.Duration) (int, error) {
+	sigs := make(chan os.Signal, 8)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT)
+	defer signal.Stop(sigs)
+
+	done := make(chan struct{})
+	defer close(done)
+	timedOut := make(chan struct{})
+	started := func() {
+		go func() {
+			var deadline <-chan time.Time
+			if timeout > 0 {
+				t := time.NewTimer(timeout)
+				defer t.Stop()
+				deadline = t.C
+			}
+			for {
+				select {
+				case <-done:
+					return
+				case sig := <-sigs:
+					// The sandbox may not exist yet for an early signal;
+					// runsc kill then fails and the next signal retries.
+					_ = r.Kill(context.Background(), sb.ID, sig.(syscall.Signal), true)
+				case <-deadline:
+					close(timedOut)
+					_ = r.Kill(context.Background(), sb.ID, syscall.SIGKILL, true)
+					deadline = nil
+				}
+			}
+		}()
+	}
+	code, err := r.Run(ctx, sb.Bundle, sb.ID, runsc.Stdio{In: s.in, Out: s.out, Err: s.err}, started)
+	select {
+	case <-timedOut:
+		fmt.Fprintf(s.err, "openshell: max_execution_time (%s) reached; sandbox killed\n", timeout)
+		return exitTimeout, nil
+	default:
+	}
+	if err != nil && errors.Is(err, context.Canceled) {
+		return exitTimeout, nil
+	}
+	return code, err
+}
+
+func isTerminal(fd int) bool {
+	_, err := unix.IoctlGetTermios(fd, unix.TCGETS)
+	return err == nil
+}

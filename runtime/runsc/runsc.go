@@ -1,0 +1,131 @@
+// Package runsc is a client for gVisor's runsc command line. It builds the
+// argument list (global flags before the subcommand) and attaches runsc's
+// stderr to every error, so a failure says what runsc said.
+package runsc
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+)
+
+// Runsc runs one runsc binary with one state root.
+type Runsc struct {
+	Path     string   // the runsc binary
+	Root     string   // --root: runsc's state directory
+	Platform string   // --platform: systrap, ptrace or kvm
+	Flags    []string // more global flags (a policy's, the config's)
+}
+
+// Stdio are the streams of a container run in the foreground.
+type Stdio struct {
+	In       io.Reader
+	Out, Err io.Writer
+}
+
+func (r *Runsc) args(sub string, args ...string) []string {
+	a := []string{"--root", r.Root}
+	if r.Platform != "" {
+		a = append(a, "--platform="+r.Platform)
+	}
+	a = append(a, r.Flags...)
+	a = append(a, sub)
+	return append(a, args...)
+}
+
+// Command returns the exec.Cmd for one runsc invocation.
+func (r *Runsc) Command(ctx context.Context, sub string, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, r.Path, r.args(sub, args...)...)
+	// If we die, runsc must not outlive us holding the sandbox.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	return cmd
+}
+
+// Check verifies the binary can be run, returning its version line.
+func (r *Runsc) Check(ctx context.Context) (string, error) {
+	if _, err := os.Stat(r.Path); err != nil {
+		return "", fmt.Errorf("runsc not found at %s (make runsc installs it): %w", r.Path, err)
+	}
+	out, err := exec.CommandContext(ctx, r.Path, "--version").CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("run %s --version: %w: %s", r.Path, err, bytes.TrimSpace(out))
+	}
+	line, _, _ := strings.Cut(string(out), "\n")
+	return line, nil
+}
+
+// Run creates and runs a container in the foreground and returns its exit
+// status as a shell reports it (128+signal for a signal death). started,
+// when not nil, is called once runsc has been started.
+func (r *Runsc) Run(ctx context.Context, bundle, id string, stdio Stdio, started func()) (int, error) {
+	var stderr bytes.Buffer
+	cmd := r.Command(ctx, "run", "--bundle", bundle, id)
+	cmd.Stdin, cmd.Stdout = stdio.In, stdio.Out
+	// runsc's own errors reach the container's stderr stream too; keep a
+	// copy to attach to the error.
+	cmd.Stderr = io.MultiWriter(stdio.Err, &tail{buf: &stderr, max: 4096})
+	if err := cmd.Start(); err != nil {
+		return -1, fmt.Errorf("start runsc: %w", err)
+	}
+	if started != nil {
+		started()
+	}
+	err := cmd.Wait()
+	var exit *exec.ExitError
+	switch {
+	case err == nil:
+		return 0, nil
+	case errors.As(err, &exit):
+		if ws, ok := exit.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			return 128 + int(ws.Signal()), nil
+		}
+		return exit.ExitCode(), nil
+	}
+	return -1, fmt.Errorf("runsc run %s: %w: %s", id, err, bytes.TrimSpace(stderr.Bytes()))
+}
+
+// Kill sends sig to the container's processes.
+func (r *Runsc) Kill(ctx context.Context, id string, sig syscall.Signal, all bool) error {
+	args := []string{id, fmt.Sprint(int(sig))}
+	if all {
+		args = append([]string{"--all"}, args...)
+	}
+	return r.quiet(ctx, "kill", args...)
+}
+
+// Delete removes a container and its sandbox; force kills it first.
+func (r *Runsc) Delete(ctx context.Context, id string, force bool) error {
+	args := []string{id}
+	if force {
+		args = append([]string{"--force"}, args...)
+	}
+	return r.quiet(ctx, "delete", args...)
+}
+
+func (r *Runsc) quiet(ctx context.Context, sub string, args ...string) error {
+	out, err := r.Command(ctx, sub, args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("runsc %s: %w: %s", sub, err, bytes.TrimSpace(out))
+	}
+	return nil
+}
+
+// tail keeps the last max bytes written to it.
+type tail struct {
+	buf *bytes.Buffer
+	max int
+}
+
+func (t *tail) Write(p []byte) (int, error) {
+	t.buf.Write(p)
+	if over := t.buf.Len() - t.max; over > 0 {
+		t.buf.Next(over)
+	}
+	return len(p), nil
+}
