@@ -67,23 +67,28 @@ type result struct {
 	stdout, stderr string
 }
 
-// sandbox runs `openshell run` with the policy body under a state dir of
-// the test's own, and checks afterwards that nothing was left behind.
-func sandbox(t *testing.T, policyYAML string, extra []string, cmd ...string) result {
+// writePolicy writes a policy file into a fresh temporary directory.
+func writePolicy(t *testing.T, policyYAML string) string {
+	t.Helper()
+	pf := filepath.Join(t.TempDir(), "policy.yaml")
+	if err := os.WriteFile(pf, []byte(policyYAML), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return pf
+}
+
+// sandbox runs `openshell run` with the policy body under the shared state
+// dir, and checks afterwards that nothing was left behind.
+func sandbox(t *testing.T, policyYAML string, cmd ...string) result {
 	t.Helper()
 	if skipReason != "" {
 		t.Skip(skipReason)
 	}
-	dir := t.TempDir()
-	pf := filepath.Join(dir, "policy.yaml")
-	if err := os.WriteFile(pf, []byte(policyYAML), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	pf := writePolicy(t, policyYAML)
 	state := stateDir
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	args := append([]string{"run", "--runsc", runscBin, "--state-dir", state, "--policy", pf}, extra...)
-	args = append(append(args, "--"), cmd...)
+	args := append([]string{"run", "--runsc", runscBin, "--state-dir", state, "--policy", pf, "--"}, cmd...)
 	c := exec.CommandContext(ctx, openshellBin, args...)
 	var out, errb bytes.Buffer
 	c.Stdout, c.Stderr = &out, &errb
@@ -140,21 +145,21 @@ func TestExitCodesPropagate(t *testing.T) {
 		script string
 		want   int
 	}{{"exit 0", 0}, {"exit 3", 3}, {"kill -9 $$", 137}} {
-		if r := sandbox(t, permissive, nil, "/bin/sh", "-c", tc.script); r.code != tc.want {
+		if r := sandbox(t, permissive, "/bin/sh", "-c", tc.script); r.code != tc.want {
 			t.Errorf("%q: exit %d, want %d\n%s", tc.script, r.code, tc.want, r.stderr)
 		}
 	}
 }
 
 func TestStdoutStderrApart(t *testing.T) {
-	r := sandbox(t, permissive, nil, "/bin/sh", "-c", "echo to-out; echo to-err >&2")
+	r := sandbox(t, permissive, "/bin/sh", "-c", "echo to-out; echo to-err >&2")
 	if r.stdout != "to-out\n" || !strings.HasSuffix(r.stderr, "to-err\n") || strings.Contains(r.stderr, "to-out") {
 		t.Errorf("stdout %q stderr %q", r.stdout, r.stderr)
 	}
 }
 
 func TestRunsUnderGVisor(t *testing.T) {
-	r := sandbox(t, permissive, nil, "/bin/sh", "-c", "dmesg 2>/dev/null | head -1; cat /proc/version")
+	r := sandbox(t, permissive, "/bin/sh", "-c", "dmesg 2>/dev/null | head -1; cat /proc/version")
 	if !strings.Contains(strings.ToLower(r.stdout), "gvisor") {
 		t.Errorf("not a gVisor kernel:\n%s", r.stdout)
 	}
@@ -195,7 +200,7 @@ echo no > /etc/openshell-it 2>/dev/null || echo ETC-DENIED
 echo no > /usr/openshell-it 2>/dev/null || echo USR-DENIED
 ls /root 2>/dev/null || echo ROOT-ABSENT
 head -c 5 /etc/shadow | wc -c`, secret, ws)
-	r := sandbox(t, wsPolicy(ws, ""), nil, "/bin/sh", "-c", script)
+	r := sandbox(t, wsPolicy(ws, ""), "/bin/sh", "-c", script)
 	for _, want := range []string{"READ-DENIED", "WRITE-OK", "ETC-DENIED", "USR-DENIED", "ROOT-ABSENT"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("missing %s in:\n%s\n%s", want, r.stdout, r.stderr)
@@ -221,14 +226,14 @@ func TestSymlinkAndDotDotEscapes(t *testing.T) {
 		t.Fatal(err)
 	}
 	script := fmt.Sprintf("cat %[1]s/abs-link; cat %[1]s/rel-link; cat %[1]s/../secret.txt; echo done", ws)
-	r := sandbox(t, wsPolicy(ws, ""), nil, "/bin/sh", "-c", script)
+	r := sandbox(t, wsPolicy(ws, ""), "/bin/sh", "-c", script)
 	if strings.Contains(r.stdout, "TOPSECRET") || !strings.Contains(r.stdout, "done") {
 		t.Errorf("escaped the view:\n%s\n%s", r.stdout, r.stderr)
 	}
 }
 
 func TestNoExec(t *testing.T) {
-	r := sandbox(t, permissive+"  process: {allow_exec: false}\n", nil, "/bin/sh", "-c", "echo entrypoint-ran; /bin/ls / && echo LS-RAN")
+	r := sandbox(t, permissive+"  process: {allow_exec: false}\n", "/bin/sh", "-c", "echo entrypoint-ran; /bin/ls / && echo LS-RAN")
 	if !strings.Contains(r.stdout, "entrypoint-ran") || strings.Contains(r.stdout, "LS-RAN") || !strings.Contains(r.stderr, "Operation not permitted") {
 		t.Errorf("stdout %q stderr %q", r.stdout, r.stderr)
 	}
@@ -238,10 +243,10 @@ func TestForkBombStopsAtMaxProcesses(t *testing.T) {
 	script := `n=0; for i in $(seq 1 40); do sleep 2 & n=$((n+1)); done; echo started $n; wait`
 	// Control: at the default limit all 40 start, so the case below fails
 	// if RLIMIT_NPROC stops being set.
-	if r := sandbox(t, permissive, nil, "/bin/sh", "-c", script); !strings.Contains(r.stdout, "started 40") {
+	if r := sandbox(t, permissive, "/bin/sh", "-c", script); !strings.Contains(r.stdout, "started 40") {
 		t.Fatalf("control run: stdout %q stderr %q", r.stdout, r.stderr)
 	}
-	r := sandbox(t, permissive+"  process: {max_processes: 16}\n", nil, "/bin/sh", "-c", script)
+	r := sandbox(t, permissive+"  process: {max_processes: 16}\n", "/bin/sh", "-c", script)
 	if strings.Contains(r.stdout, "started 40") || !strings.Contains(r.stderr, "Cannot fork") {
 		t.Errorf("40 processes started under max_processes 16:\nstdout %s\nstderr %s", r.stdout, r.stderr)
 	}
@@ -249,7 +254,7 @@ func TestForkBombStopsAtMaxProcesses(t *testing.T) {
 
 func TestWallClockLimit(t *testing.T) {
 	start := time.Now()
-	r := sandbox(t, permissive+"  resources: {max_execution_time_seconds: 2}\n", nil, "/bin/sleep", "60")
+	r := sandbox(t, permissive+"  resources: {max_execution_time_seconds: 2}\n", "/bin/sleep", "60")
 	if r.code != 137 || time.Since(start) > 20*time.Second || !strings.Contains(r.stderr, "max_execution_time") {
 		t.Errorf("exit %d after %s: %s", r.code, time.Since(start), r.stderr)
 	}
@@ -266,7 +271,7 @@ syscall(165, 0, 0, 0, 0, 0) == -1 ? print "mount: $!\n" : print "mount: allowed\
 socket(my $r, PF_INET, SOCK_RAW, 1) ? print "raw: allowed\n" : print "raw: $!\n";
 socket(my $s, PF_INET, SOCK_STREAM, 0) ? print "stream: ok\n" : print "stream: $!\n";
 connect($s, pack_sockaddr_in(80, inet_aton("169.254.169.254"))) ? print "metadata: reached\n" : print "metadata: $!\n";`
-	r := sandbox(t, permissive, nil, "/usr/bin/perl", "-e", script)
+	r := sandbox(t, permissive, "/usr/bin/perl", "-e", script)
 	for _, want := range []string{"ptrace: Operation not permitted", "mount: Operation not permitted", "raw: Operation not permitted", "stream: ok", "metadata: Network is unreachable"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("missing %q in:\n%s%s", want, r.stdout, r.stderr)
@@ -275,7 +280,7 @@ connect($s, pack_sockaddr_in(80, inet_aton("169.254.169.254"))) ? print "metadat
 }
 
 func TestBadPolicyStartsNothing(t *testing.T) {
-	r := sandbox(t, "version: \"1.0\"\nsandbox:\n  filesystem: {allowed_writes: [/]}\n", nil, "/bin/true")
+	r := sandbox(t, "version: \"1.0\"\nsandbox:\n  filesystem: {allowed_writes: [/]}\n", "/bin/true")
 	if r.code != 1 || !strings.Contains(r.stderr, "policy.yaml:3:33: sandbox.filesystem.allowed_writes[0]: / can never be writable") {
 		t.Errorf("exit %d: %s", r.code, r.stderr)
 	}
@@ -285,12 +290,8 @@ func TestMissingRunsc(t *testing.T) {
 	if skipReason != "" {
 		t.Skip(skipReason)
 	}
-	dir := t.TempDir()
-	pf := filepath.Join(dir, "p.yaml")
-	if err := os.WriteFile(pf, []byte(permissive), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	state := filepath.Join(dir, "state")
+	pf := writePolicy(t, permissive)
+	state := filepath.Join(t.TempDir(), "state")
 	out, err := exec.Command(openshellBin, "run", "--runsc", "/nonexistent/runsc", "--state-dir", state, "--policy", pf, "--", "/bin/true").CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "runsc not found at /nonexistent/runsc") {
 		t.Errorf("err %v: %s", err, out)

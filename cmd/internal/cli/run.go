@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -186,9 +185,6 @@ func runSandbox(ctx context.Context, s streams, r *runsc.Runsc, sb *runtime.Sand
 		fmt.Fprintf(s.err, "openshell: max_execution_time (%s) reached; sandbox killed\n", timeout)
 		return exitTimeout, nil
 	default:
-	}
-	if err != nil && errors.Is(err, context.Canceled) {
-		return exitTimeout, nil
 	}
 	return code, err
 }
