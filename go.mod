@@ -6,6 +6,7 @@ require (
 	github.com/cyphar/filepath-securejoin v0.5.1
 	github.com/opencontainers/runtime-spec v1.2.1
 	github.com/opencontainers/runtime-tools v0.9.0
+	github.com/pelletier/go-toml/v2 v2.4.3
 	github.com/pmezard/go-difflib v1.0.0
 	go.yaml.in/yaml/v3 v3.0.5
 	golang.org/x/sys v0.43.0

@@ -19,6 +19,7 @@ import (
 
 var (
 	openshellBin string
+	runtimeBin   string
 	runscBin     string
 	stateDir     string // shared: runsc keeps a bind-mounted null-netns in its root
 	skipReason   string
@@ -49,11 +50,12 @@ func setup(m *testing.M) int {
 		}
 		defer os.RemoveAll(dir)
 		openshellBin = filepath.Join(dir, "openshell")
+		runtimeBin = filepath.Join(dir, "openshell-runtime")
 		stateDir = filepath.Join(dir, "state")
 		defer cleanupState(stateDir)
-		out, err := exec.Command("go", "build", "-o", openshellBin, "../cmd/openshell").CombinedOutput()
+		out, err := exec.Command("go", "build", "-o", dir+"/", "../cmd/openshell", "../cmd/openshell-runtime").CombinedOutput()
 		if err != nil {
-			fmt.Fprintf(os.Stderr, "build openshell: %v\n%s", err, out)
+			fmt.Fprintf(os.Stderr, "build: %v\n%s", err, out)
 			return 1
 		}
 	} else {
@@ -101,17 +103,23 @@ func sandbox(t *testing.T, policyYAML string, cmd ...string) result {
 	return r
 }
 
-// cleanupState unmounts what runsc left in its root (the null network
+// cleanupState unmounts what runsc left in its roots (the null network
 // namespace it shares between sandboxes) and removes the state dir.
 func cleanupState(state string) {
-	nullNS := filepath.Join(state, "runsc", "null-netns")
-	if _, err := os.Stat(nullNS); err == nil {
+	roots, _ := filepath.Glob(filepath.Join(state, "*", "null-netns"))
+	for _, nullNS := range roots {
 		if err := unix.Unmount(nullNS, unix.MNT_DETACH); err != nil {
 			fmt.Fprintf(os.Stderr, "unmount %s: %v\n", nullNS, err)
 		}
 	}
 	if err := os.RemoveAll(state); err != nil {
 		fmt.Fprintf(os.Stderr, "remove state: %v\n", err)
+	}
+	// runsc removes each sandbox's cgroup, not the parent it made for
+	// openshell run's /openshell/<id>: remove it when it is empty.
+	parents, _ := filepath.Glob("/sys/fs/cgroup/*/openshell")
+	for _, p := range parents {
+		_ = os.Remove(p)
 	}
 }
 
@@ -121,6 +129,9 @@ func assertNothingLeft(t *testing.T, state string) {
 	t.Helper()
 	entries, _ := os.ReadDir(state)
 	for _, e := range entries {
+		if e.Name() == "runtime" {
+			continue // openshell-runtime's root: its tests check it themselves
+		}
 		if e.Name() == "runsc" {
 			sub, _ := os.ReadDir(filepath.Join(state, "runsc"))
 			for _, s := range sub {
@@ -298,5 +309,91 @@ func TestMissingRunsc(t *testing.T) {
 	}
 	if _, err := os.Stat(state); !os.IsNotExist(err) {
 		t.Errorf("state dir created without runsc: %v", err)
+	}
+}
+
+// processesMentioning lists the pids whose command line contains s.
+func processesMentioning(s string) []string {
+	var pids []string
+	dirs, _ := filepath.Glob("/proc/[0-9]*")
+	for _, d := range dirs {
+		cmdline, err := os.ReadFile(filepath.Join(d, "cmdline"))
+		if err == nil && bytes.Contains(cmdline, []byte(s)) {
+			pids = append(pids, filepath.Base(d))
+		}
+	}
+	return pids
+}
+
+// TestKilledRunLeavesNothing: when openshell run is SIGKILLed, its sandbox
+// dies with it (runsc has a parent-death signal, and its sandbox is
+// attached), and the next openshell run sweeps the state it left.
+func TestKilledRunLeavesNothing(t *testing.T) {
+	if skipReason != "" {
+		t.Skip(skipReason)
+	}
+	pf := writePolicy(t, permissive)
+	c := exec.Command(openshellBin, "run", "--runsc", runscBin, "--state-dir", stateDir, "--policy", pf, "--", "/bin/sleep", "60")
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var id string
+	deadline := time.Now().Add(15 * time.Second)
+	running := func() bool {
+		_, err := os.Stat(filepath.Join(stateDir, "runsc", id+"_sandbox:"+id+".state"))
+		return err == nil && len(processesMentioning(id)) >= 3 // runsc run, its sandbox and gofer
+	}
+	for id == "" || !running() {
+		if time.Now().After(deadline) {
+			c.Process.Kill()
+			c.Wait()
+			t.Fatalf("sandbox %q did not start", id)
+		}
+		time.Sleep(100 * time.Millisecond)
+		dirs, _ := filepath.Glob(filepath.Join(stateDir, "openshell-*"))
+		if len(dirs) == 1 {
+			id = filepath.Base(dirs[0])
+		}
+	}
+	if err := c.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	c.Wait()
+	deadline = time.Now().Add(10 * time.Second)
+	for len(processesMentioning(id)) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("sandbox processes outlived openshell run: %v", processesMentioning(id))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if _, err := os.Stat(filepath.Join(stateDir, id)); err != nil {
+		t.Fatalf("expected the killed run's state to remain until swept: %v", err)
+	}
+	// The next run sweeps it; sandbox() checks nothing is left.
+	if r := sandbox(t, permissive, "/bin/true"); r.code != 0 {
+		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+}
+
+// TestMemoryLimitEndsSandbox: past max_memory_mb the host's memory cgroup
+// kills the whole sandbox; the control completes.
+func TestMemoryLimitEndsSandbox(t *testing.T) {
+	script := `BEGIN { s = "a"; while (length(s) < 100000000) s = s s; print "survived", length(s) }`
+	if r := sandbox(t, permissive+"  resources: {max_memory_mb: 4096}\n", "/usr/bin/awk", script); r.code != 0 || !strings.Contains(r.stdout, "survived 134217728") {
+		t.Fatalf("control run: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	r := sandbox(t, permissive+"  resources: {max_memory_mb: 64}\n", "/usr/bin/awk", script)
+	if r.code != 137 || strings.Contains(r.stdout, "survived") {
+		t.Errorf("128 MiB under max_memory_mb 64: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+}
+
+// TestNoNetworkAtAll: with no egress rules there is loopback and nothing
+// else: no interface, no route, DNS cannot resolve.
+func TestNoNetworkAtAll(t *testing.T) {
+	r := sandbox(t, permissive, "/bin/sh", "-c", "cat /proc/net/dev | tail -n +3 | cut -d: -f1; cat /proc/net/route | wc -l; getent hosts deb.debian.org || echo no-dns")
+	got := strings.Fields(r.stdout)
+	if r.code != 0 || len(got) != 3 || got[0] != "lo" || got[1] != "1" || got[2] != "no-dns" {
+		t.Errorf("exit %d: stdout %q stderr %q", r.code, r.stdout, r.stderr)
 	}
 }

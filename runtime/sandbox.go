@@ -10,8 +10,9 @@ import (
 	"bufio"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -27,7 +28,7 @@ import (
 type Sandbox struct {
 	ID       string
 	Dir      string // <state>/<id>; removed by Cleanup
-	Bundle   string // Dir/bundle, holding config.json
+	Bundle   string // Dir/bundle: the modified config.json that runsc runs
 	RootDir  string // Dir/root: the empty root of the mount view
 	Compiled *policyhook.Compiled
 	Pruned   []string // mounts dropped because their source does not exist in the image
@@ -42,49 +43,81 @@ func NewID() (string, error) {
 	return "openshell-" + hex.EncodeToString(b), nil
 }
 
-// Prepare creates the sandbox's state directory and writes spec, with the
-// policy applied, as its bundle's config.json. image is the directory the
-// policy's paths are taken from ("/" for the host). On error nothing is
-// left behind.
-func Prepare(stateDir, id, image string, spec *specs.Spec, compile func(rootDir, bundle string) (*policyhook.Compiled, error)) (sb *Sandbox, err error) {
-	dir := filepath.Join(stateDir, id)
-	if err := os.MkdirAll(stateDir, 0o711); err != nil {
+// CompileFunc compiles the sandbox's policy once its root directory exists.
+// image is the directory the policy's paths are taken from.
+type CompileFunc func(rootDir, bundle, image string) (*policyhook.Compiled, error)
+
+// PrepareOptions say where a sandbox's state goes and what it runs.
+type PrepareOptions struct {
+	StateDir string // the sandbox gets StateDir/ID
+	ID       string
+	// Spec is the container's spec. Its root path is the image.
+	Spec Spec
+	// Bundle is the engine's bundle, which a relative root path is
+	// resolved against. It is never written: the modified spec goes to
+	// the sandbox's own bundle in its state directory.
+	Bundle  string
+	Compile CompileFunc
+}
+
+// Prepare creates the sandbox's state directory and its empty root, and
+// applies the compiled policy to the spec, which it flushes into the
+// sandbox's own bundle. On error nothing is left behind.
+func Prepare(o PrepareOptions) (sb *Sandbox, err error) {
+	if o.ID == "" || o.ID != filepath.Base(o.ID) || o.ID == "." || o.ID == ".." {
+		return nil, fmt.Errorf("container id %q: not a valid id", o.ID)
+	}
+	s, err := o.Spec.Load()
+	if err != nil {
+		return nil, err
+	}
+	image := "/"
+	if s.Root != nil && s.Root.Path != "" {
+		image = s.Root.Path
+		if !filepath.IsAbs(image) {
+			if o.Bundle == "" {
+				return nil, fmt.Errorf("root path %q is relative and there is no bundle", image)
+			}
+			image = filepath.Join(o.Bundle, image)
+		}
+	}
+	s.Root = &specs.Root{Path: image}
+
+	dir := filepath.Join(o.StateDir, o.ID)
+	if err := os.MkdirAll(o.StateDir, 0o711); err != nil {
 		return nil, fmt.Errorf("create state dir: %w", err)
 	}
-	if err := os.Mkdir(dir, 0o700); err != nil {
+	if err := os.Mkdir(dir, 0o711); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return nil, fmt.Errorf("container %q already exists", o.ID)
+		}
 		return nil, fmt.Errorf("create sandbox dir: %w", err)
 	}
-	sb = &Sandbox{ID: id, Dir: dir, Bundle: filepath.Join(dir, "bundle"), RootDir: filepath.Join(dir, "root")}
+	sb = &Sandbox{ID: o.ID, Dir: dir, Bundle: o.Bundle, RootDir: filepath.Join(dir, "root")}
 	defer func() {
 		if err != nil {
 			_ = sb.Cleanup()
 			sb = nil
 		}
 	}()
-	for _, d := range []string{sb.Bundle, sb.RootDir} {
-		// The root is world-readable: runsc's gofer may run as another user.
-		if err := os.Mkdir(d, 0o755); err != nil {
-			return sb, fmt.Errorf("create %s: %w", d, err)
-		}
+	// The root is world-readable: runsc's gofer may run as another user.
+	if err := os.Mkdir(sb.RootDir, 0o755); err != nil {
+		return sb, fmt.Errorf("create %s: %w", sb.RootDir, err)
 	}
-	spec.Root = &specs.Root{Path: image}
-	c, err := compile(sb.RootDir, sb.Bundle)
+	sb.Bundle = filepath.Join(dir, "bundle")
+	if err := os.Mkdir(sb.Bundle, 0o700); err != nil {
+		return sb, fmt.Errorf("create %s: %w", sb.Bundle, err)
+	}
+	c, err := o.Compile(sb.RootDir, sb.Bundle, image)
 	if err != nil {
 		return sb, err
 	}
 	sb.Compiled = c
-	if err := c.Apply(spec); err != nil {
-		return sb, err
+	if err := o.Spec.Modify(c.Modifiers); err != nil {
+		return sb, fmt.Errorf("apply policy %s: %w", c.Policy.File, err)
 	}
-	sb.Pruned = pruneMissing(spec, image)
-	data, err := json.MarshalIndent(spec, "", "  ")
-	if err != nil {
-		return sb, fmt.Errorf("encode spec: %w", err)
-	}
-	if err := os.WriteFile(filepath.Join(sb.Bundle, "config.json"), data, 0o600); err != nil {
-		return sb, fmt.Errorf("write config.json: %w", err)
-	}
-	return sb, nil
+	sb.Pruned = pruneMissing(s, image)
+	return sb, o.Spec.Flush(filepath.Join(sb.Bundle, "config.json"))
 }
 
 // pruneMissing drops bind mounts whose source is not in the image (a policy

@@ -1,5 +1,7 @@
 package policy
 
+import "slices"
+
 //go:generate go run ./internal/gensyscalls
 
 // AlwaysDenied are syscalls no sandboxed agent gets, whatever its policy says:
@@ -29,3 +31,13 @@ var SeccompActions = []string{
 
 // KnownSyscall reports whether name is a Linux syscall on amd64 or arm64.
 func KnownSyscall(name string) bool { return knownSyscalls[name] }
+
+// KnownSyscalls lists every syscall name KnownSyscall accepts, sorted.
+func KnownSyscalls() []string {
+	out := make([]string, 0, len(knownSyscalls))
+	for name := range knownSyscalls {
+		out = append(out, name)
+	}
+	slices.Sort(out)
+	return out
+}

@@ -6,11 +6,13 @@ package runsc
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 )
@@ -76,7 +78,29 @@ func (r *Runsc) Run(ctx context.Context, bundle, id string, stdio Stdio, started
 	if started != nil {
 		started()
 	}
-	err := cmd.Wait()
+	code, err := exitStatus(cmd.Wait())
+	if err != nil {
+		return -1, fmt.Errorf("runsc run %s: %w: %s", id, err, bytes.TrimSpace(stderr.Bytes()))
+	}
+	return code, nil
+}
+
+// RunArgs runs "runsc run ARGS" in the foreground with the caller's stdio
+// (files: the sandbox inherits them) and returns the container's exit
+// status as a shell reports it.
+func (r *Runsc) RunArgs(ctx context.Context, stdio Stdio, started func(), args ...string) (int, error) {
+	cmd := r.Command(ctx, "run", args...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdio.In, stdio.Out, stdio.Err
+	if err := cmd.Start(); err != nil {
+		return -1, fmt.Errorf("start runsc: %w", err)
+	}
+	if started != nil {
+		started()
+	}
+	return exitStatus(cmd.Wait())
+}
+
+func exitStatus(err error) (int, error) {
 	var exit *exec.ExitError
 	switch {
 	case err == nil:
@@ -87,7 +111,7 @@ func (r *Runsc) Run(ctx context.Context, bundle, id string, stdio Stdio, started
 		}
 		return exit.ExitCode(), nil
 	}
-	return -1, fmt.Errorf("runsc run %s: %w: %s", id, err, bytes.TrimSpace(stderr.Bytes()))
+	return -1, fmt.Errorf("runsc: %w", err)
 }
 
 // Kill sends sig to the container's processes.
@@ -128,4 +152,105 @@ func (t *tail) Write(p []byte) (int, error) {
 		t.buf.Next(over)
 	}
 	return len(p), nil
+}
+
+// CreateOpts are runc's create options that runsc understands.
+type CreateOpts struct {
+	PidFile       string
+	ConsoleSocket string
+}
+
+// Create creates a container from bundle without starting it. runsc's
+// stderr is kept for the error; the container's stdio is the caller's,
+// inherited by the sandbox.
+func (r *Runsc) Create(ctx context.Context, bundle, id string, o CreateOpts, stdio Stdio) error {
+	args := []string{"--bundle", bundle}
+	if o.PidFile != "" {
+		args = append(args, "--pid-file", o.PidFile)
+	}
+	if o.ConsoleSocket != "" {
+		args = append(args, "--console-socket", o.ConsoleSocket)
+	}
+	return r.withStdio(ctx, stdio, "create", append(args, id)...)
+}
+
+// Start starts a created container.
+func (r *Runsc) Start(ctx context.Context, id string) error {
+	return r.quiet(ctx, "start", id)
+}
+
+// State is the part of runsc state the runtime reads.
+type State struct {
+	ID     string `json:"id"`
+	Pid    int    `json:"pid"`
+	Status string `json:"status"`
+	Bundle string `json:"bundle"`
+}
+
+// State returns a container's state.
+func (r *Runsc) State(ctx context.Context, id string) (*State, error) {
+	var stderr bytes.Buffer
+	cmd := r.Command(ctx, "state", id)
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("runsc state %s: %w: %s", id, err, bytes.TrimSpace(stderr.Bytes()))
+	}
+	var st State
+	if err := json.Unmarshal(out, &st); err != nil {
+		return nil, fmt.Errorf("runsc state %s: %w", id, err)
+	}
+	return &st, nil
+}
+
+// Passthrough runs one runsc command with the caller's stdio and returns
+// its exit status. Used for the commands the runtime does not change.
+func (r *Runsc) Passthrough(ctx context.Context, stdio Stdio, sub string, args ...string) (int, error) {
+	cmd := r.Command(ctx, sub, args...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdio.In, stdio.Out, stdio.Err
+	err := cmd.Run()
+	var exit *exec.ExitError
+	switch {
+	case err == nil:
+		return 0, nil
+	case errors.As(err, &exit):
+		return exit.ExitCode(), nil
+	}
+	return -1, fmt.Errorf("runsc %s: %w", sub, err)
+}
+
+// withStdio runs runsc with the caller's stdio, which the sandbox
+// inherits as the container's streams. They must be files (or nil): a pipe
+// that we copied from would be held open by the sandbox, and the copy, so
+// the command, would never end. runsc writes its own errors to that
+// stderr and to --log, where engines look for them.
+func (r *Runsc) withStdio(ctx context.Context, stdio Stdio, sub string, args ...string) error {
+	cmd := r.Command(ctx, sub, args...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdio.In, stdio.Out, stdio.Err
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("runsc %s: %w (runsc's message is on the container's stderr and in --log)", sub, err)
+	}
+	return nil
+}
+
+// RemoveStale removes what runsc left in its root for a container it no
+// longer knows: the lock and socket files of a create that was killed
+// before it wrote the container's state. Only files whose name holds id
+// are touched.
+func (r *Runsc) RemoveStale(id string) error {
+	if id == "" || strings.ContainsAny(id, "/*?[") {
+		return fmt.Errorf("remove stale state: bad id %q", id)
+	}
+	matches, err := filepath.Glob(filepath.Join(r.Root, "*"+id+"*"))
+	if err != nil {
+		return fmt.Errorf("remove stale state: %w", err)
+	}
+	for _, m := range matches {
+		if st, err := os.Lstat(m); err == nil && !st.IsDir() {
+			if err := os.Remove(m); err != nil {
+				return fmt.Errorf("remove stale state: %w", err)
+			}
+		}
+	}
+	return nil
 }

@@ -115,18 +115,36 @@ func runRun(ctx context.Context, s streams, args []string) int {
 	terminal := isTerminal(0) && isTerminal(1)
 	g.SetProcessTerminal(terminal)
 
+	sweepOrphans(ctx, s, r, *stateDir)
 	id, err := runtime.NewID()
 	if err != nil {
 		return fail("%s", err)
 	}
-	sb, err := runtime.Prepare(*stateDir, id, image, g.Config, func(rootDir, bundle string) (*policyhook.Compiled, error) {
-		return policyhook.Compile(p, policyhook.WithRootDir(rootDir), policyhook.WithBundle(bundle), policyhook.WithUsers(policyhook.UsersInRoot(image)))
+	g.SetRootPath(image)
+	if p.Resources.MaxMemoryMB > 0 || p.Resources.MaxCPUCores > 0 {
+		// Memory and CPU limits are the host cgroup's; runsc makes it.
+		g.SetLinuxCgroupsPath("/openshell/" + id)
+	}
+	sb, err := runtime.Prepare(runtime.PrepareOptions{
+		StateDir: *stateDir, ID: id, Spec: runtime.NewMemorySpec(g.Config),
+		Compile: func(rootDir, bundle, image string) (*policyhook.Compiled, error) {
+			return policyhook.Compile(p, policyhook.WithRootDir(rootDir), policyhook.WithBundle(bundle), policyhook.WithUsers(policyhook.UsersInRoot(image)))
+		},
 	})
 	if err != nil {
 		return fail("%s", err)
 	}
 	c := sb.Compiled
 	printWarnings(s, c.Warnings)
+	self := runtime.Self()
+	if err := sb.SaveState(&runtime.State{
+		ID: id, Bundle: sb.Bundle, Created: time.Now().UTC(), Owner: &self,
+		Policy:    runtime.PolicyRef{Name: p.Name, Hash: p.Hash, Format: string(p.Format), File: p.File, Source: "openshell run --policy"},
+		AllowExec: p.Process.AllowExec, Timeout: c.Timeout, RunscFlags: c.RunscFlags,
+	}); err != nil {
+		_ = sb.Cleanup()
+		return fail("%s", err)
+	}
 	r.Flags = append(r.Flags, c.RunscFlags...)
 
 	code, err := runSandbox(ctx, s, r, sb, c.Timeout)
@@ -143,6 +161,28 @@ func runRun(ctx context.Context, s streams, args []string) int {
 		return fail("%s", err)
 	}
 	return code
+}
+
+// sweepOrphans removes the sandboxes of openshell runs that were killed
+// before they could clean up (runsc dies with them, their state does not).
+func sweepOrphans(ctx context.Context, s streams, r *runsc.Runsc, stateDir string) {
+	orphans, err := runtime.Orphans(stateDir)
+	if err != nil {
+		fmt.Fprintf(s.err, "openshell: %s\n", err)
+		return
+	}
+	for _, sb := range orphans {
+		if err := r.Delete(ctx, sb.ID, true); err != nil && !strings.Contains(err.Error(), "does not exist") {
+			fmt.Fprintf(s.err, "openshell: remove orphaned sandbox %s: %s\n", sb.ID, err)
+			continue
+		}
+		if err := r.RemoveStale(sb.ID); err != nil {
+			fmt.Fprintf(s.err, "openshell: remove orphaned sandbox %s: %s\n", sb.ID, err)
+		}
+		if err := sb.Cleanup(); err != nil {
+			fmt.Fprintf(s.err, "openshell: remove orphaned sandbox %s: %s\n", sb.ID, err)
+		}
+	}
 }
 
 // runSandbox runs the sandbox in the foreground, forwarding signals and

@@ -1,0 +1,332 @@
+package ocicli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/openshell/openshell/policyhook"
+	"github.com/openshell/openshell/runtime"
+	"github.com/openshell/openshell/runtime/runsc"
+)
+
+type createFlags struct {
+	bundle, pidFile, consoleSocket string
+	detach, keep                   bool
+}
+
+func (e *env) parseCreate(name string, args []string) (*createFlags, string, error) {
+	var c createFlags
+	fs := e.subFlags(name)
+	fs.StringVar(&c.bundle, "bundle", ".", "the bundle directory")
+	fs.StringVar(&c.bundle, "b", ".", "the bundle directory")
+	fs.StringVar(&c.pidFile, "pid-file", "", "write the container's pid here")
+	fs.StringVar(&c.consoleSocket, "console-socket", "", "AF_UNIX socket that receives the console's pty master")
+	// runc options that have no meaning under runsc, accepted so engines
+	// that pass them keep working.
+	fs.Bool("no-pivot", false, "ignored: runsc never pivots on the host")
+	fs.Bool("no-new-keyring", false, "ignored: gVisor has no keyrings")
+	preserve := fs.Int("preserve-fds", 0, "unsupported: must be 0")
+	if name == "run" {
+		fs.BoolVar(&c.detach, "detach", false, "do not wait for the container")
+		fs.BoolVar(&c.detach, "d", false, "do not wait for the container")
+		fs.BoolVar(&c.keep, "keep", false, "ignored: runsc removes a container run in the foreground")
+		fs.Bool("no-subreaper", false, "ignored")
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, "", err
+	}
+	if *preserve != 0 {
+		return nil, "", fmt.Errorf("%s: --preserve-fds is not supported by runsc", name)
+	}
+	id, err := oneID(fs)
+	if err != nil {
+		return nil, "", err
+	}
+	b, err := filepath.Abs(c.bundle)
+	if err != nil {
+		return nil, "", fmt.Errorf("bundle: %w", err)
+	}
+	c.bundle = b
+	return &c, id, nil
+}
+
+// prepare applies the container's policy to a copy of its bundle's spec in
+// the runtime's state, and records the state. The engine's bundle is never
+// written. On error nothing is left.
+func (e *env) prepare(id, bundle string) (*runtime.Sandbox, *runtime.State, func(), error) {
+	spec := runtime.NewFileSpec(filepath.Join(bundle, "config.json"))
+	s, err := spec.Load()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	p, src, err := e.cfg.ResolvePolicy(s.Annotations)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("policy (%s): %w", src, err)
+	}
+	sb, err := runtime.Prepare(runtime.PrepareOptions{
+		StateDir: e.stateDir(), ID: id, Spec: spec, Bundle: bundle,
+		Compile: func(rootDir, bundle, image string) (*policyhook.Compiled, error) {
+			return policyhook.Compile(p, policyhook.WithRootDir(rootDir), policyhook.WithBundle(bundle), policyhook.WithUsers(policyhook.UsersInRoot(image)))
+		},
+	})
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	c := sb.Compiled
+	for _, w := range c.Warnings {
+		e.log.Warn(w.Error(), "container", id)
+	}
+	st := &runtime.State{
+		ID: id, Bundle: bundle, Created: time.Now().UTC(),
+		Policy: runtime.PolicyRef{
+			Name: p.Name, Hash: p.Hash, Format: string(p.Format), File: p.File, Source: src.String(),
+		},
+		AllowExec: p.Process.AllowExec, Process: s.Process, Timeout: c.Timeout, RunscFlags: c.RunscFlags,
+	}
+	undo := func() {
+		if err := sb.Cleanup(); err != nil {
+			e.log.Error("remove state", "container", id, "error", err)
+		}
+	}
+	if err := sb.SaveState(st); err != nil {
+		undo()
+		return nil, nil, nil, err
+	}
+	e.log.Info("policy applied", "container", id, "policy", p.Name, "sha256", p.Hash, "source", src.String())
+	return sb, st, undo, nil
+}
+
+func cmdCreate(ctx context.Context, e *env, args []string) error {
+	c, id, err := e.parseCreate("create", args)
+	if err != nil {
+		return err
+	}
+	sb, st, undo, err := e.prepare(id, c.bundle)
+	if err != nil {
+		return fmt.Errorf("create %s: %w", id, err)
+	}
+	r := e.runscFor(st)
+	if err := r.Create(ctx, sb.Bundle, id, runsc.CreateOpts{PidFile: c.pidFile, ConsoleSocket: c.consoleSocket}, e.runscStdio()); err != nil {
+		e.forceDelete(r, id)
+		undo()
+		return fmt.Errorf("create %s: %w", id, err)
+	}
+	return nil
+}
+
+func cmdStart(ctx context.Context, e *env, args []string) error {
+	fs := e.subFlags("start")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	id, err := oneID(fs)
+	if err != nil {
+		return err
+	}
+	_, st, err := runtime.Open(e.stateDir(), id)
+	if err != nil {
+		return err
+	}
+	if err := e.runsc.Start(ctx, id); err != nil {
+		return err
+	}
+	if st != nil && st.Timeout > 0 {
+		return e.spawnWatchdog(id, st.Timeout)
+	}
+	return nil
+}
+
+// cmdRun creates and starts a container. In the foreground it waits, and
+// exits with the container's status; runsc removes the container then,
+// and the runtime its own state.
+func cmdRun(ctx context.Context, e *env, args []string) error {
+	c, id, err := e.parseCreate("run", args)
+	if err != nil {
+		return err
+	}
+	sb, st, undo, err := e.prepare(id, c.bundle)
+	if err != nil {
+		return fmt.Errorf("run %s: %w", id, err)
+	}
+	r := e.runscFor(st)
+	if c.detach {
+		if err := r.Create(ctx, sb.Bundle, id, runsc.CreateOpts{PidFile: c.pidFile, ConsoleSocket: c.consoleSocket}, e.runscStdio()); err != nil {
+			e.forceDelete(r, id)
+			undo()
+			return fmt.Errorf("run %s: %w", id, err)
+		}
+		if err := r.Start(ctx, id); err != nil {
+			e.forceDelete(r, id)
+			undo()
+			return fmt.Errorf("run %s: %w", id, err)
+		}
+		if st.Timeout > 0 {
+			return e.spawnWatchdog(id, st.Timeout)
+		}
+		return nil
+	}
+	var killed bool
+	var stop func()
+	started := func() {
+		if st.Timeout > 0 {
+			t := time.AfterFunc(st.Timeout, func() {
+				killed = true
+				_ = r.Kill(context.Background(), id, syscall.SIGKILL, true)
+			})
+			stop = func() { t.Stop() }
+		}
+	}
+	runArgs := []string{"--bundle", sb.Bundle}
+	if c.pidFile != "" {
+		runArgs = append(runArgs, "--pid-file", c.pidFile)
+	}
+	if c.consoleSocket != "" {
+		runArgs = append(runArgs, "--console-socket", c.consoleSocket)
+	}
+	code, err := r.RunArgs(ctx, e.runscStdio(), started, append(runArgs, id)...)
+	if stop != nil {
+		stop()
+	}
+	e.forceDelete(r, id)
+	if cerr := sb.Cleanup(); cerr != nil {
+		e.log.Error("remove state", "container", id, "error", cerr)
+	}
+	if err != nil {
+		return err
+	}
+	if killed {
+		e.log.Warn("max_execution_time reached; container killed", "container", id, "limit", st.Timeout)
+	}
+	if code != 0 {
+		return exitError(code)
+	}
+	return nil
+}
+
+// runscFor is the runsc client with the flags a container's policy needs.
+func (e *env) runscFor(st *runtime.State) *runsc.Runsc {
+	r := *e.runsc
+	r.Flags = append(append([]string(nil), r.Flags...), st.RunscFlags...)
+	return &r
+}
+
+func (e *env) forceDelete(r *runsc.Runsc, id string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := r.Delete(ctx, id, true); err != nil && !notExist(err) {
+		e.log.Warn("delete after failure", "container", id, "error", err)
+	}
+}
+
+func notExist(err error) bool {
+	return err != nil && (strings.Contains(err.Error(), "does not exist") || strings.Contains(err.Error(), "not found"))
+}
+
+func cmdKill(ctx context.Context, e *env, args []string) error {
+	return passthrough("kill")(ctx, e, args)
+}
+
+// cmdDelete removes the container from runsc, then the runtime's own state.
+// A container runsc does not know is not an error when the runtime's state
+// for it still exists (a create that died midway), or with --force.
+func cmdDelete(ctx context.Context, e *env, args []string) error {
+	set := e.subFlags("delete")
+	force := set.Bool("force", false, "kill the container if it is running")
+	set.BoolVar(force, "f", false, "kill the container if it is running")
+	if err := set.Parse(args); err != nil {
+		return err
+	}
+	id, err := oneID(set)
+	if err != nil {
+		return err
+	}
+	sb, _, oerr := runtime.Open(e.stateDir(), id)
+	derr := e.runsc.Delete(ctx, id, *force)
+	switch {
+	case derr == nil:
+	case notExist(derr) && (sb != nil || *force):
+	default:
+		return derr
+	}
+	if oerr != nil {
+		if errors.Is(oerr, fs.ErrNotExist) {
+			return nil
+		}
+		return oerr
+	}
+	return sb.Cleanup()
+}
+
+// spawnWatchdog starts a detached process that kills the container at its
+// wall-clock limit. It holds none of our stdio, so the engine that called
+// us sees our output end when we exit.
+func (e *env) spawnWatchdog(id string, limit time.Duration) error {
+	self, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("watchdog: %w", err)
+	}
+	args := []string{"--root", e.g.root, "--config", e.g.config}
+	if e.g.log != "" {
+		args = append(args, "--log", e.g.log, "--log-format", e.g.logFormat)
+	}
+	cmd := exec.Command(self, append(args, "watchdog", id, strconv.FormatInt(int64(limit), 10))...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("watchdog: %w", err)
+	}
+	return cmd.Process.Release()
+}
+
+// cmdWatchdog waits for the container's sandbox to end or its limit to
+// pass, whichever is first, and kills it in the second case.
+func cmdWatchdog(ctx context.Context, e *env, args []string) error {
+	if len(args) != 2 {
+		return fmt.Errorf("watchdog: want ID NANOSECONDS")
+	}
+	id := args[0]
+	ns, err := strconv.ParseInt(args[1], 10, 64)
+	if err != nil || ns <= 0 {
+		return fmt.Errorf("watchdog: bad limit %q", args[1])
+	}
+	limit := time.Duration(ns)
+	st, err := e.runsc.State(ctx, id)
+	if err != nil {
+		return err
+	}
+	fd, err := unix.PidfdOpen(st.Pid, 0)
+	if err != nil {
+		return fmt.Errorf("watchdog: open sandbox pid %d: %w", st.Pid, err)
+	}
+	defer unix.Close(fd)
+	deadline := time.Now().Add(limit)
+	for {
+		left := time.Until(deadline)
+		if left <= 0 {
+			break
+		}
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		n, err := unix.Poll(fds, int(min(left, time.Hour).Milliseconds())+1)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("watchdog: %w", err)
+		}
+		if n > 0 {
+			return nil // the sandbox ended by itself
+		}
+	}
+	e.log.Warn("max_execution_time reached; container killed", "container", id, "limit", limit)
+	return e.runsc.Kill(ctx, id, syscall.SIGKILL, true)
+}

@@ -1,0 +1,178 @@
+package runtime
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/pelletier/go-toml/v2"
+)
+
+// DefaultConfigPath is where the runtime, the shim and openshell look for
+// their configuration.
+const DefaultConfigPath = "/etc/openshell/config.toml"
+
+// BuiltinPolicy names the policy compiled into the binaries, used when the
+// configuration names no default.
+const BuiltinPolicy = "builtin:default"
+
+// Config is /etc/openshell/config.toml. A missing file means the defaults;
+// a file that does not parse, or names a field we do not know, is an error:
+// a typo must never quietly weaken a sandbox.
+type Config struct {
+	// Runsc is the runsc binary. Empty: runsc beside our binary, then PATH.
+	Runsc string `toml:"runsc"`
+	// Root is where openshell run keeps sandbox state.
+	Root string `toml:"root"`
+	// Platform is runsc's platform. Empty: kvm where /dev/kvm exists,
+	// systrap elsewhere.
+	Platform string `toml:"platform"`
+	// DefaultPolicy is used when a container names none: a name in
+	// PolicyDir, an absolute path, or "builtin:default".
+	DefaultPolicy string `toml:"default_policy"`
+	// PolicyDir holds the policies containers may name by annotation.
+	PolicyDir string `toml:"policy_dir"`
+	// RunscFlags are extra global runsc flags, e.g. ["--debug"].
+	RunscFlags []string `toml:"runsc_flags"`
+
+	file string
+}
+
+// DefaultConfig is the configuration used when there is no file.
+func DefaultConfig() *Config {
+	return &Config{
+		Root:          "/run/openshell",
+		DefaultPolicy: BuiltinPolicy,
+		PolicyDir:     "/etc/openshell/policies",
+	}
+}
+
+// File is the file the configuration came from; empty for the defaults.
+func (c *Config) File() string { return c.file }
+
+// Platforms are the runsc platforms the configuration may name.
+var Platforms = []string{"systrap", "ptrace", "kvm"}
+
+// managedFlags are the runsc flags the runtime sets itself: a
+// configuration that set them could open what a policy closes.
+var managedFlags = []string{
+	"root", "network", "oci-seccomp", "platform", "host-uds", "host-fifo",
+	"net-raw", "allow-packet-socket-write", "nvproxy", "nvproxy-allow-unsupported-driver",
+	"tpuproxy", "overlay2", "file-access", "directfs", "ignore-cgroups",
+}
+
+// LoadConfig reads the configuration at path. A missing file gives the
+// defaults; anything else that goes wrong is an error naming the file and,
+// where it can, the line.
+func LoadConfig(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return DefaultConfig(), nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	return ParseConfig(path, data)
+}
+
+// ParseConfig parses a configuration file's contents.
+func ParseConfig(file string, data []byte) (*Config, error) {
+	c := DefaultConfig()
+	c.file = file
+	dec := toml.NewDecoder(bytes.NewReader(data)).DisallowUnknownFields()
+	if err := dec.Decode(c); err != nil {
+		var serr *toml.StrictMissingError
+		if errors.As(err, &serr) {
+			var msgs []string
+			for _, e := range serr.Errors {
+				row, col := e.Position()
+				msgs = append(msgs, fmt.Sprintf("%s:%d:%d: %s: unknown field", file, row, col, strings.Join(e.Key(), ".")))
+			}
+			return nil, errors.New(strings.Join(msgs, "\n"))
+		}
+		var derr *toml.DecodeError
+		if errors.As(err, &derr) {
+			row, col := derr.Position()
+			return nil, fmt.Errorf("%s:%d:%d: %s", file, row, col, derr.Error())
+		}
+		return nil, fmt.Errorf("%s: %w", file, err)
+	}
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *Config) validate() error {
+	var errs []string
+	bad := func(field, format string, a ...any) {
+		errs = append(errs, fmt.Sprintf("%s: %s: %s", c.file, field, fmt.Sprintf(format, a...)))
+	}
+	for field, p := range map[string]string{"runsc": c.Runsc, "root": c.Root, "policy_dir": c.PolicyDir} {
+		if p != "" && !filepath.IsAbs(p) {
+			bad(field, "%q is not an absolute path", p)
+		}
+	}
+	if c.Root == "" {
+		bad("root", "must not be empty")
+	}
+	if c.Platform != "" && !slices.Contains(Platforms, c.Platform) {
+		bad("platform", "%q is not one of %s", c.Platform, strings.Join(Platforms, ", "))
+	}
+	if d := c.DefaultPolicy; d != "" && d != BuiltinPolicy && !filepath.IsAbs(d) && !validPolicyName(d) {
+		bad("default_policy", "%q is neither %s, an absolute path nor a policy name", d, BuiltinPolicy)
+	}
+	for _, f := range c.RunscFlags {
+		name, _, _ := strings.Cut(strings.TrimLeft(f, "-"), "=")
+		if !strings.HasPrefix(f, "-") {
+			bad("runsc_flags", "%q is not a flag", f)
+		} else if slices.Contains(managedFlags, name) {
+			bad("runsc_flags", "--%s is set by openshell from the policy and may not be overridden", name)
+		}
+	}
+	if len(errs) > 0 {
+		slices.Sort(errs)
+		return errors.New(strings.Join(errs, "\n"))
+	}
+	return nil
+}
+
+// PlatformOrDefault is the configured platform, else kvm where /dev/kvm
+// exists and systrap elsewhere.
+func (c *Config) PlatformOrDefault() string {
+	if c.Platform != "" {
+		return c.Platform
+	}
+	if _, err := os.Stat("/dev/kvm"); err == nil {
+		return "kvm"
+	}
+	return "systrap"
+}
+
+// RunscPath picks the runsc binary: the configured one, $OPENSHELL_RUNSC,
+// runsc beside the running binary (make build puts them together in bin/),
+// then runsc on PATH.
+func (c *Config) RunscPath() string {
+	if c.Runsc != "" {
+		return c.Runsc
+	}
+	if p := os.Getenv("OPENSHELL_RUNSC"); p != "" {
+		return p
+	}
+	if self, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(self), "runsc")
+		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() {
+			return p
+		}
+	}
+	if p, err := exec.LookPath("runsc"); err == nil {
+		return p
+	}
+	return "runsc"
+}

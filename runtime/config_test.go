@@ -1,0 +1,76 @@
+package runtime
+
+import (
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestLoadConfigMissingFileIsDefaults(t *testing.T) {
+	c, err := LoadConfig(filepath.Join(t.TempDir(), "none.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Root != "/run/openshell" || c.DefaultPolicy != BuiltinPolicy || c.PolicyDir != "/etc/openshell/policies" {
+		t.Fatalf("defaults: %+v", c)
+	}
+}
+
+func TestParseConfig(t *testing.T) {
+	c, err := ParseConfig("c.toml", []byte(`
+runsc = "/usr/local/bin/runsc"
+root = "/var/run/os"
+platform = "ptrace"
+default_policy = "agent"
+policy_dir = "/srv/policies"
+runsc_flags = ["--debug", "--debug-log=/tmp/runsc/"]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Runsc != "/usr/local/bin/runsc" || c.Root != "/var/run/os" || c.PlatformOrDefault() != "ptrace" ||
+		c.DefaultPolicy != "agent" || c.PolicyDir != "/srv/policies" || len(c.RunscFlags) != 2 || c.File() != "c.toml" {
+		t.Fatalf("parsed: %+v", c)
+	}
+}
+
+func TestParseConfigErrors(t *testing.T) {
+	for _, tc := range []struct{ name, in, want string }{
+		{"unknown field", "root = \"/x\"\nplatfrom = \"kvm\"\n", "c.toml:2:1: platfrom: unknown field"},
+		{"wrong type", "root = 3\n", "c.toml:1:8:"},
+		{"syntax", "root = \"/x\n", "c.toml:1:"},
+		{"relative root", `root = "run"`, `c.toml: root: "run" is not an absolute path`},
+		{"empty root", `root = ""`, `c.toml: root: must not be empty`},
+		{"bad platform", `platform = "xen"`, `c.toml: platform: "xen" is not one of systrap, ptrace, kvm`},
+		{"bad default policy", `default_policy = "../etc/x"`, `c.toml: default_policy: "../etc/x" is neither builtin:default`},
+		{"managed flag", `runsc_flags = ["--network=host"]`, "c.toml: runsc_flags: --network is set by openshell from the policy"},
+		{"not a flag", `runsc_flags = ["debug"]`, `c.toml: runsc_flags: "debug" is not a flag`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ParseConfig("c.toml", []byte(tc.in))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error = %v, want it to contain %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestLoadConfigUnreadable(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := LoadConfig(dir); err == nil || !strings.Contains(err.Error(), "read config") {
+		t.Fatalf("a directory as config: %v", err)
+	}
+}
+
+func TestRunscPathPrefersConfig(t *testing.T) {
+	c := DefaultConfig()
+	c.Runsc = "/opt/runsc"
+	if got := c.RunscPath(); got != "/opt/runsc" {
+		t.Fatal(got)
+	}
+	c.Runsc = ""
+	t.Setenv("OPENSHELL_RUNSC", "/env/runsc")
+	if got := c.RunscPath(); got != "/env/runsc" {
+		t.Fatal(got)
+	}
+}
