@@ -90,7 +90,7 @@ func sandbox(t *testing.T, policyYAML string, cmd ...string) result {
 	state := stateDir
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	args := append([]string{"run", "--runsc", runscBin, "--state-dir", state, "--policy", pf, "--"}, cmd...)
+	args := append([]string{"run", "--config", "/nonexistent/config.toml", "--runsc", runscBin, "--state-dir", state, "--policy", pf, "--"}, cmd...)
 	c := exec.CommandContext(ctx, openshellBin, args...)
 	var out, errb bytes.Buffer
 	c.Stdout, c.Stderr = &out, &errb
@@ -395,5 +395,25 @@ func TestNoNetworkAtAll(t *testing.T) {
 	got := strings.Fields(r.stdout)
 	if r.code != 0 || len(got) != 3 || got[0] != "lo" || got[1] != "1" || got[2] != "no-dns" {
 		t.Errorf("exit %d: stdout %q stderr %q", r.code, r.stdout, r.stderr)
+	}
+}
+
+func TestBadConfigStartsNothing(t *testing.T) {
+	if skipReason != "" {
+		t.Skip(skipReason)
+	}
+	pf := writePolicy(t, permissive)
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "config.toml")
+	if err := os.WriteFile(cfg, []byte("root = \"/run/x\"\nrunsc_flags = [\"--network=host\"]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	state := filepath.Join(dir, "state")
+	out, err := exec.Command(openshellBin, "run", "--config", cfg, "--runsc", runscBin, "--state-dir", state, "--policy", pf, "--", "/bin/true").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), cfg+": runsc_flags: --network is set by openshell from the policy and may not be overridden") {
+		t.Errorf("err %v: %s", err, out)
+	}
+	if _, err := os.Stat(state); !os.IsNotExist(err) {
+		t.Errorf("state dir created under a bad config: %v", err)
 	}
 }

@@ -35,6 +35,7 @@ func commands() []command {
 	return []command{
 		{"run", "run a command in a gVisor sandbox under a policy", runRun},
 		{"policy", "validate, compile and explain policies", runPolicy},
+		{"doctor", "check this host: runsc, platform, kernel, each enforcement layer", runDoctor},
 		{"version", "print version information", runVersion},
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strings"
@@ -29,47 +28,15 @@ type multiFlag []string
 func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
 func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
 
-// findRunsc picks the runsc binary: the flag, $OPENSHELL_RUNSC, runsc next
-// to this binary (make build puts both in bin/), or runsc on PATH.
-func findRunsc(flagValue string) string {
-	if flagValue != "" {
-		return flagValue
-	}
-	if p := os.Getenv("OPENSHELL_RUNSC"); p != "" {
-		return p
-	}
-	if self, err := os.Executable(); err == nil {
-		if p := filepath.Join(filepath.Dir(self), "runsc"); isFile(p) {
-			return p
-		}
-	}
-	if p, err := exec.LookPath("runsc"); err == nil {
-		return p
-	}
-	return "runsc"
-}
-
-func isFile(p string) bool {
-	st, err := os.Stat(p)
-	return err == nil && st.Mode().IsRegular()
-}
-
-// platform picks kvm where /dev/kvm exists, systrap elsewhere.
-func platform() string {
-	if _, err := os.Stat("/dev/kvm"); err == nil {
-		return "kvm"
-	}
-	return "systrap"
-}
-
 func runRun(ctx context.Context, s streams, args []string) int {
 	fs := newFlags(s, "run", "run --policy FILE [--rootfs DIR] [--workdir DIR] [-e K=V]... [--] CMD [ARG...]")
 	policyFile := fs.String("policy", "", "the policy file (required)")
 	rootfs := fs.String("rootfs", "/", "the directory the policy's paths are taken from (default: the host's root)")
 	workdir := fs.String("workdir", "/", "the working directory inside the sandbox")
-	runscPath := fs.String("runsc", "", "the runsc binary (default: $OPENSHELL_RUNSC, bin/runsc beside openshell, or runsc on PATH)")
-	stateDir := fs.String("state-dir", "/run/openshell", "where sandbox state is kept")
-	plat := fs.String("platform", platform(), "runsc platform")
+	runscPath := fs.String("runsc", "", "the runsc binary (default: the configuration's, $OPENSHELL_RUNSC, bin/runsc beside openshell, or runsc on PATH)")
+	stateDir := fs.String("state-dir", "", "where sandbox state is kept (default: the configuration's root, /run/openshell)")
+	plat := fs.String("platform", "", "runsc platform (default: the configuration's, else kvm where /dev/kvm exists, else systrap)")
+	config := fs.String("config", runtime.DefaultConfigPath, "the runtime configuration")
 	var env multiFlag
 	fs.Var(&env, "e", "set an environment variable in the sandbox (K=V; repeatable)")
 	if err := fs.Parse(args); err != nil {
@@ -83,6 +50,19 @@ func runRun(ctx context.Context, s streams, args []string) int {
 		fmt.Fprintf(s.err, "openshell: "+format+"\n", a...)
 		return exitFailed
 	}
+	cfg, err := runtime.LoadConfig(*config)
+	if err != nil {
+		return fail("configuration: %s", err)
+	}
+	if *stateDir == "" {
+		*stateDir = cfg.Root
+	}
+	if *runscPath == "" {
+		*runscPath = cfg.RunscPath()
+	}
+	if *plat == "" {
+		*plat = cfg.PlatformOrDefault()
+	}
 	p, err := policy.Load(*policyFile)
 	if err != nil {
 		printErr(s, err)
@@ -92,7 +72,7 @@ func runRun(ctx context.Context, s streams, args []string) int {
 	if err != nil {
 		return fail("rootfs: %s", err)
 	}
-	r := &runsc.Runsc{Path: findRunsc(*runscPath), Root: filepath.Join(*stateDir, "runsc"), Platform: *plat}
+	r := &runsc.Runsc{Path: *runscPath, Root: filepath.Join(*stateDir, "runsc"), Platform: *plat, Flags: cfg.RunscFlags}
 	if _, err := r.Check(ctx); err != nil {
 		return fail("%s", err)
 	}

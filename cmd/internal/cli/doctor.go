@@ -1,0 +1,278 @@
+package cli
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/openshell/openshell/runtime"
+	"github.com/openshell/openshell/runtime/runsc"
+)
+
+// check is one line of openshell doctor: a layer, whether it works here,
+// and what was found.
+type check struct {
+	status string // ok, warn, FAIL
+	name   string
+	detail string
+}
+
+// host is what doctor inspects; tests point it at fakes.
+type host struct {
+	procRoot   string // /proc
+	sysRoot    string // /sys
+	devRoot    string // /dev
+	dockerJSON string // /etc/docker/daemon.json
+}
+
+func defaultHost() host {
+	return host{procRoot: "/proc", sysRoot: "/sys", devRoot: "/dev", dockerJSON: "/etc/docker/daemon.json"}
+}
+
+func runDoctor(ctx context.Context, s streams, args []string) int {
+	fs := newFlags(s, "doctor", "doctor [--config FILE] [--runsc PATH] [--smoke]")
+	config := fs.String("config", runtime.DefaultConfigPath, "the runtime configuration")
+	runscPath := fs.String("runsc", "", "the runsc binary (default: from the configuration)")
+	smoke := fs.Bool("smoke", false, "also start a sandbox running /bin/true")
+	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
+		fs.Usage()
+		return exitUsage
+	}
+	checks := doctorChecks(ctx, defaultHost(), *config, *runscPath, *smoke)
+	tw := tabwriter.NewWriter(s.out, 0, 4, 2, ' ', 0)
+	failed := false
+	for _, c := range checks {
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", c.status, c.name, c.detail)
+		failed = failed || c.status == "FAIL"
+	}
+	tw.Flush()
+	if failed {
+		return exitFailed
+	}
+	return exitOK
+}
+
+func doctorChecks(ctx context.Context, h host, configPath, runscFlag string, smoke bool) []check {
+	var out []check
+	add := func(status, name, format string, a ...any) {
+		out = append(out, check{status, name, fmt.Sprintf(format, a...)})
+	}
+	add("ok", "openshell", "%s", Version)
+
+	cfg, err := runtime.LoadConfig(configPath)
+	switch {
+	case err != nil:
+		add("FAIL", "config", "%s", err)
+		cfg = runtime.DefaultConfig()
+	case cfg.File() == "":
+		add("ok", "config", "%s absent: defaults (root %s, default policy %s)", configPath, cfg.Root, cfg.DefaultPolicy)
+	default:
+		add("ok", "config", "%s (root %s, default policy %s)", cfg.File(), cfg.Root, cfg.DefaultPolicy)
+	}
+
+	var uts unix.Utsname
+	if err := unix.Uname(&uts); err == nil {
+		add("ok", "kernel", "%s %s", unix.ByteSliceToString(uts.Release[:]), unix.ByteSliceToString(uts.Machine[:]))
+	}
+
+	path := runscFlag
+	if path == "" {
+		path = cfg.RunscPath()
+	}
+	r := &runsc.Runsc{Path: path}
+	runscOK := false
+	if v, err := r.Check(ctx); err != nil {
+		add("FAIL", "runsc", "%s", err)
+	} else {
+		runscOK = true
+		add("ok", "runsc", "%s (%s)", v, path)
+	}
+
+	plat := cfg.PlatformOrDefault()
+	if _, err := os.Stat(filepath.Join(h.devRoot, "kvm")); err == nil {
+		add("ok", "platform", "%s (/dev/kvm present)", plat)
+	} else if plat == "kvm" {
+		add("FAIL", "platform", "kvm configured but /dev/kvm is absent")
+	} else {
+		add("ok", "platform", "%s (no /dev/kvm)", plat)
+	}
+
+	add("ok", "seccomp", "policy filters run inside the sandbox (runsc --oci-seccomp)")
+	add("ok", "filesystem", "mount view built from the policy; Landlock is not used inside gVisor")
+	add("ok", "network", "no egress rules: runsc --network=none; egress rules fail closed until the egress gateway exists")
+	out = append(out, cgroupCheck(h))
+	out = append(out, landlockCheck())
+	out = append(out, oomCheck(h))
+	out = append(out, nvidiaCheck(ctx, h, r, runscOK))
+	if c, ok := dockerCheck(h); ok {
+		out = append(out, c)
+	}
+	if smoke && runscOK {
+		out = append(out, smokeCheck(ctx, cfg, path, plat))
+	}
+	return out
+}
+
+func cgroupCheck(h host) check {
+	c := check{name: "cgroups"}
+	if _, err := os.Stat(filepath.Join(h.sysRoot, "fs/cgroup/cgroup.controllers")); err == nil {
+		data, _ := os.ReadFile(filepath.Join(h.sysRoot, "fs/cgroup/cgroup.controllers"))
+		c.status, c.detail = "ok", "v2: "+strings.TrimSpace(string(data))
+		if !strings.Contains(string(data), "memory") {
+			c.status, c.detail = "warn", c.detail+" (no memory controller: max_memory_mb cannot be enforced)"
+		}
+		return c
+	}
+	if _, err := os.Stat(filepath.Join(h.sysRoot, "fs/cgroup/memory")); err == nil {
+		return check{"ok", "cgroups", "v1 with the memory controller (max_memory_mb, max_cpu_cores)"}
+	}
+	return check{"warn", "cgroups", "no memory cgroup found: max_memory_mb and max_cpu_cores cannot be enforced"}
+}
+
+// landlockCheck reports the host's Landlock ABI: host-side helpers (the
+// egress gateway) restrict themselves with it.
+func landlockCheck() check {
+	abi, _, errno := unix.Syscall(unix.SYS_LANDLOCK_CREATE_RULESET, 0, 0, unix.LANDLOCK_CREATE_RULESET_VERSION)
+	if errno != 0 {
+		return check{"warn", "landlock", fmt.Sprintf("not available on the host (%s): host-side helpers run without it", errno)}
+	}
+	return check{"ok", "landlock", fmt.Sprintf("host ABI %d (for host-side helpers; not used inside gVisor)", abi)}
+}
+
+// oomCheck: without CAP_SYS_RESOURCE an engine cannot lower oom_score_adj;
+// containerd's CRI then needs restrict_oom_score_adj.
+func oomCheck(h host) check {
+	f, err := os.Open(filepath.Join(h.procRoot, "self/status"))
+	if err != nil {
+		return check{"warn", "capabilities", err.Error()}
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if hex, ok := strings.CutPrefix(sc.Text(), "CapEff:"); ok {
+			var caps uint64
+			fmt.Sscanf(strings.TrimSpace(hex), "%x", &caps)
+			if caps&(1<<unix.CAP_SYS_RESOURCE) == 0 {
+				return check{"warn", "capabilities", "no CAP_SYS_RESOURCE: oom_score_adj cannot be lowered (containerd CRI: restrict_oom_score_adj = true)"}
+			}
+			return check{"ok", "capabilities", "CAP_SYS_RESOURCE present"}
+		}
+	}
+	return check{"warn", "capabilities", "CapEff not found"}
+}
+
+// nvidiaCheck reports the GPU driver and whether runsc's nvproxy
+// supports it.
+func nvidiaCheck(ctx context.Context, h host, r *runsc.Runsc, runscOK bool) check {
+	data, err := os.ReadFile(filepath.Join(h.procRoot, "driver/nvidia/version"))
+	if err != nil {
+		return check{"ok", "gpu", "no NVIDIA driver: GPU policies are refused here"}
+	}
+	version := nvidiaDriverVersion(string(data))
+	if !runscOK {
+		return check{"warn", "gpu", fmt.Sprintf("NVIDIA driver %s; runsc missing, nvproxy support unknown", version)}
+	}
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(cctx, r.Path, "nvproxy", "list-supported-drivers").Output()
+	if err != nil {
+		return check{"warn", "gpu", fmt.Sprintf("NVIDIA driver %s; runsc nvproxy list-supported-drivers: %s", version, err)}
+	}
+	for _, l := range strings.Fields(string(out)) {
+		if l == version {
+			return check{"ok", "gpu", fmt.Sprintf("NVIDIA driver %s, supported by nvproxy", version)}
+		}
+	}
+	return check{"warn", "gpu", fmt.Sprintf("NVIDIA driver %s is not in runsc's nvproxy list: GPU sandboxes need nvproxy_allow_unsupported_driver", version)}
+}
+
+// nvidiaDriverVersion takes the version from /proc/driver/nvidia/version:
+// "NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.183.06  ...".
+func nvidiaDriverVersion(s string) string {
+	for _, f := range strings.Fields(s) {
+		if strings.Count(f, ".") >= 1 && f[0] >= '0' && f[0] <= '9' {
+			return f
+		}
+	}
+	return "unknown"
+}
+
+// dockerCheck warns about the daemon.json form dockerd 20.10 ignores: it
+// falls back to runc, silently, for a runtimeType runtime.
+func dockerCheck(h host) (check, bool) {
+	data, err := os.ReadFile(h.dockerJSON)
+	if err != nil {
+		return check{}, false
+	}
+	var cfg struct {
+		Runtimes map[string]struct {
+			Path        string `json:"path"`
+			RuntimeType string `json:"runtimeType"`
+		} `json:"runtimes"`
+	}
+	if err := json.Unmarshal(data, &cfg); err != nil {
+		return check{"warn", "docker", fmt.Sprintf("%s: %s", h.dockerJSON, err)}, true
+	}
+	rt, ok := cfg.Runtimes["openshell"]
+	if !ok {
+		return check{"warn", "docker", fmt.Sprintf("%s has no \"openshell\" runtime", h.dockerJSON)}, true
+	}
+	if rt.RuntimeType != "" {
+		v := dockerdVersion()
+		if strings.HasPrefix(v, "20.") || strings.HasPrefix(v, "19.") {
+			return check{"FAIL", "docker", fmt.Sprintf("dockerd %s ignores runtimeType and would run containers under runc: use \"path\": \"/usr/local/bin/openshell-runtime\"", v)}, true
+		}
+		return check{"ok", "docker", fmt.Sprintf("runtime openshell: runtimeType %s (dockerd %s)", rt.RuntimeType, v)}, true
+	}
+	return check{"ok", "docker", fmt.Sprintf("runtime openshell: path %s", rt.Path)}, true
+}
+
+func dockerdVersion() string {
+	out, err := exec.Command("dockerd", "--version").Output()
+	if err != nil {
+		return "unknown"
+	}
+	// "Docker version 20.10.24+dfsg1, build 297e128"
+	f := strings.Fields(string(out))
+	if len(f) >= 3 {
+		return strings.TrimSuffix(f[2], ",")
+	}
+	return "unknown"
+}
+
+// smokeCheck starts a sandbox with a minimal policy, end to end.
+func smokeCheck(ctx context.Context, cfg *runtime.Config, runscPath, plat string) check {
+	dir, err := os.MkdirTemp("", "openshell-doctor")
+	if err != nil {
+		return check{"FAIL", "sandbox", err.Error()}
+	}
+	defer os.RemoveAll(dir)
+	pf := filepath.Join(dir, "policy.yaml")
+	if err := os.WriteFile(pf, []byte("version: \"1.0\"\nname: doctor\nsandbox:\n  filesystem: {allowed_writes: [/tmp]}\n"), 0o600); err != nil {
+		return check{"FAIL", "sandbox", err.Error()}
+	}
+	devnull, err := os.Open(os.DevNull)
+	if err != nil {
+		return check{"FAIL", "sandbox", err.Error()}
+	}
+	defer devnull.Close()
+	var errb bytes.Buffer
+	start := time.Now()
+	code := runRun(ctx, streams{in: devnull, out: &errb, err: &errb}, []string{
+		"--policy", pf, "--runsc", runscPath, "--state-dir", cfg.Root, "--platform", plat, "--", "/bin/true",
+	})
+	if code != 0 {
+		return check{"FAIL", "sandbox", fmt.Sprintf("openshell run /bin/true: exit %d: %s", code, strings.TrimSpace(errb.String()))}
+	}
+	return check{"ok", "sandbox", fmt.Sprintf("openshell run /bin/true: %s", time.Since(start).Round(time.Millisecond))}
+}
