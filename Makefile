@@ -7,7 +7,7 @@
 #   make unit         unit tests only
 #   make integration  real runsc sandboxes (root; alias: root-test)
 #   make deps         install the Debian packages the tests use (busybox-static, runc)
-#   make bench        Go benchmarks of the policy compiler
+#   make bench        Go benchmarks, then whole sandboxes timed against runsc and runc (root)
 #   make fuzz         fuzz the policy parser (FUZZTIME=10m)
 #   make lint         go vet + staticcheck
 
@@ -18,6 +18,7 @@ VERSION       ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS       := -X github.com/openshell/openshell/cmd/internal/cli.Version=$(VERSION) \
                  -X github.com/openshell/openshell/cmd/internal/ocicli.Version=$(VERSION)
 FUZZTIME      ?= 1m
+BENCH_RUNS    ?= 15
 # gVisor publishes no tags to the module proxy; this pseudo-version is the
 # newest it serves. runsc must be static: a cgo build cannot start sandboxes.
 GVISOR_VERSION := v0.0.0-20260905035102-160fafc42237
@@ -63,8 +64,9 @@ unit:
 integration root-test: runsc deps
 	OPENSHELL_RUNSC=$(BIN)/runsc $(GO) test -count=1 -v ./integration/
 
-bench:
+bench: build runsc deps
 	$(GO) test -run '^$$' -bench . -benchmem ./policyhook/...
+	BIN=$(BIN) test/bench/sandboxes.sh $(BENCH_RUNS)
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME) ./policyhook/policy/

@@ -254,3 +254,24 @@ func (r *Runsc) RemoveStale(id string) error {
 	}
 	return nil
 }
+
+// Exists reports whether the binary is there and executable, without
+// running it: starting runsc costs tens of milliseconds, on every sandbox.
+func (r *Runsc) Exists() error {
+	st, err := os.Stat(r.Path)
+	if err != nil {
+		return fmt.Errorf("runsc not found at %s (make runsc installs it): %w", r.Path, err)
+	}
+	if !st.Mode().IsRegular() || st.Mode().Perm()&0o111 == 0 {
+		return fmt.Errorf("runsc at %s is not an executable file", r.Path)
+	}
+	return nil
+}
+
+// Known reports whether runsc still holds state for a root container:
+// after "runsc run" returns, it has removed it, and a delete would only
+// spend a runsc start to find nothing.
+func (r *Runsc) Known(id string) bool {
+	_, err := os.Stat(filepath.Join(r.Root, id+"_sandbox:"+id+".state"))
+	return err == nil
+}

@@ -73,7 +73,7 @@ func runRun(ctx context.Context, s streams, args []string) int {
 		return fail("rootfs: %s", err)
 	}
 	r := &runsc.Runsc{Path: *runscPath, Root: filepath.Join(*stateDir, "runsc"), Platform: *plat, Flags: cfg.RunscFlags}
-	if _, err := r.Check(ctx); err != nil {
+	if err := r.Exists(); err != nil {
 		return fail("%s", err)
 	}
 
@@ -131,8 +131,13 @@ func runRun(ctx context.Context, s streams, args []string) int {
 	// Always clean up, whatever happened above.
 	cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if derr := r.Delete(cctx, sb.ID, true); derr != nil && !strings.Contains(derr.Error(), "does not exist") {
-		fmt.Fprintf(s.err, "openshell: %s\n", derr)
+	if r.Known(sb.ID) {
+		if derr := r.Delete(cctx, sb.ID, true); derr != nil && !strings.Contains(derr.Error(), "does not exist") {
+			fmt.Fprintf(s.err, "openshell: %s\n", derr)
+		}
+	}
+	if err := r.RemoveStale(sb.ID); err != nil {
+		fmt.Fprintf(s.err, "openshell: %s\n", err)
 	}
 	if cerr := sb.Cleanup(); cerr != nil {
 		fmt.Fprintf(s.err, "openshell: %s\n", cerr)

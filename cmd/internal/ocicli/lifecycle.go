@@ -198,7 +198,9 @@ func cmdRun(ctx context.Context, e *env, args []string) error {
 	if stop != nil {
 		stop()
 	}
-	e.forceDelete(r, id)
+	if r.Known(id) {
+		e.forceDelete(r, id)
+	}
 	if cerr := sb.Cleanup(); cerr != nil {
 		e.log.Error("remove state", "container", id, "error", cerr)
 	}
