@@ -2,8 +2,10 @@
 #
 #   make run          build everything and run the main job: a command sandboxed by openshell run
 #   make test         lint + unit + integration tests (the README's test command; CI runs it)
-#   make build        build openshell into bin/
+#   make build        build openshell, openshell-runtime and containerd-shim-openshell-v1 into bin/
 #   make runsc        install the pinned runsc into bin/ (from the Go module proxy)
+#   make containerd   install the pinned containerd and ctr into bin/ (for the engine tests)
+#   make install      copy the binaries and runsc to $(PREFIX)/bin
 #   make unit         unit tests only
 #   make integration  real runsc sandboxes (root; alias: root-test)
 #   make deps         install the Debian packages the tests use (busybox-static, runc)
@@ -23,11 +25,16 @@ BENCH_RUNS    ?= 15
 # newest it serves. runsc must be static: a cgo build cannot start sandboxes.
 GVISOR_VERSION := v0.0.0-20260905035102-160fafc42237
 STATICCHECK   := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+# The shim is its own module: containerd v2.4.2 needs runtime-spec v1.3.0,
+# which runtime-tools v0.9.0 (the newest on the proxy) does not build with.
+CONTAINERD_VERSION := v2.4.2
+SHIM_TAGS     := no_grpc
+PREFIX        ?= /usr/local
 UNIT_PKGS      = $(shell $(GO) list ./... | grep -v /integration)
 # busybox-static builds test images; runc is the baseline benchmarks compare to.
 DEB_PKGS      := busybox-static runc
 
-.PHONY: all run build runsc deps test unit integration root-test bench fuzz lint clean
+.PHONY: all run build shim runsc containerd install deps test unit integration root-test bench fuzz lint clean
 
 all: build runsc
 
@@ -39,8 +46,22 @@ run: build runsc
 	  echo "kernel:        $$(cat /proc/version)"; \
 	  exit 3' < /dev/null; echo "exit code:     $$?"
 
-build:
+build: shim
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/...
+
+shim:
+	cd shim && $(GO) build -tags $(SHIM_TAGS) -trimpath -ldflags "-s -w" -o $(BIN)/ ./cmd/containerd-shim-openshell-v1
+
+containerd: $(BIN)/containerd
+
+$(BIN)/containerd:
+	CGO_ENABLED=0 GOBIN=$(BIN) $(GO) install -trimpath -ldflags "-s -w" -tags "no_btrfs no_devmapper no_zfs" \
+	  github.com/containerd/containerd/v2/cmd/containerd@$(CONTAINERD_VERSION) \
+	  github.com/containerd/containerd/v2/cmd/ctr@$(CONTAINERD_VERSION)
+
+install: build runsc
+	install -d $(PREFIX)/bin
+	install -m 0755 $(BIN)/openshell $(BIN)/openshell-runtime $(BIN)/containerd-shim-openshell-v1 $(BIN)/runsc $(PREFIX)/bin/
 
 runsc: $(BIN)/runsc
 
@@ -60,9 +81,10 @@ test: lint unit integration
 
 unit:
 	$(GO) test -count=1 $(UNIT_PKGS)
+	cd shim && $(GO) test -count=1 -tags $(SHIM_TAGS) ./...
 
-integration root-test: runsc deps
-	OPENSHELL_RUNSC=$(BIN)/runsc $(GO) test -count=1 -v ./integration/
+integration root-test: build runsc containerd deps
+	OPENSHELL_BIN=$(BIN) OPENSHELL_RUNSC=$(BIN)/runsc $(GO) test -count=1 -v -timeout 60m ./integration/
 
 bench: build runsc deps
 	$(GO) test -run '^$$' -bench . -benchmem ./policyhook/...
@@ -74,6 +96,7 @@ fuzz:
 lint:
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
+	cd shim && $(GO) vet -tags $(SHIM_TAGS) ./... && $(GO) run $(STATICCHECK) -tags $(SHIM_TAGS) ./...
 
 clean:
 	rm -rf $(BIN)

@@ -4,6 +4,8 @@ go 1.26
 
 require (
 	github.com/cyphar/filepath-securejoin v0.5.1
+	github.com/opencontainers/go-digest v1.0.0
+	github.com/opencontainers/image-spec v1.1.1
 	github.com/opencontainers/runtime-spec v1.2.1
 	github.com/opencontainers/runtime-tools v0.9.0
 	github.com/pelletier/go-toml/v2 v2.4.3

@@ -20,6 +20,7 @@ import (
 var (
 	openshellBin string
 	runtimeBin   string
+	binDir       string // the binaries under test, with runsc beside them
 	runscBin     string
 	stateDir     string // shared: runsc keeps a bind-mounted null-netns in its root
 	skipReason   string
@@ -53,11 +54,24 @@ func setup(m *testing.M) int {
 		runtimeBin = filepath.Join(dir, "openshell-runtime")
 		stateDir = filepath.Join(dir, "state")
 		defer cleanupState(stateDir)
+		binDir = dir
 		out, err := exec.Command("go", "build", "-o", dir+"/", "../cmd/openshell", "../cmd/openshell-runtime").CombinedOutput()
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "build: %v\n%s", err, out)
 			return 1
 		}
+		shimBuild := exec.Command("go", "build", "-tags", "no_grpc", "-o", dir+"/", "./cmd/containerd-shim-openshell-v1")
+		shimBuild.Dir = "../shim"
+		if out, err := shimBuild.CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "build shim: %v\n%s", err, out)
+			return 1
+		}
+		// openshell-runtime finds runsc beside itself, as an install has it.
+		if err := os.Symlink(runscBin, filepath.Join(dir, "runsc")); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer stopEngines()
 	} else {
 		fmt.Println("SKIP integration:", skipReason)
 	}

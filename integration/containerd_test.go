@@ -1,0 +1,380 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/openshell/openshell/test/image"
+	"github.com/openshell/openshell/test/rootfs"
+)
+
+// testImage is the busybox image every engine test runs.
+const testImage = "docker.io/library/busybox:openshell-test"
+
+// ctrNamespace keeps the tests' containers, and the runc shim's state for
+// them (/run/containerd/runc/<namespace>), apart from anything else.
+const ctrNamespace = "openshell-it"
+
+// containerd is one containerd started for the tests, with its own root,
+// state and socket, and the binaries under test first on its PATH.
+type containerd struct {
+	dir  string
+	cmd  *exec.Cmd
+	sock string
+	ctr  string
+}
+
+var (
+	ctrdOnce sync.Once
+	ctrd     *containerd
+	ctrdSkip string
+	engines  []func()
+)
+
+// stopEngines stops what the tests started, last first.
+func stopEngines() {
+	for i := len(engines) - 1; i >= 0; i-- {
+		engines[i]()
+	}
+}
+
+// engineBin finds a binary that make installs into bin/ (containerd, ctr):
+// $OPENSHELL_BIN, then ../bin.
+func engineBin(name string) (string, error) {
+	dir := os.Getenv("OPENSHELL_BIN")
+	if dir == "" {
+		dir, _ = filepath.Abs("../bin")
+	}
+	p := filepath.Join(dir, name)
+	if _, err := os.Stat(p); err != nil {
+		return "", fmt.Errorf("%s not found at %s: run `make containerd`", name, p)
+	}
+	return p, nil
+}
+
+// startContainerd starts the tests' containerd once and imports the test
+// image. Tests skip, saying why, when containerd was not built.
+func startContainerd(t *testing.T) *containerd {
+	t.Helper()
+	if skipReason != "" {
+		t.Skip(skipReason)
+	}
+	ctrdOnce.Do(func() {
+		bin, err := engineBin("containerd")
+		if err != nil {
+			ctrdSkip = err.Error()
+			return
+		}
+		ctrBin, err := engineBin("ctr")
+		if err != nil {
+			ctrdSkip = err.Error()
+			return
+		}
+		c, err := newContainerd(bin, ctrBin)
+		if err != nil {
+			ctrdSkip = "FAIL: " + err.Error()
+			return
+		}
+		ctrd = c
+	})
+	if strings.HasPrefix(ctrdSkip, "FAIL: ") {
+		t.Fatal(ctrdSkip)
+	}
+	if ctrdSkip != "" {
+		t.Skip(ctrdSkip)
+	}
+	return ctrd
+}
+
+func newContainerd(bin, ctrBin string) (*containerd, error) {
+	dir, err := os.MkdirTemp("", "openshell-it-containerd")
+	if err != nil {
+		return nil, err
+	}
+	c := &containerd{dir: dir, sock: filepath.Join(dir, "containerd.sock"), ctr: ctrBin}
+	config := fmt.Sprintf(`version = 3
+root = %q
+state = %q
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime", "io.containerd.cri.v1.images", "io.containerd.nri.v1.nri"]
+[grpc]
+  address = %q
+[ttrpc]
+  address = %q
+`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), c.sock, c.sock+".ttrpc")
+	if err := os.WriteFile(filepath.Join(dir, "config.toml"), []byte(config), 0o600); err != nil {
+		return nil, err
+	}
+	logf, err := os.Create(filepath.Join(dir, "containerd.log"))
+	if err != nil {
+		return nil, err
+	}
+	c.cmd = exec.Command(bin, "--config", filepath.Join(dir, "config.toml"))
+	c.cmd.Stdout, c.cmd.Stderr = logf, logf
+	c.cmd.Env = append(os.Environ(), "PATH="+binDir+":"+os.Getenv("PATH"))
+	if err := c.cmd.Start(); err != nil {
+		return nil, err
+	}
+	engines = append(engines, c.stop)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if out, err := c.run("version"); err == nil {
+			break
+		} else if time.Now().After(deadline) {
+			return nil, fmt.Errorf("containerd did not come up: %v\n%s", err, out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	fs := filepath.Join(dir, "image", "rootfs")
+	if err := rootfs.Busybox(fs); err != nil {
+		return nil, err
+	}
+	tarPath := filepath.Join(dir, "image", "busybox.tar")
+	if err := image.WriteFile(tarPath, fs, image.Options{Name: testImage, Cmd: []string{"/bin/sh"}}); err != nil {
+		return nil, err
+	}
+	if out, err := c.run("images", "import", tarPath); err != nil {
+		return nil, fmt.Errorf("import test image: %v\n%s", err, out)
+	}
+	return c, nil
+}
+
+// stop ends containerd (the shims it started end with their containers),
+// and removes its directories and the runc shim's state for our namespace.
+func (c *containerd) stop() {
+	if c.cmd.Process != nil {
+		_ = c.cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { c.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			_ = c.cmd.Process.Kill()
+			<-done
+		}
+	}
+	runcRoot := filepath.Join("/run/containerd/runc", ctrNamespace)
+	if _, err := os.Stat(filepath.Join(runcRoot, "null-netns")); err == nil {
+		_ = unix.Unmount(filepath.Join(runcRoot, "null-netns"), unix.MNT_DETACH)
+	}
+	_ = os.RemoveAll(runcRoot)
+	unmountBelow(c.dir)
+	_ = os.RemoveAll(c.dir)
+}
+
+// unmountBelow lazily unmounts whatever is still mounted below dir (a
+// snapshot of a container that failed midway), deepest first.
+func unmountBelow(dir string) {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return
+	}
+	var below []string
+	for _, l := range strings.Split(string(data), "\n") {
+		f := strings.Fields(l)
+		if len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
+			below = append(below, f[4])
+		}
+	}
+	for i := len(below) - 1; i >= 0; i-- {
+		_ = unix.Unmount(below[i], unix.MNT_DETACH)
+	}
+}
+
+func (c *containerd) run(args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, c.ctr, append([]string{"-a", c.sock, "-n", ctrNamespace}, args...)...).CombinedOutput()
+	return string(out), err
+}
+
+// ctr runs ctr and keeps stdout and stderr apart, dropping ctr's own
+// log lines (cgroup v1 deprecation warnings) from stderr.
+func (c *containerd) ctrRun(t *testing.T, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, c.ctr, append([]string{"-a", c.sock, "-n", ctrNamespace}, args...)...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	r := result{code: cmd.ProcessState.ExitCode(), stdout: out.String()}
+	for _, l := range strings.SplitAfter(errb.String(), "\n") {
+		if !strings.HasPrefix(l, "time=") {
+			r.stderr += l
+		}
+	}
+	if err != nil && r.code < 0 {
+		t.Fatalf("ctr %v: %v\n%s", args, err, errb.String())
+	}
+	return r
+}
+
+// runOpenshell is ctr run --rm through io.openshell.v1.
+func (c *containerd) runOpenshell(t *testing.T, id string, annotations []string, cmd ...string) result {
+	t.Helper()
+	args := []string{"run", "--rm", "--runtime", "io.openshell.v1"}
+	for _, a := range annotations {
+		args = append(args, "--annotation", a)
+	}
+	args = append(append(args, testImage, id), cmd...)
+	return c.ctrRun(t, args...)
+}
+
+// shims lists the pids of our shim.
+func shims() []string {
+	return processesMentioning("containerd-shim-openshell-v1")
+}
+
+// assertCtrClean checks no container, task, shim, runtime state or mount
+// of the tests' namespace is left.
+func (c *containerd) assertClean(t *testing.T) {
+	t.Helper()
+	if out, _ := c.run("containers", "list", "-q"); strings.TrimSpace(filterLogs(out)) != "" {
+		t.Errorf("containers left: %s", out)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(shims()) > 0 && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if s := shims(); len(s) > 0 {
+		t.Errorf("shims left: %v", s)
+	}
+	ents, _ := os.ReadDir(filepath.Join("/run/containerd/runc", ctrNamespace, "openshell"))
+	for _, e := range ents {
+		t.Errorf("runtime state left: %s", e.Name())
+	}
+	data, _ := os.ReadFile("/proc/self/mountinfo")
+	for _, l := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(l); len(f) > 4 && strings.Contains(f[4], "/openshell/") && strings.Contains(f[4], "/run/containerd/") {
+			t.Errorf("mount left: %s", f[4])
+		}
+	}
+}
+
+func filterLogs(s string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if !strings.HasPrefix(l, "time=") {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+func TestCtrRun(t *testing.T) {
+	c := startContainerd(t)
+	for _, tc := range []struct {
+		script string
+		want   int
+	}{{"exit 0", 0}, {"exit 3", 3}, {"kill -9 $$", 137}, {"true", 0}} {
+		if r := c.runOpenshell(t, "exit", nil, "/bin/sh", "-c", tc.script); r.code != tc.want {
+			t.Errorf("%q: exit %d, want %d\n%s", tc.script, r.code, tc.want, r.stderr)
+		}
+	}
+	r := c.runOpenshell(t, "io", nil, "/bin/sh", "-c", "echo to-out; echo to-err >&2; cat /proc/version; id -u; wc -c < /etc/shadow; touch /etc/x 2>&1; touch /tmp/x && echo tmp-ok")
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if r.code != 0 || len(lines) != 6 || lines[0] != "to-out" || !strings.Contains(lines[1], "gvisor") || lines[2] != "65534" ||
+		strings.TrimSpace(lines[3]) != "0" || !strings.Contains(lines[4], "touch: /etc/x:") || lines[5] != "tmp-ok" || r.stderr != "to-err\n" {
+		t.Errorf("exit %d\nstdout %q\nstderr %q", r.code, r.stdout, r.stderr)
+	}
+	c.assertClean(t)
+}
+
+func TestCtrPolicyAnnotation(t *testing.T) {
+	c := startContainerd(t)
+	pf := writePolicy(t, permissive+"  process: {allow_exec: false, max_processes: 16}\n")
+	r := c.runOpenshell(t, "annot", []string{"io.openshell.policy=" + pf}, "/bin/sh", "-c", "echo entrypoint-ran; /bin/ls / && echo LS-RAN")
+	if !strings.Contains(r.stdout, "entrypoint-ran") || strings.Contains(r.stdout, "LS-RAN") || !strings.Contains(r.stderr, "Operation not permitted") {
+		t.Errorf("allow_exec false through the shim: stdout %q stderr %q", r.stdout, r.stderr)
+	}
+	c.assertClean(t)
+}
+
+func TestCtrBadPolicyLeavesNothing(t *testing.T) {
+	c := startContainerd(t)
+	broken, _ := filepath.Abs("../policyhook/policy/testdata/broken.yaml")
+	r := c.runOpenshell(t, "bad", []string{"io.openshell.policy=" + broken}, "/bin/true")
+	if r.code == 0 || !strings.Contains(r.stderr, broken+":5:22: sandbox.filesystem.allowed_writes[0]: / can never be writable") {
+		t.Errorf("exit %d: %s", r.code, r.stderr)
+	}
+	c.assertClean(t)
+}
+
+func TestCtrExecKillDelete(t *testing.T) {
+	c := startContainerd(t)
+	if r := c.ctrRun(t, "run", "-d", "--runtime", "io.openshell.v1", testImage, "long", "/bin/sleep", "60"); r.code != 0 {
+		t.Fatalf("run -d: %d %s", r.code, r.stderr)
+	}
+	t.Cleanup(func() {
+		c.run("task", "kill", "-s", "KILL", "long")
+		c.run("task", "delete", "-f", "long")
+		c.run("containers", "delete", "long")
+	})
+	r := c.ctrRun(t, "task", "exec", "--exec-id", "e1", "long", "/bin/sh", "-c", "id -u; grep CapEff /proc/self/status")
+	if r.code != 0 || !strings.Contains(r.stdout, "65534\n") || !strings.Contains(r.stdout, "0000000000000000") {
+		t.Errorf("exec not confined: %d %q %q", r.code, r.stdout, r.stderr)
+	}
+	if r := c.ctrRun(t, "task", "exec", "--exec-id", "e2", "long", "/bin/sh", "-c", "exit 4"); r.code != 4 {
+		t.Errorf("exec exit %d, want 4", r.code)
+	}
+	if r := c.ctrRun(t, "task", "kill", "-s", "KILL", "long"); r.code != 0 {
+		t.Fatalf("kill: %s", r.stderr)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		out, _ := c.run("task", "list")
+		if strings.Contains(out, "STOPPED") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("task not stopped: %s", out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if r := c.ctrRun(t, "task", "delete", "long"); r.code != 0 || strings.TrimSpace(r.stdout) != "" && !strings.Contains(r.stdout, "137") {
+		t.Errorf("task delete: %d %q %q", r.code, r.stdout, r.stderr)
+	}
+	if r := c.ctrRun(t, "containers", "delete", "long"); r.code != 0 {
+		t.Errorf("container delete: %s", r.stderr)
+	}
+	c.assertClean(t)
+}
+
+// TestCtrCycles runs many sandboxes one after another and checks nothing
+// leaks: shims, runtime state, mounts. OPENSHELL_CYCLES sets how many.
+func TestCtrCycles(t *testing.T) {
+	c := startContainerd(t)
+	n := 100
+	if v, err := strconv.Atoi(os.Getenv("OPENSHELL_CYCLES")); err == nil && v > 0 {
+		n = v
+	}
+	mountsBefore := countMounts()
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		if r := c.runOpenshell(t, "cycle", nil, "/bin/true"); r.code != 0 {
+			t.Fatalf("cycle %d: exit %d: %s", i, r.code, r.stderr)
+		}
+	}
+	t.Logf("%d ctr run --rm cycles in %s", n, time.Since(start).Round(time.Millisecond))
+	c.assertClean(t)
+	if after := countMounts(); after > mountsBefore {
+		t.Errorf("mounts grew from %d to %d over %d cycles", mountsBefore, after, n)
+	}
+}
+
+func countMounts() int {
+	data, _ := os.ReadFile("/proc/self/mountinfo")
+	return strings.Count(string(data), "\n")
+}
