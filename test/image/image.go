@@ -171,4 +171,3 @@ func layerTar(rootfs string) ([]byte, error) {
 	}
 	return buf.Bytes(), nil
 }
-

@@ -152,4 +152,3 @@ func cmdSpec(ctx context.Context, e *env, args []string) error {
 	}
 	return passthrough("spec")(ctx, e, []string{"--bundle", *bundle})
 }
-
