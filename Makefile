@@ -31,8 +31,9 @@ CONTAINERD_VERSION := v2.4.2
 SHIM_TAGS     := no_grpc
 PREFIX        ?= /usr/local
 UNIT_PKGS      = $(shell $(GO) list ./... | grep -v /integration)
-# busybox-static builds test images; runc is the baseline benchmarks compare to.
-DEB_PKGS      := busybox-static runc
+# busybox-static builds test images; runc is the baseline benchmarks compare
+# to; docker.io is the dockerd (20.10) the engine tests start.
+DEB_PKGS      := busybox-static runc docker.io
 
 .PHONY: all run build shim runsc containerd install deps test unit integration root-test bench fuzz lint clean
 

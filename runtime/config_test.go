@@ -74,3 +74,13 @@ func TestRunscPathPrefersConfig(t *testing.T) {
 		t.Fatal(got)
 	}
 }
+
+func TestDeployConfigParses(t *testing.T) {
+	c, err := LoadConfig("../deploy/openshell/config.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.DefaultPolicy != BuiltinPolicy || c.PolicyDir != "/etc/openshell/policies" {
+		t.Fatalf("%+v", c)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -40,15 +41,18 @@ func defaultHost() host {
 }
 
 func runDoctor(ctx context.Context, s streams, args []string) int {
-	fs := newFlags(s, "doctor", "doctor [--config FILE] [--runsc PATH] [--smoke]")
+	fs := newFlags(s, "doctor", "doctor [--config FILE] [--runsc PATH] [--docker-config FILE] [--smoke]")
 	config := fs.String("config", runtime.DefaultConfigPath, "the runtime configuration")
 	runscPath := fs.String("runsc", "", "the runsc binary (default: from the configuration)")
 	smoke := fs.Bool("smoke", false, "also start a sandbox running /bin/true")
+	dockerJSON := fs.String("docker-config", "/etc/docker/daemon.json", "Docker's daemon.json")
 	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
 		fs.Usage()
 		return exitUsage
 	}
-	checks := doctorChecks(ctx, defaultHost(), *config, *runscPath, *smoke)
+	h := defaultHost()
+	h.dockerJSON = *dockerJSON
+	checks := doctorChecks(ctx, h, *config, *runscPath, *smoke)
 	tw := tabwriter.NewWriter(s.out, 0, 4, 2, ' ', 0)
 	failed := false
 	for _, c := range checks {
@@ -207,8 +211,9 @@ func nvidiaDriverVersion(s string) string {
 	return "unknown"
 }
 
-// dockerCheck warns about the daemon.json form dockerd 20.10 ignores: it
-// falls back to runc, silently, for a runtimeType runtime.
+// dockerCheck looks at Docker's openshell runtimes. It fails on the form
+// dockerd 20.10 ignores: a runtimeType runtime, which it silently runs
+// under runc.
 func dockerCheck(h host) (check, bool) {
 	data, err := os.ReadFile(h.dockerJSON)
 	if err != nil {
@@ -223,18 +228,29 @@ func dockerCheck(h host) (check, bool) {
 	if err := json.Unmarshal(data, &cfg); err != nil {
 		return check{"warn", "docker", fmt.Sprintf("%s: %s", h.dockerJSON, err)}, true
 	}
-	rt, ok := cfg.Runtimes["openshell"]
-	if !ok {
-		return check{"warn", "docker", fmt.Sprintf("%s has no \"openshell\" runtime", h.dockerJSON)}, true
+	var names []string
+	for name := range cfg.Runtimes {
+		names = append(names, name)
 	}
-	if rt.RuntimeType != "" {
-		v := dockerdVersion()
-		if strings.HasPrefix(v, "20.") || strings.HasPrefix(v, "19.") {
-			return check{"FAIL", "docker", fmt.Sprintf("dockerd %s ignores runtimeType and would run containers under runc: use \"path\": \"/usr/local/bin/openshell-runtime\"", v)}, true
+	slices.Sort(names)
+	var found []string
+	for _, name := range names {
+		rt := cfg.Runtimes[name]
+		switch {
+		case rt.RuntimeType == "io.openshell.v1":
+			v := dockerdVersion()
+			if strings.HasPrefix(v, "20.") || strings.HasPrefix(v, "19.") {
+				return check{"FAIL", "docker", fmt.Sprintf("runtime %q: dockerd %s ignores runtimeType and would run containers under runc: use \"path\": \"/usr/local/bin/openshell-runtime\"", name, v)}, true
+			}
+			found = append(found, fmt.Sprintf("%s (runtimeType, dockerd %s)", name, v))
+		case filepath.Base(rt.Path) == "openshell-runtime":
+			found = append(found, fmt.Sprintf("%s (path %s)", name, rt.Path))
 		}
-		return check{"ok", "docker", fmt.Sprintf("runtime openshell: runtimeType %s (dockerd %s)", rt.RuntimeType, v)}, true
 	}
-	return check{"ok", "docker", fmt.Sprintf("runtime openshell: path %s", rt.Path)}, true
+	if len(found) == 0 {
+		return check{"warn", "docker", fmt.Sprintf("%s has no openshell runtime", h.dockerJSON)}, true
+	}
+	return check{"ok", "docker", "runtimes " + strings.Join(found, ", ")}, true
 }
 
 func dockerdVersion() string {

@@ -51,7 +51,7 @@ func TestDoctorChecks(t *testing.T) {
 		"runsc":        "ok runsc version fake",
 		"gpu":          "ok NVIDIA driver 550.54.15, supported by nvproxy",
 		"cgroups":      "warn v2: cpu io pids (no memory controller",
-		"docker":       "ok runtime openshell: path /usr/local/bin/openshell-runtime",
+		"docker":       "ok runtimes openshell (path /usr/local/bin/openshell-runtime)",
 		"capabilities": "ok CAP_SYS_RESOURCE present",
 		"platform":     "ok systrap (no /dev/kvm)",
 		"config":       "ok /nonexistent/config.toml absent: defaults",
@@ -104,7 +104,7 @@ func TestDockerRuntimeTypeOnOldDockerd(t *testing.T) {
 	t.Setenv("PATH", bin+":"+os.Getenv("PATH"))
 	os.WriteFile(h.dockerJSON, []byte(`{"runtimes":{"openshell":{"runtimeType":"io.openshell.v1"}}}`), 0o644)
 	c, ok := dockerCheck(h)
-	if !ok || c.status != "FAIL" || !strings.Contains(c.detail, "dockerd 20.10.24+dfsg1 ignores runtimeType") {
+	if !ok || c.status != "FAIL" || !strings.Contains(c.detail, `runtime "openshell": dockerd 20.10.24+dfsg1 ignores runtimeType`) {
 		t.Fatalf("%+v", c)
 	}
 }

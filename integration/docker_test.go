@@ -1,0 +1,202 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/openshell/openshell/test/image"
+	"github.com/openshell/openshell/test/rootfs"
+)
+
+// dockerd is Debian's dockerd (20.10), started by the tests with its own
+// data root, exec root and socket, no bridge and no iptables.
+type dockerd struct {
+	dir, sock, cli string
+	cmd            *exec.Cmd
+}
+
+var (
+	dockerOnce sync.Once
+	dockerInst *dockerd
+	dockerSkip string
+)
+
+func startDockerd(t *testing.T) *dockerd {
+	t.Helper()
+	if skipReason != "" {
+		t.Skip(skipReason)
+	}
+	dockerOnce.Do(func() {
+		if _, err := os.Stat("/usr/sbin/dockerd"); err != nil {
+			dockerSkip = "dockerd not installed (make deps installs Debian's docker.io)"
+			return
+		}
+		d, err := newDockerd()
+		if err != nil {
+			dockerSkip = "FAIL: " + err.Error()
+			return
+		}
+		dockerInst = d
+	})
+	if strings.HasPrefix(dockerSkip, "FAIL: ") {
+		t.Fatal(dockerSkip)
+	}
+	if dockerSkip != "" {
+		t.Skip(dockerSkip)
+	}
+	return dockerInst
+}
+
+// daemonJSON has both runtime forms: "openshell" with a path (what
+// dockerd 20.10 understands) and "openshell-rt" with runtimeType (what
+// dockerd >= 23 understands, and 20.10 silently ignores).
+func daemonJSON() string {
+	return fmt.Sprintf(`{
+  "runtimes": {
+    "openshell": {"path": %q},
+    "openshell-rt": {"runtimeType": "io.openshell.v1"}
+  },
+  "bridge": "none",
+  "iptables": false,
+  "ip6tables": false,
+  "exec-opts": ["native.cgroupdriver=cgroupfs"]
+}
+`, runtimeBin)
+}
+
+func newDockerd() (*dockerd, error) {
+	dir, err := os.MkdirTemp("", "openshell-it-docker")
+	if err != nil {
+		return nil, err
+	}
+	d := &dockerd{dir: dir, sock: filepath.Join(dir, "docker.sock"), cli: "/usr/bin/docker"}
+	if _, err := os.Stat(d.cli); err != nil {
+		d.cli = "docker"
+	}
+	if err := os.WriteFile(filepath.Join(dir, "daemon.json"), []byte(daemonJSON()), 0o600); err != nil {
+		return nil, err
+	}
+	logf, err := os.Create(filepath.Join(dir, "dockerd.log"))
+	if err != nil {
+		return nil, err
+	}
+	d.cmd = exec.Command("/usr/sbin/dockerd", "--config-file", filepath.Join(dir, "daemon.json"),
+		"--data-root", filepath.Join(dir, "data"), "--exec-root", filepath.Join(dir, "exec"),
+		"--pidfile", filepath.Join(dir, "docker.pid"), "-H", "unix://"+d.sock)
+	d.cmd.Stdout, d.cmd.Stderr = logf, logf
+	if err := d.cmd.Start(); err != nil {
+		return nil, err
+	}
+	engines = append(engines, d.stop)
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if _, err := d.docker("version"); err == nil {
+			break
+		} else if time.Now().After(deadline) {
+			log, _ := os.ReadFile(filepath.Join(dir, "dockerd.log"))
+			return nil, fmt.Errorf("dockerd did not come up: %v\n%s", err, log)
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	fs := filepath.Join(dir, "image", "rootfs")
+	if err := rootfs.Busybox(fs); err != nil {
+		return nil, err
+	}
+	tarPath := filepath.Join(dir, "image", "busybox.tar")
+	if err := image.WriteFile(tarPath, fs, image.Options{Name: testImage, Cmd: []string{"/bin/sh"}}); err != nil {
+		return nil, err
+	}
+	if out, err := d.docker("load", "-i", tarPath); err != nil {
+		return nil, fmt.Errorf("docker load: %v\n%s", err, out)
+	}
+	return d, nil
+}
+
+func (d *dockerd) stop() {
+	if d.cmd.Process != nil {
+		_ = d.cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { d.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			_ = d.cmd.Process.Kill()
+			<-done
+		}
+	}
+	unmountBelow(d.dir)
+	_ = os.RemoveAll(d.dir)
+}
+
+func (d *dockerd) docker(args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, d.cli, append([]string{"-H", "unix://" + d.sock}, args...)...).CombinedOutput()
+	return string(out), err
+}
+
+func (d *dockerd) run(t *testing.T, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, d.cli, append([]string{"-H", "unix://" + d.sock, "run", "--rm", "--network=none"}, args...)...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	r := result{code: cmd.ProcessState.ExitCode(), stdout: out.String(), stderr: errb.String()}
+	if err != nil && r.code < 0 {
+		t.Fatalf("docker run %v: %v\n%s", args, err, errb.String())
+	}
+	return r
+}
+
+func TestDockerPathRuntime(t *testing.T) {
+	d := startDockerd(t)
+	for _, tc := range []struct {
+		script string
+		want   int
+	}{{"exit 0", 0}, {"exit 3", 3}, {"kill -9 $$", 137}} {
+		if r := d.run(t, "--runtime=openshell", testImage, "/bin/sh", "-c", tc.script); r.code != tc.want {
+			t.Errorf("%q: exit %d, want %d\n%s", tc.script, r.code, tc.want, r.stderr)
+		}
+	}
+	r := d.run(t, "--runtime=openshell", testImage, "/bin/sh", "-c", "echo to-out; echo to-err >&2; cat /proc/version; id -u")
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if r.code != 0 || len(lines) != 3 || lines[0] != "to-out" || !strings.Contains(lines[1], "gvisor") || lines[2] != "65534" || r.stderr != "to-err\n" {
+		t.Errorf("exit %d\nstdout %q\nstderr %q", r.code, r.stdout, r.stderr)
+	}
+	// The control: the same image under Docker's default runtime is not
+	// in gVisor, so the check above would catch a silent fallback.
+	if r := d.run(t, testImage, "cat", "/proc/version"); strings.Contains(r.stdout, "gvisor") {
+		t.Errorf("the default runtime ran gVisor too: %s", r.stdout)
+	}
+}
+
+// TestDockerRuntimeTypeIgnoredBy2010 shows what openshell doctor warns
+// about: dockerd 20.10 ignores runtimeType and runs the container under
+// runc, not openshell.
+func TestDockerRuntimeTypeIgnoredBy2010(t *testing.T) {
+	d := startDockerd(t)
+	if v, _ := d.docker("version", "--format", "{{.Server.Version}}"); !strings.HasPrefix(strings.TrimSpace(v), "20.") {
+		t.Skipf("dockerd %s honours runtimeType", strings.TrimSpace(v))
+	}
+	r := d.run(t, "--runtime=openshell-rt", testImage, "cat", "/proc/version")
+	if r.code != 0 || strings.Contains(r.stdout, "gvisor") {
+		t.Fatalf("runtimeType on 20.10: exit %d %q %q", r.code, r.stdout, r.stderr)
+	}
+	cmd := exec.Command(openshellBin, "doctor", "--config", "/nonexistent", "--docker-config", filepath.Join(d.dir, "daemon.json"))
+	cmd.Env = append(os.Environ(), "PATH=/usr/sbin:"+os.Getenv("PATH"))
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "ignores runtimeType and would run containers under runc") {
+		t.Errorf("openshell doctor did not flag it: %v\n%s", err, out)
+	}
+}
