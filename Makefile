@@ -11,6 +11,7 @@
 #   make deps         install the Debian packages the tests use (busybox-static, runc)
 #   make bench        Go benchmarks, then whole sandboxes timed against runsc and runc (root)
 #   make fuzz         fuzz the policy parser (FUZZTIME=10m)
+#   make conformance  runtime-tools' validation programs: bare runsc vs openshell-runtime (root)
 #   make lint         go vet + staticcheck
 
 SHELL         := /bin/bash
@@ -35,7 +36,7 @@ UNIT_PKGS      = $(shell $(GO) list ./... | grep -v /integration)
 # to; docker.io is the dockerd (20.10) the engine tests start.
 DEB_PKGS      := busybox-static runc docker.io
 
-.PHONY: all run build shim runsc containerd install deps test unit integration root-test bench fuzz lint clean
+.PHONY: all run build shim runsc containerd install deps conformance test unit integration root-test bench fuzz lint clean
 
 all: build runsc
 
@@ -87,9 +88,14 @@ unit:
 integration root-test: build runsc containerd deps
 	OPENSHELL_BIN=$(BIN) OPENSHELL_RUNSC=$(BIN)/runsc $(GO) test -count=1 -v -timeout 60m ./integration/
 
-bench: build runsc deps
+bench: build runsc containerd deps
 	$(GO) test -run '^$$' -bench . -benchmem ./policyhook/...
 	BIN=$(BIN) test/bench/sandboxes.sh $(BENCH_RUNS)
+	OPENSHELL_BENCH=1 BENCH_RUNS=$(BENCH_RUNS) OPENSHELL_BIN=$(BIN) OPENSHELL_RUNSC=$(BIN)/runsc \
+	  $(GO) test -count=1 -v -run TestCtrStartToExit ./integration/
+
+conformance: build runsc
+	BIN=$(BIN) test/runtimetools/run.sh
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME) ./policyhook/policy/

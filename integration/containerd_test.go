@@ -37,10 +37,8 @@ type containerd struct {
 }
 
 var (
-	ctrdOnce sync.Once
-	ctrd     *containerd
-	ctrdSkip string
-	engines  []func()
+	ctrd    lazyEngine[*containerd]
+	engines []func()
 )
 
 // stopEngines stops what the tests started, last first.
@@ -64,38 +62,45 @@ func engineBin(name string) (string, error) {
 	return p, nil
 }
 
-// startContainerd starts the tests' containerd once and imports the test
-// image. Tests skip, saying why, when containerd was not built.
-func startContainerd(t *testing.T) *containerd {
+// lazyEngine starts an engine once, for the tests that need it.
+type lazyEngine[T any] struct {
+	once sync.Once
+	v    T
+	skip string // why its tests skip: it is not installed
+	err  error  // why they fail: it did not start
+}
+
+func (l *lazyEngine[T]) get(t *testing.T, start func() (T, string, error)) T {
 	t.Helper()
 	if skipReason != "" {
 		t.Skip(skipReason)
 	}
-	ctrdOnce.Do(func() {
+	l.once.Do(func() { l.v, l.skip, l.err = start() })
+	if l.err != nil {
+		t.Fatal(l.err)
+	}
+	if l.skip != "" {
+		t.Skip(l.skip)
+	}
+	return l.v
+}
+
+// startContainerd starts the tests' containerd once and imports the test
+// image. Tests skip, saying why, when containerd was not built.
+func startContainerd(t *testing.T) *containerd {
+	t.Helper()
+	return ctrd.get(t, func() (*containerd, string, error) {
 		bin, err := engineBin("containerd")
 		if err != nil {
-			ctrdSkip = err.Error()
-			return
+			return nil, err.Error(), nil
 		}
 		ctrBin, err := engineBin("ctr")
 		if err != nil {
-			ctrdSkip = err.Error()
-			return
+			return nil, err.Error(), nil
 		}
 		c, err := newContainerd(bin, ctrBin)
-		if err != nil {
-			ctrdSkip = "FAIL: " + err.Error()
-			return
-		}
-		ctrd = c
+		return c, "", err
 	})
-	if strings.HasPrefix(ctrdSkip, "FAIL: ") {
-		t.Fatal(ctrdSkip)
-	}
-	if ctrdSkip != "" {
-		t.Skip(ctrdSkip)
-	}
-	return ctrd
 }
 
 func newContainerd(bin, ctrBin string) (*containerd, error) {
@@ -116,54 +121,62 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime",
 	if err := os.WriteFile(filepath.Join(dir, "config.toml"), []byte(config), 0o600); err != nil {
 		return nil, err
 	}
-	logf, err := os.Create(filepath.Join(dir, "containerd.log"))
-	if err != nil {
-		return nil, err
-	}
 	c.cmd = exec.Command(bin, "--config", filepath.Join(dir, "config.toml"))
-	c.cmd.Stdout, c.cmd.Stderr = logf, logf
 	c.cmd.Env = append(os.Environ(), "PATH="+binDir+":"+os.Getenv("PATH"))
-	if err := c.cmd.Start(); err != nil {
+	if err := startDaemon(c.cmd, dir, c.stop, 30*time.Second, func() (string, error) { return c.run("version") }); err != nil {
 		return nil, err
 	}
-	engines = append(engines, c.stop)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if out, err := c.run("version"); err == nil {
-			break
-		} else if time.Now().After(deadline) {
-			return nil, fmt.Errorf("containerd did not come up: %v\n%s", err, out)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	fs := filepath.Join(dir, "image", "rootfs")
-	if err := rootfs.Busybox(fs); err != nil {
+	if err := loadTestImage(dir, func(tar string) (string, error) { return c.run("images", "import", tar) }); err != nil {
 		return nil, err
-	}
-	tarPath := filepath.Join(dir, "image", "busybox.tar")
-	if err := image.WriteFile(tarPath, fs, image.Options{Name: testImage, Cmd: []string{"/bin/sh"}}); err != nil {
-		return nil, err
-	}
-	if out, err := c.run("images", "import", tarPath); err != nil {
-		return nil, fmt.Errorf("import test image: %v\n%s", err, out)
 	}
 	return c, nil
+}
+
+// startDaemon starts an engine the tests need, logging to dir, registers
+// stop with the engines TestMain ends, and waits until ready succeeds.
+func startDaemon(cmd *exec.Cmd, dir string, stop func(), within time.Duration, ready func() (string, error)) error {
+	logPath := filepath.Join(dir, filepath.Base(cmd.Path)+".log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	engines = append(engines, stop)
+	deadline := time.Now().Add(within)
+	for {
+		out, err := ready()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			log, _ := os.ReadFile(logPath)
+			return fmt.Errorf("%s did not come up: %v\n%s\n%s", cmd.Path, err, out, log)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+// loadTestImage builds the busybox test image below dir and hands its tar
+// to the engine's import.
+func loadTestImage(dir string, load func(tar string) (string, error)) error {
+	tarPath, err := buildTestImage(dir)
+	if err != nil {
+		return err
+	}
+	if out, err := load(tarPath); err != nil {
+		return fmt.Errorf("load test image: %v\n%s", err, out)
+	}
+	return nil
 }
 
 // stop ends containerd (the shims it started end with their containers),
 // and removes its directories and the runc shim's state for our namespace.
 func (c *containerd) stop() {
-	if c.cmd.Process != nil {
-		_ = c.cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { c.cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			_ = c.cmd.Process.Kill()
-			<-done
-		}
-	}
+	stopProcess(c.cmd, 20*time.Second)
 	runcRoot := filepath.Join("/run/containerd/runc", ctrNamespace)
 	if _, err := os.Stat(filepath.Join(runcRoot, "null-netns")); err == nil {
 		_ = unix.Unmount(filepath.Join(runcRoot, "null-netns"), unix.MNT_DETACH)
@@ -171,6 +184,36 @@ func (c *containerd) stop() {
 	_ = os.RemoveAll(runcRoot)
 	unmountBelow(c.dir)
 	_ = os.RemoveAll(c.dir)
+}
+
+// buildTestImage writes the busybox test image tar below dir.
+func buildTestImage(dir string) (string, error) {
+	fs := filepath.Join(dir, "image", "rootfs")
+	if err := rootfs.Busybox(fs); err != nil {
+		return "", err
+	}
+	tarPath := filepath.Join(dir, "image", "busybox.tar")
+	if err := image.WriteFile(tarPath, fs, image.Options{Name: testImage, Cmd: []string{"/bin/sh"}}); err != nil {
+		return "", err
+	}
+	return tarPath, nil
+}
+
+// stopProcess ends a daemon the tests started: SIGTERM, then SIGKILL
+// after grace.
+func stopProcess(cmd *exec.Cmd, grace time.Duration) {
+	if cmd.Process == nil {
+		return
+	}
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(grace):
+		_ = cmd.Process.Kill()
+		<-done
+	}
 }
 
 // unmountBelow lazily unmounts whatever is still mounted below dir (a

@@ -8,13 +8,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
-
-	"github.com/openshell/openshell/test/image"
-	"github.com/openshell/openshell/test/rootfs"
 )
 
 // dockerd is Debian's dockerd (20.10), started by the tests with its own
@@ -24,36 +19,17 @@ type dockerd struct {
 	cmd            *exec.Cmd
 }
 
-var (
-	dockerOnce sync.Once
-	dockerInst *dockerd
-	dockerSkip string
-)
+var docker lazyEngine[*dockerd]
 
 func startDockerd(t *testing.T) *dockerd {
 	t.Helper()
-	if skipReason != "" {
-		t.Skip(skipReason)
-	}
-	dockerOnce.Do(func() {
+	return docker.get(t, func() (*dockerd, string, error) {
 		if _, err := os.Stat("/usr/sbin/dockerd"); err != nil {
-			dockerSkip = "dockerd not installed (make deps installs Debian's docker.io)"
-			return
+			return nil, "dockerd not installed (make deps installs Debian's docker.io)", nil
 		}
 		d, err := newDockerd()
-		if err != nil {
-			dockerSkip = "FAIL: " + err.Error()
-			return
-		}
-		dockerInst = d
+		return d, "", err
 	})
-	if strings.HasPrefix(dockerSkip, "FAIL: ") {
-		t.Fatal(dockerSkip)
-	}
-	if dockerSkip != "" {
-		t.Skip(dockerSkip)
-	}
-	return dockerInst
 }
 
 // daemonJSON has both runtime forms: "openshell" with a path (what
@@ -85,54 +61,20 @@ func newDockerd() (*dockerd, error) {
 	if err := os.WriteFile(filepath.Join(dir, "daemon.json"), []byte(daemonJSON()), 0o600); err != nil {
 		return nil, err
 	}
-	logf, err := os.Create(filepath.Join(dir, "dockerd.log"))
-	if err != nil {
-		return nil, err
-	}
 	d.cmd = exec.Command("/usr/sbin/dockerd", "--config-file", filepath.Join(dir, "daemon.json"),
 		"--data-root", filepath.Join(dir, "data"), "--exec-root", filepath.Join(dir, "exec"),
 		"--pidfile", filepath.Join(dir, "docker.pid"), "-H", "unix://"+d.sock)
-	d.cmd.Stdout, d.cmd.Stderr = logf, logf
-	if err := d.cmd.Start(); err != nil {
+	if err := startDaemon(d.cmd, dir, d.stop, 60*time.Second, func() (string, error) { return d.docker("version") }); err != nil {
 		return nil, err
 	}
-	engines = append(engines, d.stop)
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		if _, err := d.docker("version"); err == nil {
-			break
-		} else if time.Now().After(deadline) {
-			log, _ := os.ReadFile(filepath.Join(dir, "dockerd.log"))
-			return nil, fmt.Errorf("dockerd did not come up: %v\n%s", err, log)
-		}
-		time.Sleep(300 * time.Millisecond)
-	}
-	fs := filepath.Join(dir, "image", "rootfs")
-	if err := rootfs.Busybox(fs); err != nil {
+	if err := loadTestImage(dir, func(tar string) (string, error) { return d.docker("load", "-i", tar) }); err != nil {
 		return nil, err
-	}
-	tarPath := filepath.Join(dir, "image", "busybox.tar")
-	if err := image.WriteFile(tarPath, fs, image.Options{Name: testImage, Cmd: []string{"/bin/sh"}}); err != nil {
-		return nil, err
-	}
-	if out, err := d.docker("load", "-i", tarPath); err != nil {
-		return nil, fmt.Errorf("docker load: %v\n%s", err, out)
 	}
 	return d, nil
 }
 
 func (d *dockerd) stop() {
-	if d.cmd.Process != nil {
-		_ = d.cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { d.cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			_ = d.cmd.Process.Kill()
-			<-done
-		}
-	}
+	stopProcess(d.cmd, 30*time.Second)
 	unmountBelow(d.dir)
 	_ = os.RemoveAll(d.dir)
 }

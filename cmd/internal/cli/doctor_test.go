@@ -32,6 +32,17 @@ esac
 	return h, runsc
 }
 
+// expectChecks checks each named check's "status detail" starts as given.
+func expectChecks(t *testing.T, checks []check, want map[string]string) {
+	t.Helper()
+	for name, prefix := range want {
+		c := find(checks, name)
+		if got := c.status + " " + c.detail; !strings.HasPrefix(got, prefix) {
+			t.Errorf("%s: %q, want prefix %q", name, got, prefix)
+		}
+	}
+}
+
 func find(checks []check, name string) check {
 	for _, c := range checks {
 		if c.name == name {
@@ -47,7 +58,7 @@ func TestDoctorChecks(t *testing.T) {
 	os.WriteFile(filepath.Join(h.sysRoot, "fs/cgroup/cgroup.controllers"), []byte("cpu io pids\n"), 0o644)
 	os.WriteFile(h.dockerJSON, []byte(`{"runtimes":{"openshell":{"path":"/usr/local/bin/openshell-runtime"}}}`), 0o644)
 	checks := doctorChecks(context.Background(), h, "/nonexistent/config.toml", runsc, false)
-	for name, want := range map[string]string{
+	expectChecks(t, checks, map[string]string{
 		"runsc":        "ok runsc version fake",
 		"gpu":          "ok NVIDIA driver 550.54.15, supported by nvproxy",
 		"cgroups":      "warn v2: cpu io pids (no memory controller",
@@ -55,12 +66,7 @@ func TestDoctorChecks(t *testing.T) {
 		"capabilities": "ok CAP_SYS_RESOURCE present",
 		"platform":     "ok systrap (no /dev/kvm)",
 		"config":       "ok /nonexistent/config.toml absent: defaults",
-	} {
-		c := find(checks, name)
-		if got := c.status + " " + c.detail; !strings.HasPrefix(got, want) {
-			t.Errorf("%s: %q, want prefix %q", name, got, want)
-		}
-	}
+	})
 }
 
 func TestDoctorFailures(t *testing.T) {
@@ -70,17 +76,12 @@ func TestDoctorFailures(t *testing.T) {
 	cfg := filepath.Join(t.TempDir(), "config.toml")
 	os.WriteFile(cfg, []byte("platform = \"kvm\"\n"), 0o644)
 	checks := doctorChecks(context.Background(), h, cfg, runsc, false)
-	for name, want := range map[string]string{
+	expectChecks(t, checks, map[string]string{
 		"platform":     "FAIL kvm configured but /dev/kvm is absent",
 		"gpu":          "warn NVIDIA driver 999.1.2 is not in runsc's nvproxy list",
 		"capabilities": "warn no CAP_SYS_RESOURCE",
 		"cgroups":      "warn no memory cgroup found",
-	} {
-		c := find(checks, name)
-		if got := c.status + " " + c.detail; !strings.HasPrefix(got, want) {
-			t.Errorf("%s: %q, want prefix %q", name, got, want)
-		}
-	}
+	})
 	checks = doctorChecks(context.Background(), h, cfg, filepath.Join(t.TempDir(), "none"), false)
 	if c := find(checks, "runsc"); c.status != "FAIL" || !strings.Contains(c.detail, "runsc not found") {
 		t.Errorf("missing runsc: %+v", c)

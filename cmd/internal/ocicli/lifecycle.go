@@ -112,17 +112,29 @@ func cmdCreate(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	_, err = e.create(ctx, "create", id, c, false)
+	return err
+}
+
+// create prepares the container and has runsc create it, and start it too
+// when asked. On any failure runsc's container and the runtime's state are
+// removed.
+func (e *env) create(ctx context.Context, verb, id string, c *createFlags, start bool) (*runtime.State, error) {
 	sb, st, undo, err := e.prepare(id, c.bundle)
 	if err != nil {
-		return fmt.Errorf("create %s: %w", id, err)
+		return nil, fmt.Errorf("%s %s: %w", verb, id, err)
 	}
 	r := e.runscFor(st)
-	if err := r.Create(ctx, sb.Bundle, id, runsc.CreateOpts{PidFile: c.pidFile, ConsoleSocket: c.consoleSocket}, e.runscStdio()); err != nil {
+	err = r.Create(ctx, sb.Bundle, id, runsc.CreateOpts{PidFile: c.pidFile, ConsoleSocket: c.consoleSocket}, e.runscStdio())
+	if err == nil && start {
+		err = r.Start(ctx, id)
+	}
+	if err != nil {
 		e.forceDelete(r, id)
 		undo()
-		return fmt.Errorf("create %s: %w", id, err)
+		return nil, fmt.Errorf("%s %s: %w", verb, id, err)
 	}
-	return nil
+	return st, nil
 }
 
 func cmdStart(ctx context.Context, e *env, args []string) error {
@@ -155,27 +167,21 @@ func cmdRun(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	sb, st, undo, err := e.prepare(id, c.bundle)
-	if err != nil {
-		return fmt.Errorf("run %s: %w", id, err)
-	}
-	r := e.runscFor(st)
 	if c.detach {
-		if err := r.Create(ctx, sb.Bundle, id, runsc.CreateOpts{PidFile: c.pidFile, ConsoleSocket: c.consoleSocket}, e.runscStdio()); err != nil {
-			e.forceDelete(r, id)
-			undo()
-			return fmt.Errorf("run %s: %w", id, err)
-		}
-		if err := r.Start(ctx, id); err != nil {
-			e.forceDelete(r, id)
-			undo()
-			return fmt.Errorf("run %s: %w", id, err)
+		st, err := e.create(ctx, "run", id, c, true)
+		if err != nil {
+			return err
 		}
 		if st.Timeout > 0 {
 			return e.spawnWatchdog(id, st.Timeout)
 		}
 		return nil
 	}
+	sb, st, _, err := e.prepare(id, c.bundle)
+	if err != nil {
+		return fmt.Errorf("run %s: %w", id, err)
+	}
+	r := e.runscFor(st)
 	var killed bool
 	var stop func()
 	started := func() {

@@ -1,0 +1,64 @@
+package integration
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+)
+
+// TestCtrStartToExit times `ctr run --rm IMAGE ID /bin/true` through
+// io.openshell.v1, through containerd's runc shim driving bare runsc, and
+// through runc, interleaved, and prints medians and ratios. It runs only
+// when OPENSHELL_BENCH is set (make bench sets it).
+func TestCtrStartToExit(t *testing.T) {
+	if os.Getenv("OPENSHELL_BENCH") == "" {
+		t.Skip("a benchmark: set OPENSHELL_BENCH=1 (make bench does)")
+	}
+	c := startContainerd(t)
+	runcBin, err := exec.LookPath("runc")
+	if err != nil {
+		t.Skip("runc not installed (make deps)")
+	}
+	runs := 15
+	if v, err := strconv.Atoi(os.Getenv("BENCH_RUNS")); err == nil && v > 0 {
+		runs = v
+	}
+	kinds := []struct {
+		name string
+		args []string
+	}{
+		{"runc (runc shim)", []string{"--runtime", "io.containerd.runc.v2", "--runc-binary", runcBin}},
+		{"bare runsc (runc shim)", []string{"--runtime", "io.containerd.runc.v2", "--runc-binary", runscBin}},
+		{"openshell (io.openshell.v1)", []string{"--runtime", "io.openshell.v1"}},
+	}
+	times := make([][]time.Duration, len(kinds))
+	n := 0
+	for i := -1; i < runs; i++ { // i == -1 warms caches and is not counted
+		for k, kind := range kinds {
+			n++
+			args := append(append([]string{"run", "--rm"}, kind.args...), testImage, "bench-"+strconv.Itoa(n), "/bin/true")
+			start := time.Now()
+			if r := c.ctrRun(t, args...); r.code != 0 {
+				t.Fatalf("%s: exit %d: %s", kind.name, r.code, r.stderr)
+			}
+			if i >= 0 {
+				times[k] = append(times[k], time.Since(start))
+			}
+		}
+	}
+	med := make([]float64, len(kinds))
+	for k := range kinds {
+		slices.Sort(times[k])
+		med[k] = float64(times[k][len(times[k])/2].Microseconds()) / 1000
+	}
+	fmt.Printf("ctr run --rm /bin/true, %d interleaved runs each (medians)\n", runs)
+	fmt.Printf("%-30s %12s %10s %16s\n", "", "median (ms)", "vs runc", "vs bare runsc")
+	for k, kind := range kinds {
+		fmt.Printf("%-30s %12.1f %9.2fx %15.2fx\n", kind.name, med[k], med[k]/med[0], med[k]/med[1])
+	}
+	c.assertClean(t)
+}
