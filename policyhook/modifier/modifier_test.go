@@ -124,6 +124,11 @@ func TestDropPrivileges(t *testing.T) {
 	run(t, []tcase{
 		{name: "default-spec", mod: ok(NewDropPrivileges())},
 		{name: "no-process", base: func(testing.TB) *specs.Spec { return &specs.Spec{} }, mod: ok(NewDropPrivileges())},
+		{name: "unknown-capability", base: func(t testing.TB) *specs.Spec {
+			s := spectest.Base(t)
+			s.Process.Capabilities.Bounding = append(s.Process.Capabilities.Bounding, "CAP_TO_BE_ROOT")
+			return s
+		}, mod: ok(NewDropPrivileges()), wantErr: "process.capabilities: invalid capability: CAP_TO_BE_ROOT"},
 	})
 }
 

@@ -5,8 +5,9 @@
 #
 # runtime-tools v0.9.0 is the only version the module proxy serves; it has
 # no go.mod, and its validation helpers build only against runtime-spec
-# v1.0.2. So it is built in a module of its own under .cache/, from the
-# proxy, with those versions pinned.
+# v1.0.2 (and its runtimetest against selinux before v1.11). So it is built
+# in a module of its own under .cache/, from the proxy, with those
+# versions pinned.
 #
 #   test/runtimetools/run.sh [PROGRAM...]   (root; make conformance runs it)
 set -euo pipefail
@@ -22,7 +23,7 @@ done
 
 mod=$repo/.cache/runtime-tools
 mkdir -p "$mod/out"
-if [ ! -x "$mod/out/create.t" ]; then
+if [ ! -x "$mod/out/create.t" ] || [ ! -x "$mod/runtimetest" ]; then
   sed 's#^module .*#module openshell-runtime-tools#' "$repo/go.mod" > "$mod/go.mod"
   cp "$repo/go.sum" "$mod/go.sum"
   cat > "$mod/tools.go" <<'EOF'
@@ -30,13 +31,17 @@ if [ ! -x "$mod/out/create.t" ]; then
 
 package tools
 
-import _ "github.com/opencontainers/runtime-tools/validation/util"
+import (
+	_ "github.com/opencontainers/runtime-tools/validation/util"
+	_ "github.com/urfave/cli"
+)
 EOF
   (cd "$mod" &&
     $GO get github.com/opencontainers/runtime-spec@v1.0.2 github.com/mndrix/tap-go \
-      github.com/mrunalp/fileutils github.com/satori/go.uuid >/dev/null 2>&1 &&
-    $GO build -o out/ github.com/opencontainers/runtime-tools/validation/...)
-  for f in "$mod"/out/*; do mv "$f" "$f.t"; done
+      github.com/mrunalp/fileutils github.com/satori/go.uuid github.com/urfave/cli@v1.22.16 github.com/opencontainers/selinux@v1.10.2 >/dev/null 2>&1 &&
+    $GO build -o out/ github.com/opencontainers/runtime-tools/validation/... &&
+    CGO_ENABLED=0 $GO build -o . github.com/opencontainers/runtime-tools/cmd/runtimetest)
+  for f in "$mod"/out/*; do case $f in *.t) ;; *) mv "$f" "$f.t" ;; esac; done
 fi
 src=$(cd "$mod" && $GO list -m -f '{{.Dir}}' github.com/opencontainers/runtime-tools)
 
@@ -48,7 +53,10 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-cp "$src/rootfs-$(go env GOARCH).tar.gz" "$work/"
+# The programs copy runtimetest (the checker that runs inside the
+# container; static, for the busybox root) and the root filesystem from
+# their working directory.
+cp "$src/rootfs-$(go env GOARCH).tar.gz" "$mod/runtimetest" "$work/"
 
 # Each runtime as runtime-tools calls it: one binary, runc's flags.
 cat > "$work/runsc" <<EOF
