@@ -4,7 +4,7 @@
 #   make test         lint + unit + integration tests (the README's test command; CI runs it)
 #   make build        build openshell, openshell-runtime and containerd-shim-openshell-v1 into bin/
 #   make runsc        install the pinned runsc into bin/ (from the Go module proxy)
-#   make containerd   install the pinned containerd and ctr into bin/ (for the engine tests)
+#   make containerd   install the pinned containerd, its runc shim and ctr into bin/ (engine tests)
 #   make install      copy the binaries and runsc to $(PREFIX)/bin
 #   make unit         unit tests only
 #   make integration  real runsc sandboxes (root; alias: root-test)
@@ -59,6 +59,7 @@ containerd: $(BIN)/containerd
 $(BIN)/containerd:
 	CGO_ENABLED=0 GOBIN=$(BIN) $(GO) install -trimpath -ldflags "-s -w" -tags "no_btrfs no_devmapper no_zfs" \
 	  github.com/containerd/containerd/v2/cmd/containerd@$(CONTAINERD_VERSION) \
+	  github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$(CONTAINERD_VERSION) \
 	  github.com/containerd/containerd/v2/cmd/ctr@$(CONTAINERD_VERSION)
 
 install: build runsc

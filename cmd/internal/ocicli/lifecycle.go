@@ -150,13 +150,13 @@ func cmdStart(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	if st == nil || st.Timeout == 0 {
+		return e.runsc.Exec("start", id)
+	}
 	if err := e.runsc.Start(ctx, id); err != nil {
 		return err
 	}
-	if st != nil && st.Timeout > 0 {
-		return e.spawnWatchdog(id, st.Timeout)
-	}
-	return nil
+	return e.spawnWatchdog(id, st.Timeout)
 }
 
 // cmdRun creates and starts a container. In the foreground it waits, and

@@ -238,18 +238,11 @@ func oneID(fs *flag.FlagSet) (string, error) {
 }
 
 // passthrough hands a command to runsc unchanged, but for runc's short
-// flag names, which runsc does not know.
+// flag names, which runsc does not know. runsc replaces this process: its
+// exit status and output are the command's.
 func passthrough(sub string) func(context.Context, *env, []string) error {
-	return func(ctx context.Context, e *env, args []string) error {
-		args = translate(sub, args)
-		code, err := e.runsc.Passthrough(ctx, e.runscStdio(), sub, args...)
-		if err != nil {
-			return err
-		}
-		if code != 0 {
-			return exitError(code)
-		}
-		return nil
+	return func(_ context.Context, e *env, args []string) error {
+		return e.runsc.Exec(sub, translate(sub, args)...)
 	}
 }
 
