@@ -5,6 +5,7 @@
 #   make build        build openshell, openshell-runtime and containerd-shim-openshell-v1 into bin/
 #   make runsc        install the pinned runsc into bin/ (from the Go module proxy)
 #   make containerd   install the pinned containerd, its runc shim and ctr into bin/ (engine tests)
+#   make crictl       build cri-tools' crictl into bin/ (the CRI tests)
 #   make install      copy the binaries and runsc to $(PREFIX)/bin
 #   make unit         unit tests only
 #   make integration  real runsc sandboxes (root; alias: root-test)
@@ -29,6 +30,11 @@ STATICCHECK   := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # The shim is its own module: containerd v2.4.2 needs runtime-spec v1.3.0,
 # which runtime-tools v0.9.0 (the newest on the proxy) does not build with.
 CONTAINERD_VERSION := v2.4.2
+# crictl drives the CRI tests. The checksum database does not know
+# cri-tools v1.34.0 or the cri-api and cri-client release candidates it
+# needs, so those three are fetched from the proxy without it.
+CRITOOLS_VERSION := v1.34.0
+CRI_NOSUMDB   := sigs.k8s.io/cri-tools,k8s.io/cri-client,k8s.io/cri-api
 SHIM_TAGS     := no_grpc
 PREFIX        ?= /usr/local
 UNIT_PKGS      = $(shell $(GO) list ./... | grep -v /integration)
@@ -36,7 +42,7 @@ UNIT_PKGS      = $(shell $(GO) list ./... | grep -v /integration)
 # to; docker.io is the dockerd (20.10) the engine tests start.
 DEB_PKGS      := busybox-static runc docker.io
 
-.PHONY: all run build shim runsc containerd install deps conformance test unit integration root-test bench fuzz lint clean
+.PHONY: all run build shim runsc containerd crictl install deps conformance test unit integration root-test bench fuzz lint clean
 
 all: build runsc
 
@@ -62,6 +68,15 @@ $(BIN)/containerd:
 	  github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$(CONTAINERD_VERSION) \
 	  github.com/containerd/containerd/v2/cmd/ctr@$(CONTAINERD_VERSION)
 
+crictl: $(BIN)/crictl
+
+$(BIN)/crictl:
+	mkdir -p .cache/crictl
+	cd .cache/crictl && { [ -f go.mod ] || $(GO) mod init openshell-crictl >/dev/null 2>&1; } && \
+	  printf 'package tools\n\nimport _ "sigs.k8s.io/cri-tools/cmd/crictl"\n' > tools.go && \
+	  GONOSUMDB=$(CRI_NOSUMDB) GOFLAGS=-mod=mod $(GO) get sigs.k8s.io/cri-tools@$(CRITOOLS_VERSION) && \
+	  GONOSUMDB=$(CRI_NOSUMDB) GOFLAGS=-mod=mod CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(BIN)/crictl sigs.k8s.io/cri-tools/cmd/crictl
+
 install: build runsc
 	install -d $(PREFIX)/bin
 	install -m 0755 $(BIN)/openshell $(BIN)/openshell-runtime $(BIN)/containerd-shim-openshell-v1 $(BIN)/runsc $(PREFIX)/bin/
@@ -86,7 +101,7 @@ unit:
 	$(GO) test -count=1 $(UNIT_PKGS)
 	cd shim && $(GO) test -count=1 -tags $(SHIM_TAGS) ./...
 
-integration root-test: build runsc containerd deps
+integration root-test: build runsc containerd crictl deps
 	OPENSHELL_BIN=$(BIN) OPENSHELL_RUNSC=$(BIN)/runsc $(GO) test -count=1 -v -timeout 60m ./integration/
 
 bench: build runsc containerd deps

@@ -116,15 +116,28 @@ func newContainerd(bin, ctrBin string) (*containerd, error) {
 		return nil, err
 	}
 	c := &containerd{dir: dir, sock: filepath.Join(dir, "containerd.sock"), ctr: ctrBin}
+	// The CRI is on, with the runtime handler "openshell" as
+	// deploy/containerd/openshell.toml has it; pods use the node's network,
+	// so no CNI is needed, and the pause image is the tests' own.
 	config := fmt.Sprintf(`version = 3
 root = %q
 state = %q
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime", "io.containerd.cri.v1.images", "io.containerd.nri.v1.nri"]
+disabled_plugins = ["io.containerd.nri.v1.nri"]
 [grpc]
   address = %q
 [ttrpc]
   address = %q
-`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), c.sock, c.sock+".ttrpc")
+[plugins."io.containerd.grpc.v1.cri"]
+  disable_tcp_service = true
+[plugins."io.containerd.cri.v1.images".pinned_images]
+  sandbox = %q
+[plugins."io.containerd.cri.v1.runtime"]
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.openshell]
+    runtime_type = "io.openshell.v1"
+    pod_annotations = ["io.openshell.*"]
+    container_annotations = ["io.openshell.*"]
+`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), c.sock, c.sock+".ttrpc", pauseImage)
 	if err := os.WriteFile(filepath.Join(dir, "config.toml"), []byte(config), 0o600); err != nil {
 		return nil, err
 	}
@@ -134,6 +147,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime",
 		return nil, err
 	}
 	if err := loadTestImage(dir, func(tar string) (string, error) { return c.run("images", "import", tar) }); err != nil {
+		return nil, err
+	}
+	if err := c.importCRIImages(dir); err != nil {
 		return nil, err
 	}
 	return c, nil
@@ -184,11 +200,16 @@ func loadTestImage(dir string, load func(tar string) (string, error)) error {
 // and removes its directories and the runc shim's state for our namespace.
 func (c *containerd) stop() {
 	stopProcess(c.cmd, 20*time.Second)
-	runcRoot := filepath.Join("/run/containerd/runc", ctrNamespace)
-	if _, err := os.Stat(filepath.Join(runcRoot, "null-netns")); err == nil {
-		_ = unix.Unmount(filepath.Join(runcRoot, "null-netns"), unix.MNT_DETACH)
+	for _, ns := range []string{ctrNamespace, criNamespace} {
+		runcRoot := filepath.Join("/run/containerd/runc", ns)
+		if _, err := os.Stat(filepath.Join(runcRoot, "null-netns")); err == nil {
+			_ = unix.Unmount(filepath.Join(runcRoot, "null-netns"), unix.MNT_DETACH)
+			_ = os.Remove(filepath.Join(runcRoot, "null-netns"))
+		}
+		// Only what openshell made; the directory goes only when empty.
+		_ = os.RemoveAll(filepath.Join(runcRoot, "openshell"))
+		_ = os.Remove(runcRoot)
 	}
-	_ = os.RemoveAll(runcRoot)
 	unmountBelow(c.dir)
 	_ = os.RemoveAll(c.dir)
 }
@@ -301,9 +322,11 @@ func (c *containerd) assertClean(t *testing.T) {
 	if s := shims(); len(s) > 0 {
 		t.Errorf("shims left: %v", s)
 	}
-	ents, _ := os.ReadDir(filepath.Join("/run/containerd/runc", ctrNamespace, "openshell"))
-	for _, e := range ents {
-		t.Errorf("runtime state left: %s", e.Name())
+	for _, ns := range []string{ctrNamespace, criNamespace} {
+		ents, _ := os.ReadDir(filepath.Join("/run/containerd/runc", ns, "openshell"))
+		for _, e := range ents {
+			t.Errorf("runtime state left in %s: %s", ns, e.Name())
+		}
 	}
 	data, _ := os.ReadFile("/proc/self/mountinfo")
 	for _, l := range strings.Split(string(data), "\n") {

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -36,6 +37,13 @@ type State struct {
 	// Owner is set for a sandbox run in the foreground: when it has died,
 	// the sandbox is an orphan to be swept.
 	Owner *Owner `json:"owner,omitempty"`
+	// Subcontainer is a pod's second (or later) container, which runsc
+	// starts inside the pod's existing sandbox.
+	Subcontainer bool `json:"subcontainer,omitempty"`
+	// StdioHolder keeps a pod's second container's stdio from create to
+	// start: runsc gives such a container the stdio of "runsc start",
+	// which engines call without it.
+	StdioHolder *Owner `json:"stdioHolder,omitempty"`
 }
 
 // PolicyRef says which policy a container runs under.
@@ -114,10 +122,7 @@ type Owner struct {
 }
 
 // Self is the running process as an Owner.
-func Self() Owner {
-	pid := os.Getpid()
-	return Owner{Pid: pid, Start: procStart(pid)}
-}
+func Self() Owner { return OwnerOf(os.Getpid()) }
 
 // Alive reports whether the owner process still runs.
 func (o Owner) Alive() bool {
@@ -169,4 +174,14 @@ func Orphans(stateDir string) ([]*Sandbox, error) {
 		out = append(out, sb)
 	}
 	return out, nil
+}
+
+// OwnerOf identifies a running process by pid.
+func OwnerOf(pid int) Owner { return Owner{Pid: pid, Start: procStart(pid)} }
+
+// Kill ends the process if it is still the one recorded.
+func (o Owner) Kill() {
+	if o.Alive() {
+		_ = syscall.Kill(o.Pid, syscall.SIGKILL)
+	}
 }

@@ -131,11 +131,14 @@ func (v *rootView) Modify(s *specs.Spec) error {
 	for _, p := range writable {
 		add(p, true)
 	}
-	// Parents must be mounted before the paths inside them.
-	slices.SortStableFunc(binds, func(a, b specs.Mount) int {
+	// Parents must be mounted before the paths inside them, whoever made
+	// them: an engine's bind at /dev/shm (the CRI's) mounted before a bind
+	// of the image at / would be hidden by it, and runsc's gofer could
+	// then not find its mount point.
+	s.Mounts = append(kernel, binds...)
+	slices.SortStableFunc(s.Mounts, func(a, b specs.Mount) int {
 		return cmp.Compare(depth(a.Destination), depth(b.Destination))
 	})
-	s.Mounts = append(kernel, binds...)
 	return nil
 }
 

@@ -285,3 +285,28 @@ func (r *Runsc) Exec(sub string, args ...string) error {
 	err := syscall.Exec(r.Path, argv, os.Environ())
 	return fmt.Errorf("exec runsc %s: %w", sub, err)
 }
+
+// StartWithStdio starts a created container with the given stdio: runsc
+// gives a pod's second container the stdio of the start command.
+func (r *Runsc) StartWithStdio(ctx context.Context, id string, stdio Stdio) error {
+	return r.withStdio(ctx, stdio, "start", id)
+}
+
+// Wait waits for a container to exit and returns its status as a shell
+// reports it.
+func (r *Runsc) Wait(ctx context.Context, id string) (int, error) {
+	var stderr bytes.Buffer
+	cmd := r.Command(ctx, "wait", id)
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return -1, fmt.Errorf("runsc wait %s: %w: %s", id, err, bytes.TrimSpace(stderr.Bytes()))
+	}
+	var res struct {
+		ExitStatus int `json:"exitStatus"`
+	}
+	if err := json.Unmarshal(out, &res); err != nil {
+		return -1, fmt.Errorf("runsc wait %s: %w", id, err)
+	}
+	return res.ExitStatus, nil
+}

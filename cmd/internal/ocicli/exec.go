@@ -128,7 +128,7 @@ func cmdExec(ctx context.Context, e *env, args []string) error {
 	if consoleSocket != "" {
 		ra = append(ra, "--console-socket", consoleSocket)
 	}
-	code, err := e.runsc.Passthrough(ctx, e.runscStdio(), "exec", append(ra, id)...)
+	code, err := e.runscFor(st).Passthrough(ctx, e.runscStdio(), "exec", append(ra, id)...)
 	if err != nil {
 		return err
 	}

@@ -1,12 +1,15 @@
 package ocicli
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -93,6 +96,7 @@ func (e *env) prepare(id, bundle string) (*runtime.Sandbox, *runtime.State, func
 			Name: p.Name, Hash: p.Hash, Format: string(p.Format), File: p.File, Source: src.String(),
 		},
 		AllowExec: p.Process.AllowExec, Process: s.Process, Timeout: c.Timeout, RunscFlags: c.RunscFlags,
+		Subcontainer: isSubcontainer(s.Annotations),
 	}
 	undo := func() {
 		if err := sb.Cleanup(); err != nil {
@@ -124,17 +128,59 @@ func (e *env) create(ctx context.Context, verb, id string, c *createFlags, start
 	if err != nil {
 		return nil, fmt.Errorf("%s %s: %w", verb, id, err)
 	}
+	if !start && st.Subcontainer && (st.Process == nil || !st.Process.Terminal) {
+		if st.StdioHolder, err = e.spawnStdioHolder(id); err == nil {
+			err = sb.SaveState(st)
+		}
+		if err != nil {
+			undo()
+			return nil, fmt.Errorf("%s %s: %w", verb, id, err)
+		}
+	}
 	r := e.runscFor(st)
 	err = r.Create(ctx, sb.Bundle, id, runsc.CreateOpts{PidFile: c.pidFile, ConsoleSocket: c.consoleSocket}, e.runscStdio())
+	if err == nil && st.StdioHolder != nil && c.pidFile != "" {
+		err = os.WriteFile(c.pidFile, []byte(strconv.Itoa(st.StdioHolder.Pid)), 0o644)
+	}
 	if err == nil && start {
 		err = r.Start(ctx, id)
 	}
 	if err != nil {
+		if msg := e.lastRunscError(); msg != "" {
+			err = fmt.Errorf("%w: %s", err, msg)
+		}
+		if st.StdioHolder != nil {
+			st.StdioHolder.Kill()
+		}
 		e.forceDelete(r, id)
 		undo()
 		return nil, fmt.Errorf("%s %s: %w", verb, id, err)
 	}
 	return st, nil
+}
+
+// lastRunscError is the last error runsc wrote to the JSON --log: runsc
+// puts its reasons there and on the container's stderr, which an engine
+// may not show. Empty when there is no JSON log or no error in it.
+func (e *env) lastRunscError() string {
+	if e.g.log == "" || e.g.logFormat != "json" {
+		return ""
+	}
+	data, err := os.ReadFile(e.g.log)
+	if err != nil {
+		return ""
+	}
+	var last string
+	dec := json.NewDecoder(bytes.NewReader(data))
+	for {
+		var entry struct{ Level, Msg string }
+		if err := dec.Decode(&entry); err != nil {
+			return last
+		}
+		if entry.Level == "error" || entry.Level == "fatal" {
+			last = entry.Msg
+		}
+	}
 }
 
 func cmdStart(ctx context.Context, e *env, args []string) error {
@@ -150,13 +196,102 @@ func cmdStart(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	if st == nil || st.Timeout == 0 {
-		return e.runsc.Exec("start", id)
+	if st == nil {
+		return fmt.Errorf("start: container %q has no recorded policy", id)
 	}
-	if err := e.runsc.Start(ctx, id); err != nil {
+	// The policy's flags go with start too: for a pod's second container
+	// runsc takes its configuration (--oci-seccomp among it) from here.
+	r := e.runscFor(st)
+	if st.StdioHolder == nil && st.Timeout == 0 {
+		return r.Exec("start", id)
+	}
+	if st.StdioHolder != nil {
+		if err := startWithHeldStdio(ctx, r, id, *st.StdioHolder); err != nil {
+			return err
+		}
+	} else if err := r.Start(ctx, id); err != nil {
 		return err
 	}
-	return e.spawnWatchdog(id, st.Timeout)
+	if st.Timeout > 0 {
+		return e.spawnWatchdog(id, st.Timeout)
+	}
+	return nil
+}
+
+// isSubcontainer reports whether a spec is a pod's second (or later)
+// container, which runsc starts inside the pod's existing sandbox.
+func isSubcontainer(annotations map[string]string) bool {
+	return annotations["io.kubernetes.cri.container-type"] == "container" ||
+		annotations["io.kubernetes.cri-o.ContainerType"] == "container"
+}
+
+// spawnStdioHolder starts the container's proxy process for a pod's
+// second container. It holds this process's stdio (the container's, as
+// the engine gave them to create) until start takes them, then waits for
+// the container and exits with its status. Engines wait for the pid in
+// --pid-file: for such a container runsc's pid is the pod's sandbox,
+// which outlives it, so the proxy's pid goes there instead.
+func (e *env) spawnStdioHolder(id string) (*runtime.Owner, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("container proxy: %w", err)
+	}
+	cmd := exec.Command(self, "--root", e.g.root, "--config", e.g.config, "hold-stdio", id)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = e.stdio.In, e.stdio.Out, e.stdio.Err
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("container proxy: %w", err)
+	}
+	pid := cmd.Process.Pid
+	_ = cmd.Process.Release()
+	o := runtime.OwnerOf(pid)
+	return &o, nil
+}
+
+// startWithHeldStdio starts the container with the stdio its proxy kept,
+// reopened through /proc, then tells the proxy to wait for it.
+func startWithHeldStdio(ctx context.Context, r *runsc.Runsc, id string, holder runtime.Owner) error {
+	if !holder.Alive() {
+		return fmt.Errorf("start %s: its proxy process (pid %d) is gone", id, holder.Pid)
+	}
+	var files [3]*os.File
+	for fd, flag := range []int{os.O_RDONLY, os.O_WRONLY, os.O_WRONLY} {
+		f, err := os.OpenFile(fmt.Sprintf("/proc/%d/fd/%d", holder.Pid, fd), flag, 0)
+		if err != nil {
+			return fmt.Errorf("start %s: reopen stdio: %w", id, err)
+		}
+		defer f.Close()
+		files[fd] = f
+	}
+	if err := r.StartWithStdio(ctx, id, runsc.Stdio{In: files[0], Out: files[1], Err: files[2]}); err != nil {
+		holder.Kill()
+		return err
+	}
+	return syscall.Kill(holder.Pid, syscall.SIGUSR1)
+}
+
+// cmdHoldStdio is the proxy: it holds its stdio until SIGUSR1 (start),
+// then waits for the container and exits with its status. It lets go of
+// the stdio first, so the container's streams end when the container does.
+func cmdHoldStdio(ctx context.Context, e *env, args []string) error {
+	if len(args) != 1 {
+		return fmt.Errorf("hold-stdio: want a container id")
+	}
+	started := make(chan os.Signal, 1)
+	signal.Notify(started, syscall.SIGUSR1)
+	<-started
+	devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	for fd := 0; fd < 3; fd++ {
+		_ = unix.Dup2(int(devnull.Fd()), fd)
+	}
+	code, err := e.runsc.Wait(ctx, args[0])
+	if err != nil {
+		return err
+	}
+	return exitError(code)
 }
 
 // cmdRun creates and starts a container. In the foreground it waits, and
@@ -241,8 +376,20 @@ func notExist(err error) bool {
 	return err != nil && (strings.Contains(err.Error(), "does not exist") || strings.Contains(err.Error(), "not found"))
 }
 
+// cmdKill signals a container. When it has already stopped, runsc says
+// "sandbox is not running" or "... is not running"; engines recognise
+// runc's words for that ("container not running") and treat the kill as
+// done, so the failure is given in those words.
 func cmdKill(ctx context.Context, e *env, args []string) error {
-	return passthrough("kill")(ctx, e, args)
+	out, err := e.runsc.Command(ctx, "kill", translate("kill", args)...).CombinedOutput()
+	if err == nil {
+		return nil
+	}
+	msg := strings.TrimSpace(string(out))
+	if strings.Contains(msg, "not running") {
+		return fmt.Errorf("container not running (runsc: %s)", msg)
+	}
+	return fmt.Errorf("runsc kill: %w: %s", err, msg)
 }
 
 // cmdDelete removes the container from runsc, then the runtime's own state.
@@ -259,7 +406,10 @@ func cmdDelete(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	sb, _, oerr := runtime.Open(e.stateDir(), id)
+	sb, st, oerr := runtime.Open(e.stateDir(), id)
+	if st != nil && st.StdioHolder != nil {
+		st.StdioHolder.Kill()
+	}
 	derr := e.runsc.Delete(ctx, id, *force)
 	switch {
 	case derr == nil:

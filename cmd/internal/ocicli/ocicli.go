@@ -75,6 +75,7 @@ func commands() []command {
 		{"features", "print the runtime's features (JSON)", cmdFeatures},
 		{"spec", "write a new config.json", cmdSpec},
 		{"watchdog", "internal: kill a container at its wall-clock limit", cmdWatchdog},
+		{"hold-stdio", "internal: keep a pod container's stdio from create to start", cmdHoldStdio},
 	}
 }
 
@@ -137,7 +138,7 @@ func Main(ctx context.Context, args []string, stdio Stdio) int {
 func usage(w io.Writer, fs *flag.FlagSet) {
 	fmt.Fprintln(w, "usage: openshell-runtime [GLOBAL FLAGS] COMMAND [ARGS]\n\ncommands:")
 	for _, c := range commands() {
-		if c.name != "watchdog" {
+		if c.name != "watchdog" && c.name != "hold-stdio" {
 			fmt.Fprintf(w, "  %-10s %s\n", c.name, c.usage)
 		}
 	}
