@@ -47,7 +47,6 @@ func (c *containerd) importCRIImages(dir string) error {
 	return nil
 }
 
-
 // crictl runs crictl against the tests' containerd.
 func (c *containerd) crictl(t *testing.T, args ...string) (string, error) {
 	t.Helper()
