@@ -38,9 +38,10 @@ CRI_NOSUMDB   := sigs.k8s.io/cri-tools,k8s.io/cri-client,k8s.io/cri-api
 SHIM_TAGS     := no_grpc
 PREFIX        ?= /usr/local
 UNIT_PKGS      = $(shell $(GO) list ./... | grep -v /integration)
-# busybox-static builds test images; runc is the baseline benchmarks compare
+# busybox-static and debootstrap build test images and root filesystems;
+# runc is the baseline benchmarks compare
 # to; docker.io is the dockerd (20.10) the engine tests start.
-DEB_PKGS      := busybox-static runc docker.io
+DEB_PKGS      := busybox-static debootstrap runc docker.io
 
 .PHONY: all run build shim runsc containerd crictl install deps conformance test unit integration root-test bench fuzz lint clean
 

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/openshell/openshell/test/rootfs"
 )
 
 var (
@@ -430,4 +432,74 @@ func TestBadConfigStartsNothing(t *testing.T) {
 	if _, err := os.Stat(state); !os.IsNotExist(err) {
 		t.Errorf("state dir created under a bad config: %v", err)
 	}
+}
+
+// TestAgentOnDebianRootfs runs a Python agent in a debootstrapped Debian
+// (bash, python3, curl) under a policy: its workspace is writable and
+// what it writes lands on the host, the rest of the image is read-only,
+// what the policy does not list does not exist, and there is no network.
+func TestAgentOnDebianRootfs(t *testing.T) {
+	if skipReason != "" {
+		t.Skip(skipReason)
+	}
+	cache, _ := filepath.Abs("../.cache/debian-bookworm")
+	root, err := rootfs.Cached(cache, rootfs.Debian)
+	if err != nil {
+		if strings.Contains(err.Error(), "apt-get install debootstrap") {
+			t.Skip(err)
+		}
+		t.Fatal(err)
+	}
+	ws := filepath.Join(root, "workspace")
+	os.RemoveAll(ws)
+	if err := os.Mkdir(ws, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(ws, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(ws) })
+	agent := `
+import os, socket, subprocess, sys
+print("python", sys.version_info[0])
+with open("/workspace/out.txt", "w") as f:
+    f.write("agent-wrote\n")
+for path in ["/root", "/home", "/var/lib"]:
+    try:
+        os.listdir(path); print(path, "visible")
+    except OSError as e:
+        print(path, e.strerror)
+print("shadow bytes", len(open("/etc/shadow").read()))
+r = subprocess.run(["bash", "-c", "echo from-bash; curl -sS -m 3 http://169.254.169.254/ || echo curl-failed"], capture_output=True, text=True)
+print(r.stdout.strip().replace("\n", " "))
+s = socket.socket(); s.settimeout(3)
+try:
+    s.connect(("1.1.1.1", 80)); print("net connected")
+except OSError as e:
+    print("net", e.strerror)
+`
+	policy := permissive + "  process: {max_processes: 64}\n"
+	policy = strings.Replace(policy, "allowed_writes: [/tmp]", "allowed_writes: [/tmp, /workspace]", 1)
+	pf := writePolicy(t, policy)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c := exec.CommandContext(ctx, openshellBin, "run", "--config", "/nonexistent", "--runsc", runscBin, "--state-dir", stateDir,
+		"--rootfs", root, "--workdir", "/workspace", "--policy", pf, "--", "/usr/bin/python3", "-c", agent)
+	var out, errb bytes.Buffer
+	c.Stdout, c.Stderr = &out, &errb
+	if err := c.Run(); err != nil {
+		t.Fatalf("agent: %v\n%s%s", err, out.String(), errb.String())
+	}
+	for _, want := range []string{
+		"python 3", "/root No such file or directory", "/home No such file or directory",
+		"/var/lib No such file or directory", "shadow bytes 0", "from-bash curl-failed", "net Network is unreachable",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("missing %q in:\n%s%s", want, out.String(), errb.String())
+		}
+	}
+	if data, err := os.ReadFile(filepath.Join(ws, "out.txt")); err != nil || string(data) != "agent-wrote\n" {
+		t.Errorf("the agent's write did not land in the workspace: %q %v", data, err)
+	}
+	assertNothingLeft(t, stateDir)
 }

@@ -67,3 +67,42 @@ func Busybox(dir string) error {
 	}
 	return nil
 }
+
+// DebianPackages are what Debian builds an agent's root filesystem with:
+// a shell, an interpreter and an HTTP client.
+var DebianPackages = []string{"bash", "python3", "curl"}
+
+// Debian builds a minimal Debian bookworm root filesystem in dir with
+// debootstrap from Debian's mirror, with DebianPackages. It takes a few
+// minutes and ~270 MB, so callers keep the result (see Cached).
+func Debian(dir string) error {
+	if _, err := exec.LookPath("debootstrap"); err != nil {
+		return fmt.Errorf("debian rootfs: %w (apt-get install debootstrap)", err)
+	}
+	tmp := dir + ".partial"
+	if err := os.RemoveAll(tmp); err != nil {
+		return fmt.Errorf("debian rootfs: %w", err)
+	}
+	cmd := exec.Command("debootstrap", "--variant=minbase", "--include="+strings.Join(DebianPackages, ","),
+		"bookworm", tmp, "http://deb.debian.org/debian")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		tail := out
+		if len(tail) > 2000 {
+			tail = tail[len(tail)-2000:]
+		}
+		return fmt.Errorf("debootstrap: %w\n%s", err, tail)
+	}
+	// Only a finished tree gets the final name, so a cache is never half.
+	return os.Rename(tmp, dir)
+}
+
+// Cached returns dir, building it with build first when it does not exist.
+func Cached(dir string, build func(string) error) (string, error) {
+	if _, err := os.Stat(dir); err == nil {
+		return dir, nil
+	}
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return "", err
+	}
+	return dir, build(dir)
+}
