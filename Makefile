@@ -39,8 +39,8 @@ SHIM_TAGS     := no_grpc
 PREFIX        ?= /usr/local
 UNIT_PKGS      = $(shell $(GO) list ./... | grep -v /integration)
 # busybox-static and debootstrap build test images and root filesystems;
-# runc is the baseline benchmarks compare
-# to; docker.io is the dockerd (20.10) the engine tests start.
+# runc is the baseline benchmarks compare to; docker.io is the dockerd
+# (20.10) the engine tests start.
 DEB_PKGS      := busybox-static debootstrap runc docker.io
 
 .PHONY: all run build shim runsc containerd crictl install deps conformance test unit integration root-test bench fuzz lint clean
