@@ -402,6 +402,18 @@ func TestCtrExecKillDelete(t *testing.T) {
 	if r := c.ctrRun(t, "task", "exec", "--exec-id", "e2", "long", "/bin/sh", "-c", "exit 4"); r.code != 4 {
 		t.Errorf("exec exit %d, want 4", r.code)
 	}
+	// Stats come from the sandbox's cgroup; pause and resume freeze it.
+	if r := c.ctrRun(t, "task", "metrics", "long"); r.code != 0 || !strings.Contains(r.stdout, "memory.usage_in_bytes") {
+		t.Errorf("metrics: %d %q %q", r.code, r.stdout, r.stderr)
+	}
+	for _, step := range []struct{ cmd, want string }{{"pause", "PAUSED"}, {"resume", "RUNNING"}} {
+		if r := c.ctrRun(t, "task", step.cmd, "long"); r.code != 0 {
+			t.Fatalf("%s: %s", step.cmd, r.stderr)
+		}
+		if out, _ := c.run("task", "list"); !strings.Contains(out, step.want) {
+			t.Errorf("after %s: %s", step.cmd, out)
+		}
+	}
 	if r := c.ctrRun(t, "task", "kill", "-s", "KILL", "long"); r.code != 0 {
 		t.Fatalf("kill: %s", r.stderr)
 	}
