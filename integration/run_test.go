@@ -389,6 +389,9 @@ func TestKilledRunLeavesNothing(t *testing.T) {
 	if r := sandbox(t, permissive, "/bin/true"); r.code != 0 {
 		t.Fatalf("exit %d: %s", r.code, r.stderr)
 	}
+	if left, _ := filepath.Glob("/sys/fs/cgroup/*/" + id); len(left) > 0 {
+		t.Errorf("cgroups left: %v", left)
+	}
 }
 
 // TestMemoryLimitEndsSandbox: past max_memory_mb the host's memory cgroup

@@ -252,6 +252,26 @@ func (r *Runsc) RemoveStale(id string) error {
 			}
 		}
 	}
+	return removeCgroups(CgroupRoot, id)
+}
+
+// CgroupRoot is where cgroup hierarchies are mounted.
+const CgroupRoot = "/sys/fs/cgroup"
+
+// removeCgroups removes the empty cgroups named id that runsc made for a
+// container with no cgroupsPath, in each v1 hierarchy or the v2 root. A
+// cgroup that still holds a process is not empty and stays.
+func removeCgroups(root, id string) error {
+	dirs, err := filepath.Glob(filepath.Join(root, "*", id))
+	if err != nil {
+		return fmt.Errorf("remove stale cgroups: %w", err)
+	}
+	dirs = append(dirs, filepath.Join(root, id))
+	for _, d := range dirs {
+		if err := os.Remove(d); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("remove stale cgroup: %w", err)
+		}
+	}
 	return nil
 }
 

@@ -112,3 +112,41 @@ func TestCheckMissingBinary(t *testing.T) {
 		t.Fatalf("error = %v", err)
 	}
 }
+
+func TestRemoveStale(t *testing.T) {
+	root := t.TempDir()
+	r := &Runsc{Root: root}
+	id := "openshell-0123456789abcdef"
+	for _, f := range []string{id + "_sandbox:" + id + ".lock", "runsc-" + id + ".sock", "other_sandbox:other.state"} {
+		os.WriteFile(filepath.Join(root, f), nil, 0o600)
+	}
+	cg := t.TempDir()
+	for _, d := range []string{"memory/" + id, "pids/" + id, "pids/other", "busy/" + id + "/child"} {
+		os.MkdirAll(filepath.Join(cg, d), 0o755)
+	}
+	if err := removeCgroups(cg, id); err == nil {
+		t.Fatal("a cgroup with something in it was removed without error")
+	}
+	os.RemoveAll(filepath.Join(cg, "busy"))
+	if err := r.RemoveStale(id); err != nil {
+		t.Fatal(err)
+	}
+	if err := removeCgroups(cg, id); err != nil {
+		t.Fatal(err)
+	}
+	left, _ := filepath.Glob(filepath.Join(root, "*"))
+	if len(left) != 1 || filepath.Base(left[0]) != "other_sandbox:other.state" {
+		t.Errorf("left in root: %v", left)
+	}
+	for _, d := range []string{"memory/" + id, "pids/" + id} {
+		if _, err := os.Stat(filepath.Join(cg, d)); !os.IsNotExist(err) {
+			t.Errorf("%s not removed", d)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(cg, "pids/other")); err != nil {
+		t.Error("another container's cgroup was removed")
+	}
+	if err := r.RemoveStale("../x"); err == nil {
+		t.Error("a path as id was accepted")
+	}
+}
