@@ -8,6 +8,7 @@ package runtime
 
 import (
 	"bufio"
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -21,6 +22,8 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/openshell/openshell/policyhook"
+	"github.com/openshell/openshell/policyhook/policy"
+	"github.com/openshell/openshell/runtime/runsc"
 )
 
 // Sandbox is one prepared sandbox: its id, state directory, bundle and the
@@ -46,6 +49,14 @@ func NewID() (string, error) {
 // CompileFunc compiles the sandbox's policy once its root directory exists.
 // image is the directory the policy's paths are taken from.
 type CompileFunc func(rootDir, bundle, image string) (*policyhook.Compiled, error)
+
+// CompilePolicy is the CompileFunc for p: the mount view rooted at the
+// sandbox's own directory, user names looked up in the image.
+func CompilePolicy(p *policy.Policy) CompileFunc {
+	return func(rootDir, bundle, image string) (*policyhook.Compiled, error) {
+		return policyhook.Compile(p, policyhook.WithRootDir(rootDir), policyhook.WithBundle(bundle), policyhook.WithUsers(policyhook.UsersInRoot(image)))
+	}
+}
 
 // PrepareOptions say where a sandbox's state goes and what it runs.
 type PrepareOptions struct {
@@ -141,6 +152,26 @@ func pruneMissing(spec *specs.Spec, image string) []string {
 		return false
 	})
 	return pruned
+}
+
+// Remove ends what is left of a sandbox run in the foreground: runsc's
+// container when runsc still knows it, runsc's stale files and cgroups,
+// then the state directory. It goes on past a failed step, since Cleanup
+// still refuses while anything is mounted below the state directory.
+func (sb *Sandbox) Remove(ctx context.Context, r *runsc.Runsc) error {
+	var errs []error
+	if r.Known(sb.ID) {
+		if err := r.Delete(ctx, sb.ID, true); err != nil && !runsc.IsNotExist(err) {
+			errs = append(errs, err)
+		}
+	}
+	if err := r.RemoveStale(sb.ID); err != nil {
+		errs = append(errs, err)
+	}
+	if err := sb.Cleanup(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
 }
 
 // Cleanup removes the sandbox's state directory. It refuses when anything

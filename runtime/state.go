@@ -57,6 +57,19 @@ type PolicyRef struct {
 
 const stateFile = "state.json"
 
+// NewState records a prepared sandbox: its compiled policy, named by
+// source, and what a later exec and the watchdog need. bundle is the one
+// the engine gave, or the sandbox's own; process is the container's
+// process after the policy, nil when no exec will follow.
+func (sb *Sandbox) NewState(bundle, source string, process *specs.Process) *State {
+	c, p := sb.Compiled, sb.Compiled.Policy
+	return &State{
+		ID: sb.ID, Bundle: bundle, Created: time.Now().UTC(),
+		Policy:    PolicyRef{Name: p.Name, Hash: p.Hash, Format: string(p.Format), File: p.File, Source: source},
+		AllowExec: p.Process.AllowExec, Process: process, Timeout: c.Timeout, RunscFlags: c.RunscFlags,
+	}
+}
+
 // SaveState records st in the sandbox's state directory.
 func (sb *Sandbox) SaveState(st *State) error {
 	data, err := json.MarshalIndent(st, "", "  ")

@@ -63,33 +63,11 @@ func (r *Runsc) Check(ctx context.Context) (string, error) {
 }
 
 // Run creates and runs a container in the foreground and returns its exit
-// status as a shell reports it (128+signal for a signal death). started,
-// when not nil, is called once runsc has been started.
-func (r *Runsc) Run(ctx context.Context, bundle, id string, stdio Stdio, started func()) (int, error) {
-	var stderr bytes.Buffer
-	cmd := r.Command(ctx, "run", "--bundle", bundle, id)
-	cmd.Stdin, cmd.Stdout = stdio.In, stdio.Out
-	// runsc's own errors reach the container's stderr stream too; keep a
-	// copy to attach to the error.
-	cmd.Stderr = io.MultiWriter(stdio.Err, &tail{buf: &stderr, max: 4096})
-	if err := cmd.Start(); err != nil {
-		return -1, fmt.Errorf("start runsc: %w", err)
-	}
-	if started != nil {
-		started()
-	}
-	code, err := exitStatus(cmd.Wait())
-	if err != nil {
-		return -1, fmt.Errorf("runsc run %s: %w: %s", id, err, bytes.TrimSpace(stderr.Bytes()))
-	}
-	return code, nil
-}
-
-// RunArgs runs "runsc run ARGS" in the foreground with the caller's stdio
-// (files: the sandbox inherits them) and returns the container's exit
-// status as a shell reports it.
-func (r *Runsc) RunArgs(ctx context.Context, stdio Stdio, started func(), args ...string) (int, error) {
-	cmd := r.Command(ctx, "run", args...)
+// status as a shell reports it (128+signal for a signal death). The
+// sandbox inherits stdio. started, when not nil, is called once runsc has
+// been started.
+func (r *Runsc) Run(ctx context.Context, bundle, id string, o CreateOpts, stdio Stdio, started func()) (int, error) {
+	cmd := r.Command(ctx, "run", o.args(bundle, id)...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdio.In, stdio.Out, stdio.Err
 	if err := cmd.Start(); err != nil {
 		return -1, fmt.Errorf("start runsc: %w", err)
@@ -140,20 +118,6 @@ func (r *Runsc) quiet(ctx context.Context, sub string, args ...string) error {
 	return nil
 }
 
-// tail keeps the last max bytes written to it.
-type tail struct {
-	buf *bytes.Buffer
-	max int
-}
-
-func (t *tail) Write(p []byte) (int, error) {
-	t.buf.Write(p)
-	if over := t.buf.Len() - t.max; over > 0 {
-		t.buf.Next(over)
-	}
-	return len(p), nil
-}
-
 // CreateOpts are runc's create options that runsc understands.
 type CreateOpts struct {
 	PidFile       string
@@ -164,6 +128,11 @@ type CreateOpts struct {
 // stderr is kept for the error; the container's stdio is the caller's,
 // inherited by the sandbox.
 func (r *Runsc) Create(ctx context.Context, bundle, id string, o CreateOpts, stdio Stdio) error {
+	return r.withStdio(ctx, stdio, "create", o.args(bundle, id)...)
+}
+
+// args are create's and run's arguments.
+func (o CreateOpts) args(bundle, id string) []string {
 	args := []string{"--bundle", bundle}
 	if o.PidFile != "" {
 		args = append(args, "--pid-file", o.PidFile)
@@ -171,7 +140,12 @@ func (r *Runsc) Create(ctx context.Context, bundle, id string, o CreateOpts, std
 	if o.ConsoleSocket != "" {
 		args = append(args, "--console-socket", o.ConsoleSocket)
 	}
-	return r.withStdio(ctx, stdio, "create", append(args, id)...)
+	return append(args, id)
+}
+
+// IsNotExist reports whether a runsc error says the container is unknown.
+func IsNotExist(err error) bool {
+	return err != nil && (strings.Contains(err.Error(), "does not exist") || strings.Contains(err.Error(), "not found"))
 }
 
 // Start starts a created container.
@@ -233,23 +207,17 @@ func (r *Runsc) withStdio(ctx context.Context, stdio Stdio, sub string, args ...
 	return nil
 }
 
-// RemoveStale removes what runsc left in its root for a container it no
-// longer knows: the lock and socket files of a create that was killed
-// before it wrote the container's state. Only files whose name holds id
-// are touched.
+// RemoveStale removes what runsc left in its root for a root container it
+// no longer knows: the lock and socket files of a create that was killed
+// before it wrote the container's state. Only those files, named exactly
+// for id, are touched: another container's id may contain this one.
 func (r *Runsc) RemoveStale(id string) error {
-	if id == "" || strings.ContainsAny(id, "/*?[") {
+	if id == "" || id != filepath.Base(id) || id == "." || id == ".." {
 		return fmt.Errorf("remove stale state: bad id %q", id)
 	}
-	matches, err := filepath.Glob(filepath.Join(r.Root, "*"+id+"*"))
-	if err != nil {
-		return fmt.Errorf("remove stale state: %w", err)
-	}
-	for _, m := range matches {
-		if st, err := os.Lstat(m); err == nil && !st.IsDir() {
-			if err := os.Remove(m); err != nil {
-				return fmt.Errorf("remove stale state: %w", err)
-			}
+	for _, name := range []string{id + "_sandbox:" + id + ".lock", id + "_sandbox:" + id + ".state", "runsc-" + id + ".sock"} {
+		if err := os.Remove(filepath.Join(r.Root, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("remove stale state: %w", err)
 		}
 	}
 	return removeCgroups(CgroupRoot, id)

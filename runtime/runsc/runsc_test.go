@@ -95,7 +95,7 @@ func TestExitStatus(t *testing.T) {
 	r, _ := fakeRunsc(t)
 	for do, want := range map[string]int{"": 0, "exit3": 3, "signal": 128 + int(syscall.SIGTERM)} {
 		t.Setenv("FAKE_RUNSC_DO", do)
-		code, err := r.RunArgs(context.Background(), Stdio{}, nil, "c1")
+		code, err := r.Run(context.Background(), "/b", "c1", CreateOpts{}, Stdio{}, nil)
 		if err != nil || code != want {
 			t.Errorf("%q: code %d err %v, want %d", do, code, err, want)
 		}
@@ -117,7 +117,8 @@ func TestRemoveStale(t *testing.T) {
 	root := t.TempDir()
 	r := &Runsc{Root: root}
 	id := "openshell-0123456789abcdef"
-	for _, f := range []string{id + "_sandbox:" + id + ".lock", "runsc-" + id + ".sock", "other_sandbox:other.state"} {
+	// "x" + id is another container whose id contains this one.
+	for _, f := range []string{id + "_sandbox:" + id + ".lock", "runsc-" + id + ".sock", "other_sandbox:other.state", "x" + id + "_sandbox:x" + id + ".state"} {
 		os.WriteFile(filepath.Join(root, f), nil, 0o600)
 	}
 	cg := t.TempDir()
@@ -135,7 +136,7 @@ func TestRemoveStale(t *testing.T) {
 		t.Fatal(err)
 	}
 	left, _ := filepath.Glob(filepath.Join(root, "*"))
-	if len(left) != 1 || filepath.Base(left[0]) != "other_sandbox:other.state" {
+	if len(left) != 2 || filepath.Base(left[0]) != "other_sandbox:other.state" || filepath.Base(left[1]) != "x"+id+"_sandbox:x"+id+".state" {
 		t.Errorf("left in root: %v", left)
 	}
 	for _, d := range []string{"memory/" + id, "pids/" + id} {

@@ -13,7 +13,6 @@ import (
 	"github.com/opencontainers/runtime-tools/generate"
 	"golang.org/x/sys/unix"
 
-	"github.com/openshell/openshell/policyhook"
 	"github.com/openshell/openshell/policyhook/policy"
 	"github.com/openshell/openshell/runtime"
 	"github.com/openshell/openshell/runtime/runsc"
@@ -107,21 +106,17 @@ func runRun(ctx context.Context, s streams, args []string) int {
 	}
 	sb, err := runtime.Prepare(runtime.PrepareOptions{
 		StateDir: *stateDir, ID: id, Spec: runtime.NewMemorySpec(g.Config),
-		Compile: func(rootDir, bundle, image string) (*policyhook.Compiled, error) {
-			return policyhook.Compile(p, policyhook.WithRootDir(rootDir), policyhook.WithBundle(bundle), policyhook.WithUsers(policyhook.UsersInRoot(image)))
-		},
+		Compile: runtime.CompilePolicy(p),
 	})
 	if err != nil {
 		return fail("%s", err)
 	}
 	c := sb.Compiled
 	printWarnings(s, c.Warnings)
+	st := sb.NewState(sb.Bundle, "openshell run --policy", nil)
 	self := runtime.Self()
-	if err := sb.SaveState(&runtime.State{
-		ID: id, Bundle: sb.Bundle, Created: time.Now().UTC(), Owner: &self,
-		Policy:    runtime.PolicyRef{Name: p.Name, Hash: p.Hash, Format: string(p.Format), File: p.File, Source: "openshell run --policy"},
-		AllowExec: p.Process.AllowExec, Timeout: c.Timeout, RunscFlags: c.RunscFlags,
-	}); err != nil {
+	st.Owner = &self
+	if err := sb.SaveState(st); err != nil {
 		_ = sb.Cleanup()
 		return fail("%s", err)
 	}
@@ -131,16 +126,8 @@ func runRun(ctx context.Context, s streams, args []string) int {
 	// Always clean up, whatever happened above.
 	cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if r.Known(sb.ID) {
-		if derr := r.Delete(cctx, sb.ID, true); derr != nil && !strings.Contains(derr.Error(), "does not exist") {
-			fmt.Fprintf(s.err, "openshell: %s\n", derr)
-		}
-	}
-	if err := r.RemoveStale(sb.ID); err != nil {
-		fmt.Fprintf(s.err, "openshell: %s\n", err)
-	}
-	if cerr := sb.Cleanup(); cerr != nil {
-		fmt.Fprintf(s.err, "openshell: %s\n", cerr)
+	if rerr := sb.Remove(cctx, r); rerr != nil {
+		fmt.Fprintf(s.err, "openshell: %s\n", rerr)
 	}
 	if err != nil {
 		return fail("%s", err)
@@ -157,14 +144,7 @@ func sweepOrphans(ctx context.Context, s streams, r *runsc.Runsc, stateDir strin
 		return
 	}
 	for _, sb := range orphans {
-		if err := r.Delete(ctx, sb.ID, true); err != nil && !strings.Contains(err.Error(), "does not exist") {
-			fmt.Fprintf(s.err, "openshell: remove orphaned sandbox %s: %s\n", sb.ID, err)
-			continue
-		}
-		if err := r.RemoveStale(sb.ID); err != nil {
-			fmt.Fprintf(s.err, "openshell: remove orphaned sandbox %s: %s\n", sb.ID, err)
-		}
-		if err := sb.Cleanup(); err != nil {
+		if err := sb.Remove(ctx, r); err != nil {
 			fmt.Fprintf(s.err, "openshell: remove orphaned sandbox %s: %s\n", sb.ID, err)
 		}
 	}
@@ -204,7 +184,7 @@ func runSandbox(ctx context.Context, s streams, r *runsc.Runsc, sb *runtime.Sand
 			}
 		}()
 	}
-	code, err := r.Run(ctx, sb.Bundle, sb.ID, runsc.Stdio{In: s.in, Out: s.out, Err: s.err}, started)
+	code, err := r.Run(ctx, sb.Bundle, sb.ID, runsc.CreateOpts{}, runsc.Stdio{In: s.in, Out: s.out, Err: s.err}, started)
 	select {
 	case <-timedOut:
 		fmt.Fprintf(s.err, "openshell: max_execution_time (%s) reached; sandbox killed\n", timeout)

@@ -18,7 +18,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/openshell/openshell/policyhook"
 	"github.com/openshell/openshell/runtime"
 	"github.com/openshell/openshell/runtime/runsc"
 )
@@ -26,6 +25,10 @@ import (
 type createFlags struct {
 	bundle, pidFile, consoleSocket string
 	detach, keep                   bool
+}
+
+func (c *createFlags) opts() runsc.CreateOpts {
+	return runsc.CreateOpts{PidFile: c.pidFile, ConsoleSocket: c.consoleSocket}
 }
 
 func (e *env) parseCreate(name string, args []string) (*createFlags, string, error) {
@@ -79,9 +82,7 @@ func (e *env) prepare(id, bundle string) (*runtime.Sandbox, *runtime.State, func
 	}
 	sb, err := runtime.Prepare(runtime.PrepareOptions{
 		StateDir: e.stateDir(), ID: id, Spec: spec, Bundle: bundle,
-		Compile: func(rootDir, bundle, image string) (*policyhook.Compiled, error) {
-			return policyhook.Compile(p, policyhook.WithRootDir(rootDir), policyhook.WithBundle(bundle), policyhook.WithUsers(policyhook.UsersInRoot(image)))
-		},
+		Compile: runtime.CompilePolicy(p),
 	})
 	if err != nil {
 		return nil, nil, nil, err
@@ -90,14 +91,8 @@ func (e *env) prepare(id, bundle string) (*runtime.Sandbox, *runtime.State, func
 	for _, w := range c.Warnings {
 		e.log.Warn(w.Error(), "container", id)
 	}
-	st := &runtime.State{
-		ID: id, Bundle: bundle, Created: time.Now().UTC(),
-		Policy: runtime.PolicyRef{
-			Name: p.Name, Hash: p.Hash, Format: string(p.Format), File: p.File, Source: src.String(),
-		},
-		AllowExec: p.Process.AllowExec, Process: s.Process, Timeout: c.Timeout, RunscFlags: c.RunscFlags,
-		Subcontainer: isSubcontainer(s.Annotations),
-	}
+	st := sb.NewState(bundle, src.String(), s.Process)
+	st.Subcontainer = isSubcontainer(s.Annotations)
 	undo := func() {
 		if err := sb.Cleanup(); err != nil {
 			e.log.Error("remove state", "container", id, "error", err)
@@ -138,7 +133,7 @@ func (e *env) create(ctx context.Context, verb, id string, c *createFlags, start
 		}
 	}
 	r := e.runscFor(st)
-	err = r.Create(ctx, sb.Bundle, id, runsc.CreateOpts{PidFile: c.pidFile, ConsoleSocket: c.consoleSocket}, e.runscStdio())
+	err = r.Create(ctx, sb.Bundle, id, c.opts(), e.runscStdio())
 	if err == nil && st.StdioHolder != nil && c.pidFile != "" {
 		err = os.WriteFile(c.pidFile, []byte(strconv.Itoa(st.StdioHolder.Pid)), 0o644)
 	}
@@ -328,22 +323,14 @@ func cmdRun(ctx context.Context, e *env, args []string) error {
 			stop = func() { t.Stop() }
 		}
 	}
-	runArgs := []string{"--bundle", sb.Bundle}
-	if c.pidFile != "" {
-		runArgs = append(runArgs, "--pid-file", c.pidFile)
-	}
-	if c.consoleSocket != "" {
-		runArgs = append(runArgs, "--console-socket", c.consoleSocket)
-	}
-	code, err := r.RunArgs(ctx, e.runscStdio(), started, append(runArgs, id)...)
+	code, err := r.Run(ctx, sb.Bundle, id, c.opts(), e.runscStdio(), started)
 	if stop != nil {
 		stop()
 	}
-	if r.Known(id) {
-		e.forceDelete(r, id)
-	}
-	if cerr := sb.Cleanup(); cerr != nil {
-		e.log.Error("remove state", "container", id, "error", cerr)
+	cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if rerr := sb.Remove(cctx, r); rerr != nil {
+		e.log.Error("remove container", "container", id, "error", rerr)
 	}
 	if err != nil {
 		return err
@@ -367,13 +354,9 @@ func (e *env) runscFor(st *runtime.State) *runsc.Runsc {
 func (e *env) forceDelete(r *runsc.Runsc, id string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := r.Delete(ctx, id, true); err != nil && !notExist(err) {
+	if err := r.Delete(ctx, id, true); err != nil && !runsc.IsNotExist(err) {
 		e.log.Warn("delete after failure", "container", id, "error", err)
 	}
-}
-
-func notExist(err error) bool {
-	return err != nil && (strings.Contains(err.Error(), "does not exist") || strings.Contains(err.Error(), "not found"))
 }
 
 // cmdKill signals a container. When it has already stopped, runsc says
@@ -413,7 +396,7 @@ func cmdDelete(ctx context.Context, e *env, args []string) error {
 	derr := e.runsc.Delete(ctx, id, *force)
 	switch {
 	case derr == nil:
-	case notExist(derr) && (sb != nil || *force):
+	case runsc.IsNotExist(derr) && (sb != nil || *force):
 	default:
 		return derr
 	}
