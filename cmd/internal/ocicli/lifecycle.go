@@ -227,20 +227,38 @@ func isSubcontainer(annotations map[string]string) bool {
 // --pid-file: for such a container runsc's pid is the pod's sandbox,
 // which outlives it, so the proxy's pid goes there instead.
 func (e *env) spawnStdioHolder(id string) (*runtime.Owner, error) {
-	self, err := os.Executable()
+	pid, err := e.spawn(true, "hold-stdio", id)
 	if err != nil {
 		return nil, fmt.Errorf("container proxy: %w", err)
 	}
-	cmd := exec.Command(self, "--root", e.g.root, "--config", e.g.config, "hold-stdio", id)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = e.stdio.In, e.stdio.Out, e.stdio.Err
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("container proxy: %w", err)
-	}
-	pid := cmd.Process.Pid
-	_ = cmd.Process.Release()
 	o := runtime.OwnerOf(pid)
 	return &o, nil
+}
+
+// spawn starts one of this binary's internal commands in a session of its
+// own, with the global flags that find the same state, configuration and
+// log, and returns its pid. withStdio hands it this process's stdio;
+// otherwise it holds none, so the engine that called us sees our output
+// end when we exit.
+func (e *env) spawn(withStdio bool, sub string, args ...string) (int, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return 0, err
+	}
+	global := []string{"--root", e.g.root, "--config", e.g.config}
+	if e.g.log != "" {
+		global = append(global, "--log", e.g.log, "--log-format", e.g.logFormat)
+	}
+	cmd := exec.Command(self, append(append(global, sub), args...)...)
+	if withStdio {
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = e.stdio.In, e.stdio.Out, e.stdio.Err
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return 0, err
+	}
+	pid := cmd.Process.Pid
+	return pid, cmd.Process.Release()
 }
 
 // startWithHeldStdio starts the container with the stdio its proxy kept,
@@ -410,23 +428,12 @@ func cmdDelete(ctx context.Context, e *env, args []string) error {
 }
 
 // spawnWatchdog starts a detached process that kills the container at its
-// wall-clock limit. It holds none of our stdio, so the engine that called
-// us sees our output end when we exit.
+// wall-clock limit.
 func (e *env) spawnWatchdog(id string, limit time.Duration) error {
-	self, err := os.Executable()
-	if err != nil {
+	if _, err := e.spawn(false, "watchdog", id, strconv.FormatInt(int64(limit), 10)); err != nil {
 		return fmt.Errorf("watchdog: %w", err)
 	}
-	args := []string{"--root", e.g.root, "--config", e.g.config}
-	if e.g.log != "" {
-		args = append(args, "--log", e.g.log, "--log-format", e.g.logFormat)
-	}
-	cmd := exec.Command(self, append(args, "watchdog", id, strconv.FormatInt(int64(limit), 10))...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("watchdog: %w", err)
-	}
-	return cmd.Process.Release()
+	return nil
 }
 
 // cmdWatchdog waits for the container's sandbox to end or its limit to

@@ -18,6 +18,8 @@ import (
 	"path/filepath"
 	"strings"
 
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
 	"github.com/openshell/openshell/runtime"
 	"github.com/openshell/openshell/runtime/runsc"
 )
@@ -98,7 +100,7 @@ func Main(ctx context.Context, args []string, stdio Stdio) int {
 		return 2
 	}
 	if *version {
-		fmt.Fprintf(stdio.Out, "openshell-runtime version %s\nspec: 1.2.1\n", Version)
+		fmt.Fprintf(stdio.Out, "openshell-runtime version %s\nspec: %s\n", Version, specs.Version)
 		return 0
 	}
 	if fs.NArg() == 0 {
