@@ -1,6 +1,6 @@
 module github.com/openshell/openshell
 
-go 1.26
+go 1.26.0
 
 require (
 	github.com/cyphar/filepath-securejoin v0.5.1
@@ -11,7 +11,7 @@ require (
 	github.com/pelletier/go-toml/v2 v2.4.3
 	github.com/pmezard/go-difflib v1.0.0
 	go.yaml.in/yaml/v3 v3.0.5
-	golang.org/x/sys v0.43.0
+	golang.org/x/sys v0.49.0
 )
 
 require (
@@ -21,7 +21,11 @@ require (
 	github.com/opencontainers/selinux v1.15.1 // indirect
 	github.com/sirupsen/logrus v1.10.2 // indirect
 	github.com/syndtr/gocapability v0.0.0-20200815063812-42c35b437635 // indirect
+	github.com/vishvananda/netlink v1.3.1 // indirect
+	github.com/vishvananda/netns v0.0.5 // indirect
 	github.com/xeipuuv/gojsonpointer v0.0.0-20180127040702-4e3ac2762d5f // indirect
 	github.com/xeipuuv/gojsonreference v0.0.0-20180127040603-bd5ef7bd5415 // indirect
 	github.com/xeipuuv/gojsonschema v1.2.0 // indirect
+	golang.org/x/net v0.62.0 // indirect
+	golang.org/x/time v0.16.0 // indirect
 )

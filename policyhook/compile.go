@@ -23,6 +23,9 @@ import (
 const (
 	FlagOCISeccomp  = "--oci-seccomp"
 	FlagNetworkNone = "--network=none"
+	// FlagNetworkSandbox gives the sandbox gVisor's own network stack in
+	// the namespace the runtime made, whose only link is the gateway's.
+	FlagNetworkSandbox = "--network=sandbox"
 )
 
 // SymlinkSyscalls are closed by block_symlinks.
@@ -38,6 +41,8 @@ type Compiled struct {
 	Timeout time.Duration
 	UID     uint32
 	GID     uint32
+	// Egress is set when the sandbox needs its egress gateway.
+	Egress bool
 	// Warnings are the policy's own plus what the compiler could not
 	// enforce as the policy asks. A caller shows them; it never drops them.
 	Warnings policy.ErrorList
@@ -58,8 +63,9 @@ type UserLookup interface {
 }
 
 type options struct {
-	view  modifier.ViewOptions
-	users UserLookup
+	view    modifier.ViewOptions
+	users   UserLookup
+	gateway *modifier.GatewayNetwork
 }
 
 // Option configures Compile.
@@ -73,6 +79,11 @@ func WithBundle(dir string) Option { return func(o *options) { o.view.Bundle = d
 
 // WithUsers resolves run_as_user and run_as_group names.
 func WithUsers(u UserLookup) Option { return func(o *options) { o.users = u } }
+
+// WithGateway says how the sandbox reaches the egress gateway the runtime
+// will start for it. Without it, a policy that allows egress compiles to
+// no network at all, with a warning: fail closed.
+func WithGateway(n modifier.GatewayNetwork) Option { return func(o *options) { o.gateway = &n } }
 
 // Compile turns a validated policy into modifiers and flags.
 func Compile(p *policy.Policy, opts ...Option) (*Compiled, error) {
@@ -155,14 +166,20 @@ func Compile(p *policy.Policy, opts ...Option) (*Compiled, error) {
 		modifier.NewResources(p.Resources.MaxMemoryMB, p.Resources.MaxCPUCores),
 		sc,
 		modifier.NewEnv(p.Env),
-		modifier.NewIsolateNetwork(),
 	)
-	c.RunscFlags = []string{FlagOCISeccomp, FlagNetworkNone}
-
-	// Until the egress gateway exists, allowed egress cannot be opened
-	// safely: the sandbox gets no network at all. Fail closed, and say so.
-	if len(p.Network.Egress) > 0 {
-		warn(parentOf(p.Network.Egress[0].Field), "%d egress rule(s) are not active: egress needs openshell's egress gateway, which this build does not have, so the sandbox has no network at all (fail closed)", len(p.Network.Egress))
+	switch {
+	case len(p.Network.Egress) > 0 && o.gateway != nil:
+		c.Modifiers = c.Modifiers.Append(modifier.NewGatewayNetwork(*o.gateway))
+		c.RunscFlags = []string{FlagOCISeccomp, FlagNetworkSandbox}
+		c.Egress = true
+	default:
+		c.Modifiers = c.Modifiers.Append(modifier.NewIsolateNetwork())
+		c.RunscFlags = []string{FlagOCISeccomp, FlagNetworkNone}
+		if len(p.Network.Egress) > 0 {
+			// Only a runtime that starts the gateway can open egress
+			// safely; here the sandbox gets no network. Fail closed.
+			warn(parentOf(p.Network.Egress[0].Field), "%d egress rule(s) are not active: no egress gateway was set up for this sandbox, so it has no network at all (fail closed)", len(p.Network.Egress))
+		}
 	}
 	if p.Inference != nil {
 		warn(p.Inference.Field, "inference routing needs the egress gateway, which this build does not have; inference.local is unreachable (fail closed)")

@@ -10,6 +10,7 @@ import (
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/openshell/openshell/policyhook/modifier"
 	"github.com/openshell/openshell/policyhook/policy"
 	"github.com/openshell/openshell/test/golden"
 	"github.com/openshell/openshell/test/spectest"
@@ -51,6 +52,37 @@ func TestExamplesCompile(t *testing.T) {
 				Warnings   []string
 			}{s, c.RunscFlags, c.Timeout, warnings(c)})
 		})
+	}
+}
+
+// TestCompileWithGateway: with a gateway, egress rules give the sandbox
+// the runtime's namespace and runsc's own network stack, not "none".
+func TestCompileWithGateway(t *testing.T) {
+	p := load(t, "../examples/coding-agent.yaml")
+	c, err := Compile(p, WithRootDir("/run/openshell/s/root"), WithBundle("/bundle"),
+		WithGateway(modifier.GatewayNetwork{Netns: "/run/openshell/s/netns/sandbox", ResolvConf: "/run/openshell/s/resolv.conf", ProxyURL: "http://169.254.213.1:3128"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.Egress || !slices.Contains(c.RunscFlags, FlagNetworkSandbox) || slices.Contains(c.RunscFlags, FlagNetworkNone) {
+		t.Fatalf("Egress=%v flags=%v, want the sandbox network", c.Egress, c.RunscFlags)
+	}
+	s := spectest.Base(t)
+	if err := c.Apply(s); err != nil {
+		t.Fatal(err)
+	}
+	s.Annotations["io.openshell.policy.sha256"] = ""
+	golden.JSON(t, "gateway/coding-agent", struct {
+		Spec       *specs.Spec
+		RunscFlags []string
+	}{s, c.RunscFlags})
+
+	none, err := Compile(load(t, "../examples/demo.yaml"), WithRootDir("/r"), WithGateway(modifier.GatewayNetwork{Netns: "/n", ResolvConf: "/c"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(none.Policy.Network.Egress) == 0 && (none.Egress || !slices.Contains(none.RunscFlags, FlagNetworkNone)) {
+		t.Fatalf("a policy without egress rules got a network: %v", none.RunscFlags)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -40,9 +41,32 @@ type Config struct {
 	PolicyDir string `toml:"policy_dir"`
 	// RunscFlags are extra global runsc flags, e.g. ["--debug"].
 	RunscFlags []string `toml:"runsc_flags"`
+	// Egress configures the egress gateway of sandboxes whose policy
+	// allows egress.
+	Egress EgressConfig `toml:"egress"`
 
 	file string
 }
+
+// EgressConfig is the [egress] table.
+type EgressConfig struct {
+	// DNSUpstream is the resolver (IP:port) the gateway asks for allowed
+	// names. Empty: the first nameserver in /etc/resolv.conf.
+	DNSUpstream string `toml:"dns_upstream"`
+	// UplinkNetns is a network namespace (a path such as
+	// /run/netns/egress) the gateway dials out from. Empty: the
+	// runtime's own.
+	UplinkNetns string `toml:"uplink_netns"`
+	// AuditDir holds one audit log per sandbox, <id>.jsonl. It outlives
+	// the sandbox.
+	AuditDir string `toml:"audit_dir"`
+}
+
+// DefaultRuntimeRoot is openshell-runtime's default --root.
+const DefaultRuntimeRoot = "/run/openshell/runtime"
+
+// DefaultAuditDir is where audit logs go unless the config says otherwise.
+const DefaultAuditDir = "/var/log/openshell/audit"
 
 // DefaultConfig is the configuration used when there is no file.
 func DefaultConfig() *Config {
@@ -50,6 +74,7 @@ func DefaultConfig() *Config {
 		Root:          "/run/openshell",
 		DefaultPolicy: BuiltinPolicy,
 		PolicyDir:     "/etc/openshell/policies",
+		Egress:        EgressConfig{AuditDir: DefaultAuditDir},
 	}
 }
 
@@ -114,7 +139,12 @@ func (c *Config) validate() error {
 	bad := func(field, format string, a ...any) {
 		errs = append(errs, fmt.Sprintf("%s: %s: %s", c.file, field, fmt.Sprintf(format, a...)))
 	}
-	for field, p := range map[string]string{"runsc": c.Runsc, "root": c.Root, "policy_dir": c.PolicyDir} {
+	if u := c.Egress.DNSUpstream; u != "" {
+		if _, err := netip.ParseAddrPort(u); err != nil {
+			bad("egress.dns_upstream", "%q is not IP:port", u)
+		}
+	}
+	for field, p := range map[string]string{"runsc": c.Runsc, "root": c.Root, "policy_dir": c.PolicyDir, "egress.uplink_netns": c.Egress.UplinkNetns, "egress.audit_dir": c.Egress.AuditDir} {
 		if p != "" && !filepath.IsAbs(p) {
 			bad(field, "%q is not an absolute path", p)
 		}

@@ -54,7 +54,8 @@ type CompileFunc func(rootDir, bundle, image string) (*policyhook.Compiled, erro
 // sandbox's own directory, user names looked up in the image.
 func CompilePolicy(p *policy.Policy) CompileFunc {
 	return func(rootDir, bundle, image string) (*policyhook.Compiled, error) {
-		return policyhook.Compile(p, policyhook.WithRootDir(rootDir), policyhook.WithBundle(bundle), policyhook.WithUsers(policyhook.UsersInRoot(image)))
+		return policyhook.Compile(p, policyhook.WithRootDir(rootDir), policyhook.WithBundle(bundle), policyhook.WithUsers(policyhook.UsersInRoot(image)),
+			policyhook.WithGateway(gatewayNetwork(filepath.Dir(rootDir))))
 	}
 }
 
@@ -124,6 +125,11 @@ func Prepare(o PrepareOptions) (sb *Sandbox, err error) {
 		return sb, err
 	}
 	sb.Compiled = c
+	if c.Egress {
+		if err := sb.prepareEgress(); err != nil {
+			return sb, err
+		}
+	}
 	if err := o.Spec.Modify(c.Modifiers); err != nil {
 		return sb, fmt.Errorf("apply policy %s: %w", c.Policy.File, err)
 	}
@@ -178,6 +184,9 @@ func (sb *Sandbox) Remove(ctx context.Context, r *runsc.Runsc) error {
 // is still mounted below it, so a leftover bind mount can never turn a
 // removal into deleting the host's files.
 func (sb *Sandbox) Cleanup() error {
+	if err := sb.removeEgress(); err != nil {
+		return err
+	}
 	mounted, err := mountsBelow(sb.Dir)
 	if err != nil {
 		return err

@@ -44,6 +44,10 @@ type State struct {
 	// start: runsc gives such a container the stdio of "runsc start",
 	// which engines call without it.
 	StdioHolder *Owner `json:"stdioHolder,omitempty"`
+	// Gateway is the sandbox's egress gateway process, and AuditFile the
+	// log it writes; both unset when the policy allows no egress.
+	Gateway   *Owner `json:"gateway,omitempty"`
+	AuditFile string `json:"auditFile,omitempty"`
 }
 
 // PolicyRef says which policy a container runs under.
@@ -137,32 +141,40 @@ type Owner struct {
 // Self is the running process as an Owner.
 func Self() Owner { return OwnerOf(os.Getpid()) }
 
-// Alive reports whether the owner process still runs.
+// Alive reports whether the owner process still runs. A zombie is dead:
+// it has ended, and only waits for its parent.
 func (o Owner) Alive() bool {
 	if o.Pid <= 0 {
 		return false
 	}
-	start := procStart(o.Pid)
-	return start != "" && start == o.Start
+	state, start := procStat(o.Pid)
+	return start != "" && start == o.Start && state != "Z" && state != "X"
 }
 
 // procStart is field 22 of /proc/PID/stat, the start time in clock ticks
 // since boot; "" when the process does not exist.
 func procStart(pid int) string {
+	_, start := procStat(pid)
+	return start
+}
+
+// procStat returns fields 3 (the state) and 22 (the start time) of
+// /proc/PID/stat.
+func procStat(pid int) (state, start string) {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return ""
+		return "", ""
 	}
 	// The command name, field 2, may hold spaces; it ends at the last ')'.
 	i := bytes.LastIndexByte(data, ')')
 	if i < 0 {
-		return ""
+		return "", ""
 	}
 	fields := strings.Fields(string(data[i+1:]))
 	if len(fields) < 20 {
-		return ""
+		return "", ""
 	}
-	return fields[19]
+	return fields[0], fields[19]
 }
 
 // Orphans lists the sandboxes in stateDir whose owner has died: an

@@ -194,6 +194,16 @@ func TestIsolateNetwork(t *testing.T) {
 	})
 }
 
+func TestGatewayNetwork(t *testing.T) {
+	n := GatewayNetwork{Netns: "/run/openshell/sb/netns/sandbox", ResolvConf: "/run/openshell/sb/resolv.conf", ProxyURL: "http://169.254.213.1:3128"}
+	run(t, []tcase{
+		{name: "default-spec", mod: ok(NewGatewayNetwork(n))},
+		{name: "replaces-engine-netns", base: spectest.Engine, mod: ok(NewGatewayNetwork(n))},
+		{name: "no-proxy-vars", mod: ok(NewGatewayNetwork(GatewayNetwork{Netns: n.Netns, ResolvConf: n.ResolvConf}))},
+		{name: "needs-namespace", mod: ok(NewGatewayNetwork(GatewayNetwork{ResolvConf: n.ResolvConf})), wantErr: "namespace and resolv.conf are required"},
+	})
+}
+
 func TestAnnotations(t *testing.T) {
 	run(t, []tcase{
 		{name: "recorded", mod: ok(NewAnnotations("agent", "abc123", "openshell-1.0"))},

@@ -35,6 +35,7 @@ func commands() []command {
 	return []command{
 		{"run", "run a command in a gVisor sandbox under a policy", runRun},
 		{"policy", "validate, compile and explain policies", runPolicy},
+		{"audit", "read the egress audit log: every allowed and denied connection", runAudit},
 		{"doctor", "check this host: runsc, platform, kernel, each enforcement layer", runDoctor},
 		{"version", "print version information", runVersion},
 	}
@@ -49,6 +50,9 @@ func Main(ctx context.Context, args []string, in io.Reader, out, errw io.Writer)
 			return exitUsage
 		}
 		return exitOK
+	}
+	if args[0] == "gateway" {
+		return runGateway(ctx, s, args[1:])
 	}
 	for _, c := range commands() {
 		if c.name == args[0] {

@@ -27,13 +27,14 @@ func runPolicy(ctx context.Context, s streams, args []string) int {
 		"validate": runValidate,
 		"compile":  runCompile,
 		"explain":  runExplain,
+		"reload":   runReload,
 	}
 	if len(args) > 0 {
 		if f, ok := sub[args[0]]; ok {
 			return f(ctx, s, args[1:])
 		}
 	}
-	fmt.Fprintln(s.err, "usage: openshell policy validate FILE...\n       openshell policy compile FILE [--spec config.json] [--json]\n       openshell policy explain FILE")
+	fmt.Fprintln(s.err, "usage: openshell policy validate FILE...\n       openshell policy compile FILE [--spec config.json] [--json]\n       openshell policy explain FILE\n       openshell policy reload SANDBOX")
 	return exitUsage
 }
 
@@ -192,7 +193,8 @@ func loadBaseSpec(file string) (*specs.Spec, string, error) {
 }
 
 // reorder moves flags before positional arguments, so that
-// `compile FILE --json` works as well as `compile --json FILE`.
+// `compile FILE --json` works as well as `compile --json FILE`, and
+// `audit SANDBOX --json` as `audit --json SANDBOX`.
 func reorder(args []string) []string {
 	var flags, pos []string
 	for i := 0; i < len(args); i++ {
@@ -203,7 +205,7 @@ func reorder(args []string) []string {
 			i = len(args)
 		case strings.HasPrefix(a, "-") && a != "-":
 			flags = append(flags, a)
-			if !strings.Contains(a, "=") && (a == "--spec" || a == "-spec") && i+1 < len(args) {
+			if !strings.Contains(a, "=") && takesValue(a) && i+1 < len(args) {
 				flags = append(flags, args[i+1])
 				i++
 			}
@@ -212,6 +214,16 @@ func reorder(args []string) []string {
 		}
 	}
 	return append(flags, pos...)
+}
+
+// takesValue lists the flags of the commands that reorder whose value is
+// the next argument.
+func takesValue(flag string) bool {
+	switch strings.TrimLeft(flag, "-") {
+	case "spec", "since", "config", "dir", "state-dir":
+		return true
+	}
+	return false
 }
 
 func runExplain(_ context.Context, s streams, args []string) int {

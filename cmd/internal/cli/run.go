@@ -120,6 +120,12 @@ func runRun(ctx context.Context, s streams, args []string) int {
 		_ = sb.Cleanup()
 		return fail("%s", err)
 	}
+	if c.Egress {
+		if err := startGateway(sb, st, cfg, *policyFile); err != nil {
+			_ = sb.Cleanup()
+			return fail("%s", err)
+		}
+	}
 	r.Flags = append(r.Flags, c.RunscFlags...)
 
 	code, err := runSandbox(ctx, s, r, sb, c.Timeout)
@@ -133,6 +139,29 @@ func runRun(ctx context.Context, s streams, args []string) int {
 		return fail("%s", err)
 	}
 	return code
+}
+
+// startGateway starts the sandbox's egress gateway as a child of this
+// process that dies with it, and records it in the sandbox's state.
+func startGateway(sb *runtime.Sandbox, st *runtime.State, cfg *runtime.Config, policyFile string) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("egress gateway: %w", err)
+	}
+	abs, err := filepath.Abs(policyFile)
+	if err != nil {
+		return fmt.Errorf("egress gateway: %w", err)
+	}
+	gw, audit, err := sb.StartGateway(runtime.GatewayOptions{Command: []string{exe, "gateway"}, Config: cfg, PolicyFile: abs, DieWithParent: true})
+	if err != nil {
+		return err
+	}
+	st.Gateway, st.AuditFile = &gw, audit
+	if err := sb.SaveState(st); err != nil {
+		gw.Kill()
+		return err
+	}
+	return nil
 }
 
 // sweepOrphans removes the sandboxes of openshell runs that were killed

@@ -86,7 +86,7 @@ func Main(ctx context.Context, args []string, stdio Stdio) int {
 	e := &env{stdio: stdio}
 	fs := flag.NewFlagSet("openshell-runtime", flag.ContinueOnError)
 	fs.SetOutput(stdio.Err)
-	fs.StringVar(&e.g.root, "root", "/run/openshell/runtime", "state directory (runsc's and the runtime's)")
+	fs.StringVar(&e.g.root, "root", runtime.DefaultRuntimeRoot, "state directory (runsc's and the runtime's)")
 	fs.StringVar(&e.g.log, "log", "", "log file (default: stderr)")
 	fs.StringVar(&e.g.logFormat, "log-format", "text", "log format: text or json")
 	fs.BoolVar(&e.g.systemdCgroup, "systemd-cgroup", false, "use systemd to manage cgroups")

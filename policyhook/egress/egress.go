@@ -1,0 +1,209 @@
+// Package egress decides, for the egress gateway, whether a sandbox may
+// reach a host name or an address on a port. It is the policy's network
+// section turned into lookup tables: pure, safe for concurrent use, and
+// fast enough to run on every DNS question and every connection.
+package egress
+
+import (
+	"net/netip"
+	"strings"
+
+	"github.com/openshell/openshell/policyhook/policy"
+)
+
+// Matcher answers egress questions for one policy. Build a new one to
+// change the rules; a Matcher is never modified.
+type Matcher struct {
+	exact        map[string][]*policy.EgressRule
+	wild         map[string][]*policy.EgressRule // "*.example.com" under "example.com"
+	withIPs      []*policy.EgressRule            // rules that list allowed_ips
+	blockPrivate bool
+	dnsFiltering bool
+}
+
+// New builds the Matcher for a validated network policy.
+func New(n policy.Network) *Matcher {
+	m := &Matcher{
+		exact:        map[string][]*policy.EgressRule{},
+		wild:         map[string][]*policy.EgressRule{},
+		blockPrivate: n.BlockPrivateRanges,
+		dnsFiltering: n.DNSFiltering,
+	}
+	for i := range n.Egress {
+		r := &n.Egress[i]
+		host := strings.TrimSuffix(strings.ToLower(r.Host), ".")
+		if rest, ok := strings.CutPrefix(host, "*."); ok {
+			m.wild[rest] = append(m.wild[rest], r)
+		} else {
+			m.exact[host] = append(m.exact[host], r)
+		}
+		if len(r.AllowedIPs) > 0 {
+			m.withIPs = append(m.withIPs, r)
+		}
+	}
+	return m
+}
+
+// Empty reports whether no rule allows anything.
+func (m *Matcher) Empty() bool { return len(m.exact) == 0 && len(m.wild) == 0 }
+
+// DNSFiltering reports whether the gateway's DNS answers only allowed names.
+func (m *Matcher) DNSFiltering() bool { return m.dnsFiltering }
+
+// Normalize lower-cases a host name and drops its trailing dot.
+func Normalize(name string) string {
+	return strings.TrimSuffix(strings.ToLower(name), ".")
+}
+
+// Name returns the rules whose host pattern covers name, on any port: the
+// DNS server answers a name when this is not empty. Exact rules come
+// first, then wildcards from the most specific suffix up.
+func (m *Matcher) Name(name string) []*policy.EgressRule {
+	name = Normalize(name)
+	if name == "" {
+		return nil
+	}
+	out := m.exact[name]
+	for rest := name; ; {
+		i := strings.IndexByte(rest, '.')
+		if i < 0 {
+			break
+		}
+		rest = rest[i+1:]
+		if rs := m.wild[rest]; len(rs) > 0 {
+			if out == nil {
+				out = rs
+			} else {
+				out = append(out[:len(out):len(out)], rs...)
+			}
+		}
+	}
+	return out
+}
+
+// Match returns the first rule that allows name on port, or nil.
+func (m *Matcher) Match(name string, port int) *policy.EgressRule {
+	for _, r := range m.Name(name) {
+		if hasPort(r, port) {
+			return r
+		}
+	}
+	return nil
+}
+
+// MatchIP returns the first rule whose allowed_ips hold addr on port, or
+// nil: a raw address is reachable only through such a rule.
+func (m *Matcher) MatchIP(addr netip.Addr, port int) *policy.EgressRule {
+	addr = addr.Unmap()
+	for _, r := range m.withIPs {
+		if hasPort(r, port) && inAllowed(r, addr) {
+			return r
+		}
+	}
+	return nil
+}
+
+func hasPort(r *policy.EgressRule, port int) bool {
+	for _, p := range r.Ports {
+		if p == port {
+			return true
+		}
+	}
+	return false
+}
+
+func inAllowed(r *policy.EgressRule, addr netip.Addr) bool {
+	for _, p := range r.AllowedIPs {
+		if p.Contains(addr) {
+			return true
+		}
+	}
+	return false
+}
+
+type blockedRange struct {
+	prefix netip.Prefix
+	reason string
+}
+
+// never are unreachable whatever a rule says: validation refuses
+// allowed_ips over them, and the gateway refuses them here too, so a DNS
+// answer cannot smuggle them in either.
+var never = []blockedRange{
+	{netip.MustParsePrefix("169.254.169.254/32"), "cloud metadata service"},
+	{netip.MustParsePrefix("fd00:ec2::254/128"), "cloud metadata service"},
+	{netip.MustParsePrefix("100.100.100.200/32"), "cloud metadata service"},
+	{netip.MustParsePrefix("169.254.0.0/16"), "link-local"},
+	{netip.MustParsePrefix("fe80::/10"), "link-local"},
+	{netip.MustParsePrefix("127.0.0.0/8"), "loopback"},
+	{netip.MustParsePrefix("::1/128"), "loopback"},
+	{netip.MustParsePrefix("0.0.0.0/8"), "this network (0.0.0.0/8)"},
+	{netip.MustParsePrefix("::/128"), "the unspecified address"},
+	{netip.MustParsePrefix("224.0.0.0/4"), "multicast"},
+	{netip.MustParsePrefix("ff00::/8"), "multicast"},
+	{netip.MustParsePrefix("240.0.0.0/4"), "reserved (240.0.0.0/4)"},
+}
+
+// private are unreachable unless block_private_ranges is false or a
+// rule's allowed_ips lists them.
+var private = []blockedRange{
+	{netip.MustParsePrefix("10.0.0.0/8"), "private range 10.0.0.0/8"},
+	{netip.MustParsePrefix("172.16.0.0/12"), "private range 172.16.0.0/12"},
+	{netip.MustParsePrefix("192.168.0.0/16"), "private range 192.168.0.0/16"},
+	{netip.MustParsePrefix("100.64.0.0/10"), "shared address space 100.64.0.0/10"},
+	{netip.MustParsePrefix("fc00::/7"), "private range fc00::/7"},
+}
+
+var (
+	nat64  = netip.MustParsePrefix("64:ff9b::/96")
+	sixTo4 = netip.MustParsePrefix("2002::/16")
+)
+
+// embedded returns the IPv4 address an IPv6 address carries (IPv4-mapped,
+// NAT64, 6to4), so that none of them reaches what its IPv4 form may not.
+func embedded(a netip.Addr) (netip.Addr, bool) {
+	if a.Is4In6() {
+		return a.Unmap(), true
+	}
+	b := a.As16()
+	switch {
+	case nat64.Contains(a):
+		return netip.AddrFrom4([4]byte{b[12], b[13], b[14], b[15]}), true
+	case sixTo4.Contains(a):
+		return netip.AddrFrom4([4]byte{b[2], b[3], b[4], b[5]}), true
+	}
+	return netip.Addr{}, false
+}
+
+// CheckIP says whether the sandbox may connect to addr under rule r (nil
+// for a connection no rule named): "" when it may, else why not.
+func (m *Matcher) CheckIP(addr netip.Addr, r *policy.EgressRule) string {
+	if !addr.IsValid() {
+		return "no address"
+	}
+	addrs := []netip.Addr{addr}
+	if v4, ok := embedded(addr); ok {
+		addrs = append(addrs, v4)
+	}
+	for _, a := range addrs {
+		if a.Is4() && a == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
+			return "broadcast"
+		}
+		for _, b := range never {
+			if b.prefix.Contains(a) {
+				return b.reason
+			}
+		}
+	}
+	if !m.blockPrivate {
+		return ""
+	}
+	for _, a := range addrs {
+		for _, b := range private {
+			if b.prefix.Contains(a) && (r == nil || !inAllowed(r, a)) {
+				return b.reason + " (block_private_ranges)"
+			}
+		}
+	}
+	return ""
+}

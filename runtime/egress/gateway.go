@@ -1,0 +1,473 @@
+// Package egress is the per-sandbox egress gateway: a DNS server that
+// answers only the names the policy allows, and a proxy (HTTP CONNECT,
+// plain HTTP, and transparent capture of TCP 80 and 443) that checks every
+// connection against the policy and dials out itself. Every decision is an
+// audit event. It also builds the network namespaces that leave the
+// sandbox no other way out (topology.go).
+//
+// One gateway process serves one sandbox: a crash or a kill takes one
+// sandbox's network down (its namespaces forward nothing, so it fails
+// closed), never another's; its lifetime is the sandbox's; and it needs no
+// privilege but its listening sockets, which the runtime hands it.
+package egress
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"reflect"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/openshell/openshell/policyhook/egress"
+	"github.com/openshell/openshell/policyhook/policy"
+)
+
+// Config is what one gateway needs besides its sockets.
+type Config struct {
+	Sandbox    string `json:"sandbox"`
+	PolicyFile string `json:"policy_file"` // loaded at start, watched for reloads
+	AuditFile  string `json:"audit_file"`
+	// DNSUpstream is the resolver (host:port) the gateway asks for the
+	// names the policy allows. Empty: the first nameserver of the
+	// gateway's /etc/resolv.conf.
+	DNSUpstream string `json:"dns_upstream,omitempty"`
+	// Gateway is the gateway's address on the sandbox link: what the
+	// sandbox's resolv.conf and proxy variables name.
+	Gateway string `json:"gateway"`
+}
+
+// Listeners are the sockets a gateway serves, all in the sandbox's
+// gateway namespace. A nil one is not served.
+type Listeners struct {
+	DNSUDP net.PacketConn
+	DNSTCP net.Listener
+	Proxy  net.Listener // explicit proxy: HTTP CONNECT and absolute-URI requests
+	HTTP   net.Listener // transparent TCP 80
+	TLS    net.Listener // transparent TCP 443
+}
+
+// rules is one loaded policy: swapped whole on reload.
+type rules struct {
+	policy   *policy.Policy
+	m        *egress.Matcher
+	limiters map[*policy.EgressRule]*rate.Limiter
+}
+
+func newRules(p *policy.Policy) *rules {
+	r := &rules{policy: p, m: egress.New(p.Network), limiters: map[*policy.EgressRule]*rate.Limiter{}}
+	for i := range p.Network.Egress {
+		e := &p.Network.Egress[i]
+		if e.RateLimit != nil {
+			per := float64(e.RateLimit.Count) / e.RateLimit.Per.Seconds()
+			r.limiters[e] = rate.NewLimiter(rate.Limit(per), int(e.RateLimit.Count))
+		}
+	}
+	return r
+}
+
+// Gateway serves one sandbox.
+type Gateway struct {
+	cfg   Config
+	log   *slog.Logger
+	audit *AuditLog
+	rules atomic.Pointer[rules]
+	names *nameTable
+	dns   *resolver
+	// dialer dials out from the gateway's own network namespace.
+	dialer    net.Dialer
+	hostAddrs map[netip.Addr]bool // the uplink's own addresses: never a destination
+	reloadMu  sync.Mutex
+}
+
+// New loads the policy and opens the audit log.
+func New(cfg Config, log *slog.Logger) (*Gateway, error) {
+	p, err := policy.Load(cfg.PolicyFile)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	upstream := cfg.DNSUpstream
+	if upstream == "" {
+		if upstream, err = systemResolver("/etc/resolv.conf"); err != nil {
+			return nil, fmt.Errorf("gateway: %w", err)
+		}
+	}
+	a, err := OpenAuditLog(cfg.AuditFile)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	g := &Gateway{
+		cfg:       cfg,
+		log:       log,
+		audit:     a,
+		names:     newNameTable(),
+		dialer:    net.Dialer{Timeout: 10 * time.Second},
+		hostAddrs: localAddrs(),
+	}
+	g.dns = &resolver{upstream: upstream, timeout: 3 * time.Second}
+	g.rules.Store(newRules(p))
+	return g, nil
+}
+
+// localAddrs are the addresses of the namespace the gateway dials from.
+func localAddrs() map[netip.Addr]bool {
+	out := map[netip.Addr]bool{}
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return out
+	}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(n.IP); ok {
+				out[ip.Unmap()] = true
+			}
+		}
+	}
+	return out
+}
+
+func (g *Gateway) current() *rules { return g.rules.Load() }
+
+// event fills in what every audit line carries and writes it.
+func (g *Gateway) event(r *rules, e Event) {
+	e.Time = time.Now().UTC()
+	e.Sandbox = g.cfg.Sandbox
+	e.Policy = r.policy.Name
+	e.PolicyHash = r.policy.Hash
+	if err := g.audit.Write(&e); err != nil {
+		g.log.Error("audit", "err", err)
+	}
+}
+
+// Serve serves the listeners until ctx ends, then closes them.
+func (g *Gateway) Serve(ctx context.Context, l Listeners) error {
+	var wg sync.WaitGroup
+	run := func(f func()) { wg.Add(1); go func() { defer wg.Done(); f() }() }
+	if l.DNSUDP != nil {
+		run(func() { g.serveDNSUDP(l.DNSUDP) })
+	}
+	if l.DNSTCP != nil {
+		run(func() { g.serveDNSTCP(l.DNSTCP) })
+	}
+	var servers []interface{ Close() error }
+	if l.Proxy != nil {
+		s := g.httpServer(false)
+		servers = append(servers, s)
+		run(func() { _ = s.Serve(l.Proxy) })
+	}
+	if l.HTTP != nil {
+		s := g.httpServer(true)
+		servers = append(servers, s)
+		run(func() { _ = s.Serve(l.HTTP) })
+	}
+	if l.TLS != nil {
+		run(func() { g.serveTLS(l.TLS) })
+	}
+	<-ctx.Done()
+	for _, c := range []interface{ Close() error }{l.DNSUDP, l.DNSTCP, l.TLS} {
+		if c != nil && !reflect.ValueOf(c).IsNil() {
+			_ = c.Close()
+		}
+	}
+	for _, s := range servers {
+		_ = s.Close()
+	}
+	wg.Wait()
+	return g.audit.Close()
+}
+
+// Reload loads the policy file again. Only the network section may
+// change under a running sandbox: a change anywhere else is refused, and
+// the running rules stay.
+func (g *Gateway) Reload() error {
+	g.reloadMu.Lock()
+	defer g.reloadMu.Unlock()
+	old := g.current()
+	p, err := policy.Load(g.cfg.PolicyFile)
+	if err == nil {
+		err = SameOutsideNetwork(old.policy, p)
+	}
+	if err != nil {
+		g.event(old, Event{Kind: "reload", Host: g.cfg.PolicyFile, Decision: Deny, Reason: err.Error()})
+		return fmt.Errorf("reload %s: %w", g.cfg.PolicyFile, err)
+	}
+	nr := newRules(p)
+	g.rules.Store(nr)
+	g.event(nr, Event{Kind: "reload", Host: g.cfg.PolicyFile, Decision: Allow, Reason: fmt.Sprintf("%d egress rule(s) active", len(p.Network.Egress))})
+	g.log.Info("policy reloaded", "file", g.cfg.PolicyFile, "sha256", p.Hash, "rules", len(p.Network.Egress))
+	return nil
+}
+
+// SameOutsideNetwork returns an error naming what changed between a and b
+// outside the network section (and inference routing, which the gateway
+// also serves): those are fixed when the sandbox starts.
+func SameOutsideNetwork(a, b *policy.Policy) error {
+	var changed []string
+	if !reflect.DeepEqual(a.Filesystem, b.Filesystem) {
+		changed = append(changed, "filesystem")
+	}
+	if !reflect.DeepEqual(a.Process, b.Process) {
+		changed = append(changed, "process")
+	}
+	if !reflect.DeepEqual(a.Resources, b.Resources) {
+		changed = append(changed, "resources")
+	}
+	if !reflect.DeepEqual(a.Env, b.Env) {
+		changed = append(changed, "environment")
+	}
+	if len(changed) > 0 {
+		return fmt.Errorf("the %v section(s) changed: only network rules can change in a running sandbox; restart it to apply the rest", changed)
+	}
+	return nil
+}
+
+// Watch reloads the policy when its file changes, checking every
+// interval, until ctx ends.
+func (g *Gateway) Watch(ctx context.Context, interval time.Duration, hup <-chan struct{}) {
+	stamp := fileStamp(g.cfg.PolicyFile)
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+		case <-t.C:
+			s := fileStamp(g.cfg.PolicyFile)
+			if s == stamp {
+				continue
+			}
+		}
+		stamp = fileStamp(g.cfg.PolicyFile)
+		if err := g.Reload(); err != nil {
+			g.log.Warn("policy reload refused", "err", err)
+		}
+	}
+}
+
+// denial is why a connection was refused, and under which rule.
+type denial struct {
+	rule   *policy.EgressRule
+	reason string
+}
+
+func (d *denial) Error() string { return d.reason }
+
+func deny(r *policy.EgressRule, format string, args ...any) *denial {
+	return &denial{rule: r, reason: fmt.Sprintf(format, args...)}
+}
+
+// target is a connection the policy allows: where to dial.
+type target struct {
+	rule  *policy.EgressRule
+	addrs []netip.Addr
+	port  int
+	// audit is set when the connection goes ahead only because its rule
+	// is in audit mode: the reason it would have been denied.
+	audit string
+}
+
+func ruleName(r *policy.EgressRule) string {
+	if r == nil {
+		return ""
+	}
+	if r.Group != "" {
+		return r.Group + "/" + r.Host
+	}
+	return r.Field
+}
+
+// limit applies the rule's rate limit; in audit mode a trip is recorded,
+// not enforced.
+func (t *target) limit(rs *rules) *denial {
+	if l := rs.limiters[t.rule]; l != nil && !l.Allow() {
+		return t.violate(deny(t.rule, "rate_limit %d per %s exceeded", t.rule.RateLimit.Count, t.rule.RateLimit.Per))
+	}
+	return nil
+}
+
+// violate turns a limit's denial into an audit note for audit-mode rules.
+func (t *target) violate(d *denial) *denial {
+	if t.rule != nil && t.rule.Enforcement == policy.EnforcementAudit {
+		t.audit = "would deny: " + d.reason
+		return nil
+	}
+	return d
+}
+
+// authorizeHost decides a connection the sandbox asked for by name (or by
+// an address written as a name) on port: the explicit proxy's case.
+func (g *Gateway) authorizeHost(ctx context.Context, rs *rules, host string, port int) (*target, *denial) {
+	if ip, ok := egress.HostIP(host); ok {
+		return g.authorizeIP(rs, ip, port)
+	}
+	r := rs.m.Match(host, port)
+	if r == nil {
+		return nil, deny(nil, "no rule allows %s:%d", egress.Normalize(host), port)
+	}
+	addrs, err := g.lookup(ctx, host)
+	if err != nil {
+		return nil, deny(r, "resolve %s: %s", host, err)
+	}
+	var ok []netip.Addr
+	var why string
+	for _, a := range addrs {
+		if reason := g.checkIP(rs, a, r); reason != "" {
+			why = fmt.Sprintf("%s resolves to %s: %s", host, a, reason)
+			continue
+		}
+		ok = append(ok, a)
+	}
+	if len(ok) == 0 {
+		if why == "" {
+			why = host + " has no address"
+		}
+		return nil, deny(r, "%s", why)
+	}
+	return &target{rule: r, addrs: ok, port: port}, nil
+}
+
+// authorizeIP decides a connection to a raw address: only allowed_ips
+// open one.
+func (g *Gateway) authorizeIP(rs *rules, ip netip.Addr, port int) (*target, *denial) {
+	ip = ip.Unmap()
+	if reason := g.checkIP(rs, ip, nil); reason != "" && rs.m.MatchIP(ip, port) == nil {
+		return nil, deny(nil, "%s: %s", ip, reason)
+	}
+	r := rs.m.MatchIP(ip, port)
+	if r == nil {
+		return nil, deny(nil, "raw address %s:%d: egress rules name hosts; no rule's allowed_ips lists it", ip, port)
+	}
+	if reason := g.checkIP(rs, ip, r); reason != "" {
+		return nil, deny(r, "%s: %s", ip, reason)
+	}
+	return &target{rule: r, addrs: []netip.Addr{ip}, port: port}, nil
+}
+
+// authorizeDst decides a transparently captured connection: the sandbox
+// dialled dst itself and named host in its TLS SNI or HTTP Host. The name
+// must be allowed, and dst must be an address that name resolves to, so a
+// forged name cannot open another address.
+func (g *Gateway) authorizeDst(ctx context.Context, rs *rules, host string, dst netip.AddrPort) (*target, *denial) {
+	ip, port := dst.Addr().Unmap(), int(dst.Port())
+	if host == "" {
+		return g.authorizeIP(rs, ip, port)
+	}
+	if hip, ok := egress.HostIP(host); ok {
+		if hip.Unmap() != ip {
+			return nil, deny(nil, "the connection names %s but goes to %s", hip, ip)
+		}
+		return g.authorizeIP(rs, ip, port)
+	}
+	r := rs.m.Match(host, port)
+	if r == nil {
+		return nil, deny(nil, "no rule allows %s:%d", egress.Normalize(host), port)
+	}
+	if !g.names.has(ip, host) {
+		addrs, err := g.lookup(ctx, host)
+		if err != nil {
+			return nil, deny(r, "resolve %s: %s", host, err)
+		}
+		found := false
+		for _, a := range addrs {
+			found = found || a == ip
+		}
+		if !found {
+			return nil, deny(r, "%s does not resolve to %s: the name the connection carries does not match where it goes", host, ip)
+		}
+	}
+	if reason := g.checkIP(rs, ip, r); reason != "" {
+		return nil, deny(r, "%s: %s", ip, reason)
+	}
+	return &target{rule: r, addrs: []netip.Addr{ip}, port: port}, nil
+}
+
+func (g *Gateway) checkIP(rs *rules, ip netip.Addr, r *policy.EgressRule) string {
+	if reason := rs.m.CheckIP(ip, r); reason != "" {
+		return reason
+	}
+	if g.hostAddrs[ip.Unmap()] {
+		return "an address of the host"
+	}
+	return ""
+}
+
+// lookup resolves host upstream (IPv4) and remembers the answer.
+func (g *Gateway) lookup(ctx context.Context, host string) ([]netip.Addr, error) {
+	ans, err := g.dns.lookupA(ctx, egress.Normalize(host))
+	if err != nil {
+		return nil, err
+	}
+	g.names.add(host, ans.addrs, ans.ttl)
+	return ans.addrs, nil
+}
+
+// dial connects to the first of t's addresses that answers.
+func (g *Gateway) dial(ctx context.Context, t *target) (net.Conn, netip.AddrPort, error) {
+	var errs []error
+	for _, a := range t.addrs {
+		ap := netip.AddrPortFrom(a, uint16(t.port))
+		c, err := g.dialer.DialContext(ctx, "tcp", ap.String())
+		if err == nil {
+			return c, ap, nil
+		}
+		errs = append(errs, err)
+	}
+	return nil, netip.AddrPort{}, errors.Join(errs...)
+}
+
+// nameTable remembers which names resolved to which addresses, so a
+// transparently captured connection can be checked against the name it
+// carries.
+type nameTable struct {
+	mu sync.Mutex
+	m  map[netip.Addr]map[string]time.Time
+}
+
+func newNameTable() *nameTable { return &nameTable{m: map[netip.Addr]map[string]time.Time{}} }
+
+// keep is how long an answer is remembered past its TTL: clients cache
+// answers longer than they should.
+const keep = 10 * time.Minute
+
+func (t *nameTable) add(name string, addrs []netip.Addr, ttl time.Duration) {
+	name = egress.Normalize(name)
+	until := time.Now().Add(ttl + keep)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, a := range addrs {
+		if t.m[a] == nil {
+			t.m[a] = map[string]time.Time{}
+		}
+		t.m[a][name] = until
+	}
+}
+
+func (t *nameTable) has(a netip.Addr, name string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	until, ok := t.m[a][egress.Normalize(name)]
+	return ok && time.Now().Before(until)
+}
+
+// fileStamp changes whenever the file is rewritten or replaced (an
+// editor's rename, a ConfigMap's symlink swap).
+func fileStamp(path string) string {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return "missing"
+	}
+	var ino uint64
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		ino = st.Ino
+	}
+	return fmt.Sprintf("%d/%d/%d", fi.ModTime().UnixNano(), fi.Size(), ino)
+}

@@ -1,0 +1,211 @@
+package egress
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/vishvananda/netns"
+)
+
+// The gateway process gets its sockets as inherited files, in this order
+// from fd 3, then the ready pipe.
+const (
+	fdDNSUDP = 3 + iota
+	fdDNSTCP
+	fdProxy
+	fdHTTP
+	fdTLS
+	fdReady
+)
+
+// StartOptions start a sandbox's gateway process.
+type StartOptions struct {
+	// Command is the gateway's command line without the config path,
+	// e.g. {"/usr/bin/openshell-runtime", "gateway"}.
+	Command []string
+	Config  Config
+	// ConfigFile is where the config is written for the process.
+	ConfigFile string
+	Topology   *Topology
+	// UplinkNetns is the namespace the gateway dials from; empty: ours.
+	UplinkNetns string
+	// LogFile takes the gateway's own log (not the audit log).
+	LogFile string
+	// DieWithParent ends the gateway with the process that starts it
+	// (openshell run); a runtime that exits after create leaves it be.
+	DieWithParent bool
+}
+
+// Start opens the gateway's sockets, starts the gateway process and waits
+// until it has loaded the policy. It returns the process's pid.
+func Start(o StartOptions) (int, error) {
+	data, err := json.MarshalIndent(o.Config, "", "  ")
+	if err != nil {
+		return 0, fmt.Errorf("gateway config: %w", err)
+	}
+	if err := os.WriteFile(o.ConfigFile, data, 0o600); err != nil {
+		return 0, fmt.Errorf("gateway config: %w", err)
+	}
+	files, err := o.Topology.Listen()
+	if err != nil {
+		return 0, err
+	}
+	defer func() {
+		for _, f := range files {
+			_ = f.Close()
+		}
+	}()
+	rd, wr, err := os.Pipe()
+	if err != nil {
+		return 0, fmt.Errorf("gateway: %w", err)
+	}
+	defer rd.Close()
+	logf, err := os.OpenFile(o.LogFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		_ = wr.Close()
+		return 0, fmt.Errorf("gateway log: %w", err)
+	}
+	defer logf.Close()
+	cmd := exec.Command(o.Command[0], append(o.Command[1:], o.ConfigFile)...)
+	cmd.ExtraFiles = append(files, wr)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if o.DieWithParent {
+		cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	}
+	start := cmd.Start
+	if o.UplinkNetns != "" {
+		// A child is born in the namespace of the thread that forks it.
+		start = func() error { return Do(o.UplinkNetns, cmd.Start) }
+	}
+	err = start()
+	_ = wr.Close()
+	if err != nil {
+		return 0, fmt.Errorf("start gateway: %w", err)
+	}
+	line, _ := bufio.NewReader(rd).ReadString('\n')
+	if strings.TrimSpace(line) != "ready" {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		msg := strings.TrimSpace(line)
+		if msg == "" {
+			msg = "it exited; see " + o.LogFile
+		}
+		return 0, fmt.Errorf("egress gateway: %s", msg)
+	}
+	pid := cmd.Process.Pid
+	if o.DieWithParent {
+		go func() { _ = cmd.Wait() }() // reap it: it is our child until we exit
+	} else {
+		_ = cmd.Process.Release()
+	}
+	return pid, nil
+}
+
+// Main is the gateway process: it serves the inherited sockets until it
+// gets SIGTERM or SIGINT, reloads the policy on SIGHUP, and watches the
+// policy file.
+func Main(configFile string) error {
+	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	ready := os.NewFile(fdReady, "ready")
+	fail := func(err error) error {
+		if ready != nil {
+			fmt.Fprintln(ready, strings.ReplaceAll(err.Error(), "\n", "; "))
+		}
+		return err
+	}
+	data, err := os.ReadFile(configFile)
+	if err != nil {
+		return fail(fmt.Errorf("gateway config: %w", err))
+	}
+	var cfg Config
+	if err := json.Unmarshal(data, &cfg); err != nil {
+		return fail(fmt.Errorf("gateway config %s: %w", configFile, err))
+	}
+	log = log.With("sandbox", cfg.Sandbox)
+	l, err := inherited()
+	if err != nil {
+		return fail(err)
+	}
+	g, err := New(cfg, log)
+	if err != nil {
+		return fail(err)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	hups := make(chan os.Signal, 1)
+	signal.Notify(hups, syscall.SIGHUP)
+	hup := make(chan struct{}, 1)
+	go func() {
+		for range hups {
+			select {
+			case hup <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	go g.Watch(ctx, 250*time.Millisecond, hup)
+	if _, err := fmt.Fprintln(ready, "ready"); err != nil {
+		return err
+	}
+	_ = ready.Close()
+	ready = nil
+	log.Info("gateway serving", "policy", cfg.PolicyFile, "audit", cfg.AuditFile)
+	return g.Serve(ctx, l)
+}
+
+func inherited() (Listeners, error) {
+	var l Listeners
+	var errs []error
+	ln := func(fd int, name string) net.Listener {
+		f := os.NewFile(uintptr(fd), name)
+		defer f.Close()
+		x, err := net.FileListener(f)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("inherited %s socket: %w", name, err))
+		}
+		return x
+	}
+	f := os.NewFile(fdDNSUDP, "dns-udp")
+	pc, err := net.FilePacketConn(f)
+	_ = f.Close()
+	if err != nil {
+		errs = append(errs, fmt.Errorf("inherited dns-udp socket: %w", err))
+	}
+	l.DNSUDP = pc
+	l.DNSTCP = ln(fdDNSTCP, "dns-tcp")
+	l.Proxy = ln(fdProxy, "proxy")
+	l.HTTP = ln(fdHTTP, "http")
+	l.TLS = ln(fdTLS, "tls")
+	return l, errors.Join(errs...)
+}
+
+// ResolvConf is the sandbox's /etc/resolv.conf: the gateway only.
+func ResolvConf() string {
+	return fmt.Sprintf("# written by openshell: the egress gateway answers only names the policy allows\nnameserver %s\noptions ndots:1\n", GatewayAddr.Addr())
+}
+
+// ProxyURL is what HTTP_PROXY and HTTPS_PROXY say in the sandbox.
+func ProxyURL() string { return fmt.Sprintf("http://%s:%d", GatewayAddr.Addr(), ProxyPort) }
+
+// NetnsExists reports whether path is a network namespace.
+func NetnsExists(path string) bool {
+	h, err := netns.GetFromPath(filepath.Clean(path))
+	if err != nil {
+		return false
+	}
+	_ = h.Close()
+	return true
+}

@@ -1,0 +1,109 @@
+package runtime
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"github.com/openshell/openshell/policyhook/modifier"
+	"github.com/openshell/openshell/runtime/egress"
+)
+
+// Where a sandbox's egress pieces live in its state directory.
+func netnsDir(dir string) string   { return filepath.Join(dir, "netns") }
+func resolvConf(dir string) string { return filepath.Join(dir, "resolv.conf") }
+
+// gatewayNetwork is how a sandbox in dir reaches its gateway.
+func gatewayNetwork(dir string) modifier.GatewayNetwork {
+	return modifier.GatewayNetwork{
+		Netns:      egress.TopologyAt(netnsDir(dir)).Sandbox,
+		ResolvConf: resolvConf(dir),
+		ProxyURL:   egress.ProxyURL(),
+	}
+}
+
+// prepareEgress makes the sandbox's network namespaces and its
+// resolv.conf: what the compiled spec points at.
+func (sb *Sandbox) prepareEgress() error {
+	if err := os.WriteFile(resolvConf(sb.Dir), []byte(egress.ResolvConf()), 0o644); err != nil {
+		return fmt.Errorf("egress: %w", err)
+	}
+	if _, err := egress.CreateTopology(netnsDir(sb.Dir)); err != nil {
+		return err
+	}
+	return nil
+}
+
+// removeEgress ends the gateway and removes the namespaces. The gateway's
+// audit log stays.
+func (sb *Sandbox) removeEgress() error {
+	if _, st, err := Open(filepath.Dir(sb.Dir), sb.ID); err == nil && st != nil && st.Gateway != nil {
+		st.Gateway.Kill()
+	}
+	if _, err := os.Stat(netnsDir(sb.Dir)); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	return egress.TopologyAt(netnsDir(sb.Dir)).Remove()
+}
+
+// GatewayOptions start a sandbox's egress gateway.
+type GatewayOptions struct {
+	// Command runs the gateway given its config file's path, e.g.
+	// {"/usr/bin/openshell", "gateway"}.
+	Command []string
+	Config  *Config
+	// PolicyFile is the policy the gateway loads and watches for
+	// reloads. PolicyData, when set, is written to the sandbox's state
+	// directory instead (an inline or built-in policy has no file).
+	PolicyFile string
+	PolicyData []byte
+	// DieWithParent ends the gateway with its starter.
+	DieWithParent bool
+}
+
+// StartGateway starts the sandbox's egress gateway. It returns the
+// gateway process and the audit file it writes.
+func (sb *Sandbox) StartGateway(o GatewayOptions) (Owner, string, error) {
+	if sb.Compiled == nil || !sb.Compiled.Egress {
+		return Owner{}, "", fmt.Errorf("sandbox %s has no egress", sb.ID)
+	}
+	policyFile := o.PolicyFile
+	if o.PolicyData != nil {
+		policyFile = filepath.Join(sb.Dir, "policy.yaml")
+		if err := os.WriteFile(policyFile, o.PolicyData, 0o600); err != nil {
+			return Owner{}, "", fmt.Errorf("egress gateway: %w", err)
+		}
+	}
+	if !filepath.IsAbs(policyFile) {
+		return Owner{}, "", fmt.Errorf("egress gateway: the policy %q is not a file the gateway can load", policyFile)
+	}
+	auditDir := o.Config.Egress.AuditDir
+	if auditDir == "" {
+		auditDir = DefaultAuditDir
+	}
+	if err := os.MkdirAll(auditDir, 0o750); err != nil {
+		return Owner{}, "", fmt.Errorf("audit dir: %w", err)
+	}
+	audit := filepath.Join(auditDir, sb.ID+".jsonl")
+	pid, err := egress.Start(egress.StartOptions{
+		Command: o.Command,
+		Config: egress.Config{
+			Sandbox:     sb.ID,
+			PolicyFile:  policyFile,
+			AuditFile:   audit,
+			DNSUpstream: o.Config.Egress.DNSUpstream,
+			Gateway:     egress.GatewayAddr.Addr().String(),
+		},
+		ConfigFile:    filepath.Join(sb.Dir, "gateway.json"),
+		Topology:      egress.TopologyAt(netnsDir(sb.Dir)),
+		UplinkNetns:   o.Config.Egress.UplinkNetns,
+		LogFile:       filepath.Join(sb.Dir, "gateway.log"),
+		DieWithParent: o.DieWithParent,
+	})
+	if err != nil {
+		return Owner{}, "", err
+	}
+	return OwnerOf(pid), audit, nil
+}
