@@ -441,4 +441,3 @@ func closeWrite(c net.Conn) {
 	}
 	_ = c.Close()
 }
-

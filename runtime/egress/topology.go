@@ -70,7 +70,9 @@ func CreateTopology(dir string) (t *Topology, err error) {
 		}
 	}
 	// Sysctls first: IPv6 off before a link comes up and gets an address.
-	if err := Do(t.Sandbox, func() error { return sysctls(map[string]string{"ipv6/conf/all/disable_ipv6": "1", "ipv6/conf/default/disable_ipv6": "1"}) }); err != nil {
+	if err := Do(t.Sandbox, func() error {
+		return sysctls(map[string]string{"ipv6/conf/all/disable_ipv6": "1", "ipv6/conf/default/disable_ipv6": "1"})
+	}); err != nil {
 		return t, fmt.Errorf("egress topology: sandbox namespace: %w", err)
 	}
 	if err := Do(t.Gateway, func() error {
