@@ -11,10 +11,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/opencontainers/runtime-tools/generate"
 
 	"github.com/openshell/openshell/runtime"
 	"github.com/openshell/openshell/runtime/egress"
@@ -457,4 +460,61 @@ func TestEgressGatewayKilledFailsClosed(t *testing.T) {
 		}
 	}
 	assertNothingLeft(t, stateDir)
+}
+
+// TestEgressThroughOpenshellRuntime: an engine's container (here a bundle
+// run by openshell-runtime, as containerd's shim runs it) gets the same
+// gateway, from an inline policy, and delete ends the gateway and removes
+// its namespaces.
+func TestEgressThroughOpenshellRuntime(t *testing.T) {
+	e := newEgressEnv(t)
+	bundle := t.TempDir()
+	g, err := generate.New("linux")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.SetRootPath(e.root)
+	g.SetProcessArgs([]string{"/usr/bin/python3", "-c", `
+import urllib.request, urllib.error
+for url in ["http://allowed.test/", "http://denied.test/"]:
+    try:
+        print(url, urllib.request.urlopen(url, timeout=5).read().decode().strip())
+    except urllib.error.HTTPError as err:
+        print(url, err.code, err.read().decode().strip())
+`})
+	g.SetProcessTerminal(false)
+	g.AddAnnotation("io.openshell.policy.inline", egressPolicy)
+	writeBundleSpec(t, bundle, g.Config)
+	id := "egress-" + strconv.Itoa(os.Getpid())
+	dir := t.TempDir()
+	outf := filepath.Join(dir, "stdout")
+	out, _ := os.Create(outf)
+	defer out.Close()
+	c := exec.Command(runtimeBin, "--root", runtimeRoot(), "--config", e.config, "run", "--bundle", bundle, id)
+	c.Stdout, c.Stderr = out, out
+	c.Env = append(os.Environ(), "OPENSHELL_RUNSC="+runscBin)
+	if err := c.Run(); err != nil {
+		data, _ := os.ReadFile(outf)
+		t.Fatalf("openshell-runtime run: %v\n%s", err, data)
+	}
+	_ = exec.Command(runtimeBin, "--root", runtimeRoot(), "delete", "--force", id).Run()
+	data, _ := os.ReadFile(outf)
+	for _, want := range []string{"http://allowed.test/ hello from http 198.51.100.10", `http://denied.test/ 403 {"error":"denied by the openshell egress policy"`} {
+		if !strings.Contains(string(data), want) {
+			t.Errorf("missing %q in:\n%s", want, data)
+		}
+	}
+	if p := processesMentioning(filepath.Join(runtimeRoot(), "openshell", id)); len(p) > 0 {
+		t.Errorf("processes of the container left: %v", p)
+	}
+	assertRuntimeClean(t)
+	var denials int
+	for _, ev := range e.events(t) {
+		if ev.Sandbox == id && ev.Decision == egress.Deny && ev.Host == "denied.test" {
+			denials++
+		}
+	}
+	if denials == 0 {
+		t.Errorf("no denial for denied.test from sandbox %s in the audit log", id)
+	}
 }

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/openshell/openshell/runtime"
+	"github.com/openshell/openshell/runtime/egress"
 	"github.com/openshell/openshell/runtime/runsc"
 )
 
@@ -102,8 +103,42 @@ func (e *env) prepare(id, bundle string) (*runtime.Sandbox, *runtime.State, func
 		undo()
 		return nil, nil, nil, err
 	}
+	// A pod's later containers share its first one's network, and gateway.
+	if c.Egress && !st.Subcontainer {
+		if err := e.startGateway(sb, st, p.File, s.Annotations, src); err != nil {
+			undo()
+			return nil, nil, nil, err
+		}
+	}
 	e.log.Info("policy applied", "container", id, "policy", p.Name, "sha256", p.Hash, "source", src.String())
 	return sb, st, undo, nil
+}
+
+// startGateway starts the container's egress gateway, detached: it lives
+// until delete ends it.
+func (e *env) startGateway(sb *runtime.Sandbox, st *runtime.State, file string, annotations map[string]string, src runtime.PolicySource) error {
+	self, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("egress gateway: %w", err)
+	}
+	o := runtime.GatewayOptions{Command: []string{self, "gateway"}, Config: e.cfg, PolicyFile: file}
+	if src.Kind == "inline" {
+		o.PolicyData = []byte(annotations[runtime.AnnotationPolicyInline])
+	}
+	gw, audit, err := sb.StartGateway(o)
+	if err != nil {
+		return err
+	}
+	st.Gateway, st.AuditFile = &gw, audit
+	return sb.SaveState(st)
+}
+
+// cmdGateway is a container's egress gateway process.
+func cmdGateway(_ context.Context, _ *env, args []string) error {
+	if len(args) != 1 {
+		return fmt.Errorf("gateway: want the gateway's config file")
+	}
+	return egress.Main(args[0])
 }
 
 func cmdCreate(ctx context.Context, e *env, args []string) error {

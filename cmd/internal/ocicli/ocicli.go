@@ -78,6 +78,7 @@ func commands() []command {
 		{"spec", "write a new config.json", cmdSpec},
 		{"watchdog", "internal: kill a container at its wall-clock limit", cmdWatchdog},
 		{"hold-stdio", "internal: keep a pod container's stdio from create to start", cmdHoldStdio},
+		{"gateway", "internal: a container's egress gateway", cmdGateway},
 	}
 }
 
@@ -140,7 +141,7 @@ func Main(ctx context.Context, args []string, stdio Stdio) int {
 func usage(w io.Writer, fs *flag.FlagSet) {
 	fmt.Fprintln(w, "usage: openshell-runtime [GLOBAL FLAGS] COMMAND [ARGS]\n\ncommands:")
 	for _, c := range commands() {
-		if c.name != "watchdog" && c.name != "hold-stdio" {
+		if !strings.HasPrefix(c.usage, "internal:") {
 			fmt.Fprintf(w, "  %-10s %s\n", c.name, c.usage)
 		}
 	}
