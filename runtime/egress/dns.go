@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/net/dns/dnsmessage"
@@ -28,6 +29,37 @@ const maxTTL = 60
 type resolver struct {
 	upstream string
 	timeout  time.Duration
+
+	mu    sync.Mutex
+	cache map[string]cached
+}
+
+// cached is an upstream answer kept for its TTL (at most maxTTL), so a
+// connection the proxy resolves right after the sandbox's own lookup
+// costs no second trip upstream.
+type cached struct {
+	ans   *answer
+	until time.Time
+}
+
+func (r *resolver) lookupA(ctx context.Context, name string) (*answer, error) {
+	r.mu.Lock()
+	c, ok := r.cache[name]
+	r.mu.Unlock()
+	if ok && time.Now().Before(c.until) {
+		return c.ans, nil
+	}
+	ans, err := r.query(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.cache == nil || len(r.cache) > 4096 {
+		r.cache = map[string]cached{} // crude, and bounded: a sandbox that asks for this many names starts over
+	}
+	r.cache[name] = cached{ans: ans, until: time.Now().Add(ans.ttl)}
+	return ans, nil
 }
 
 type answer struct {
@@ -54,7 +86,7 @@ func systemResolver(path string) (string, error) {
 	return "", fmt.Errorf("find upstream DNS: %s names no nameserver; set egress.dns_upstream", path)
 }
 
-func (r *resolver) lookupA(ctx context.Context, name string) (*answer, error) {
+func (r *resolver) query(ctx context.Context, name string) (*answer, error) {
 	q, err := dnsmessage.NewName(name + ".")
 	if err != nil {
 		return nil, fmt.Errorf("%q: %w", name, err)

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"reflect"
@@ -85,6 +86,7 @@ type Gateway struct {
 	// dialer dials out from the gateway's own network namespace.
 	dialer    net.Dialer
 	hostAddrs map[netip.Addr]bool // the uplink's own addresses: never a destination
+	transport *http.Transport
 	reloadMu  sync.Mutex
 }
 
@@ -113,6 +115,7 @@ func New(cfg Config, log *slog.Logger) (*Gateway, error) {
 		hostAddrs: localAddrs(),
 	}
 	g.dns = &resolver{upstream: upstream, timeout: 3 * time.Second}
+	g.transport = g.newTransport()
 	g.rules.Store(newRules(p))
 	return g, nil
 }
@@ -180,6 +183,7 @@ func (g *Gateway) Serve(ctx context.Context, l Listeners) error {
 	for _, s := range servers {
 		_ = s.Close()
 	}
+	g.transport.CloseIdleConnections()
 	wg.Wait()
 	return g.audit.Close()
 }

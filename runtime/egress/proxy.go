@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/http/httputil"
 	"net/netip"
 	"strconv"
@@ -135,7 +136,30 @@ func (h *proxyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.forward(w, r, rs, t, host, ev)
 }
 
+// targetKey carries a request's checked target to the shared transport's
+// dialer: a connection is only ever dialed to an address the policy
+// allowed for the request that needs it.
 type targetKey struct{}
+
+// newTransport is the gateway's one upstream HTTP transport. It keeps
+// connections alive: pooled by host name and port, so a connection is
+// reused only by requests the policy allowed for that same name.
+func (g *Gateway) newTransport() *http.Transport {
+	return &http.Transport{
+		Proxy: nil,
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			t, ok := ctx.Value(targetKey{}).(*target)
+			if !ok {
+				return nil, errors.New("no checked target for this request")
+			}
+			c, _, err := g.dial(ctx, t)
+			return c, err
+		},
+		MaxIdleConnsPerHost:   8,
+		IdleConnTimeout:       30 * time.Second,
+		ResponseHeaderTimeout: 60 * time.Second,
+	}
+}
 
 // forward sends an allowed plain-HTTP request on, to the address the
 // policy checked, counting bytes both ways and holding the size limits.
@@ -150,6 +174,12 @@ func (h *proxyHandler) forward(w http.ResponseWriter, r *http.Request, rs *rules
 	r.Body = up
 	var down *counter
 	var dialed atomic.Value
+	trace := &httptrace.ClientTrace{GotConn: func(ci httptrace.GotConnInfo) {
+		if ap, err := netip.ParseAddrPort(ci.Conn.RemoteAddr().String()); err == nil {
+			dialed.Store(ap)
+		}
+	}}
+	r = r.WithContext(httptrace.WithClientTrace(context.WithValue(r.Context(), targetKey{}, t), trace))
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.Out.URL.Scheme = "http"
@@ -158,18 +188,8 @@ func (h *proxyHandler) forward(w http.ResponseWriter, r *http.Request, rs *rules
 			pr.Out.Header.Del("Proxy-Authorization")
 			pr.Out.Header.Del("Proxy-Connection")
 		},
-		Transport: &http.Transport{
-			DisableKeepAlives: true,
-			Proxy:             nil,
-			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-				c, ap, err := g.dial(ctx, t)
-				if err == nil {
-					dialed.Store(ap)
-				}
-				return c, err
-			},
-			ResponseHeaderTimeout: 60 * time.Second,
-		},
+		Transport:  g.transport,
+		BufferPool: copyBuffers,
 		ModifyResponse: func(resp *http.Response) error {
 			down = &counter{r: resp.Body}
 			if t.rule.MaxResponseMB > 0 && t.rule.Enforcement != policy.EnforcementAudit {
@@ -215,6 +235,15 @@ func (h *proxyHandler) forward(w http.ResponseWriter, r *http.Request, rs *rules
 	}()
 	rp.ServeHTTP(w, r)
 }
+
+// copyBuffers are the proxy's copy buffers: larger than ReverseProxy's
+// 32 KiB default, for bulk transfers.
+var copyBuffers = &bufferPool{p: sync.Pool{New: func() any { return make([]byte, 256<<10) }}}
+
+type bufferPool struct{ p sync.Pool }
+
+func (b *bufferPool) Get() []byte  { return b.p.Get().([]byte) }
+func (b *bufferPool) Put(v []byte) { b.p.Put(v) } //nolint:staticcheck // a slice header is small enough to box
 
 // limitError is a size limit a transfer ran into.
 type limitError struct{ what string }
@@ -402,24 +431,24 @@ func (g *Gateway) relay(rs *rules, ev Event, t *target, client io.Reader, down, 
 	}
 	var wg sync.WaitGroup
 	wg.Add(2)
-	go func() {
+	pipe := func(dst, src net.Conn, c *counter, raw io.Reader) {
 		defer wg.Done()
-		_, _ = io.Copy(up, upC)
-		closeWrite(up)
-		if upC.tripped != nil {
+		if c.limit == 0 {
+			// No limit: let io.Copy splice socket to socket in the
+			// kernel; only the count is kept.
+			n, _ := io.Copy(dst, raw)
+			c.n = n
+		} else {
+			_, _ = io.Copy(dst, c)
+		}
+		closeWrite(dst)
+		if c.tripped != nil {
 			_ = down.Close()
 			_ = up.Close()
 		}
-	}()
-	go func() {
-		defer wg.Done()
-		_, _ = io.Copy(down, downC)
-		closeWrite(down)
-		if downC.tripped != nil {
-			_ = down.Close()
-			_ = up.Close()
-		}
-	}()
+	}
+	go pipe(up, down, upC, client)
+	go pipe(down, up, downC, up)
 	wg.Wait()
 	ev.BytesUp, ev.BytesDown = upC.n, downC.n
 	ev.Decision = Allow

@@ -331,3 +331,63 @@ func (n *Net) Close() error {
 	}
 	return errors.Join(errs...)
 }
+
+// Direct makes a network namespace at path routed straight into the fake
+// internet, with no gateway: the baseline the egress benchmarks compare
+// the gateway with. It returns the namespace's removal.
+func (n *Net) Direct(path string) (func() error, error) {
+	if err := egress.NewNetns(path); err != nil {
+		return nil, err
+	}
+	remove := func() error {
+		if err := unix.Unmount(path, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+			return err
+		}
+		return os.Remove(path)
+	}
+	err := func() error {
+		dh, dns, err := handleAt(path)
+		if err != nil {
+			return err
+		}
+		defer dns.Close()
+		defer dh.Close()
+		ih, ins, err := handleAt(n.Inet)
+		if err != nil {
+			return err
+		}
+		defer ins.Close()
+		defer ih.Close()
+		if err := ih.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "direct0"}, PeerName: "eth0", PeerNamespace: netlink.NsFd(int(dns))}); err != nil {
+			return fmt.Errorf("veth: %w", err)
+		}
+		if err := addAddr(ih, "direct0", directGW, 24); err != nil {
+			return err
+		}
+		if err := addAddr(dh, "eth0", directAddr, 24); err != nil {
+			return err
+		}
+		lo, err := dh.LinkByName("lo")
+		if err != nil {
+			return err
+		}
+		if err := dh.LinkSetUp(lo); err != nil {
+			return err
+		}
+		eth, err := dh.LinkByName("eth0")
+		if err != nil {
+			return err
+		}
+		return dh.RouteAdd(&netlink.Route{LinkIndex: eth.Attrs().Index, Gw: directGW.AsSlice()})
+	}()
+	if err != nil {
+		_ = remove()
+		return nil, fmt.Errorf("direct namespace: %w", err)
+	}
+	return remove, nil
+}
+
+var (
+	directGW   = netip.MustParseAddr("192.0.3.1")
+	directAddr = netip.MustParseAddr("192.0.3.2")
+)

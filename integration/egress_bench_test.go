@@ -1,0 +1,200 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/runtime-tools/generate"
+	"golang.org/x/sys/unix"
+
+	"github.com/openshell/openshell/test/fakenet"
+)
+
+// egressBenchProbe measures, inside the sandbox: how long a fresh
+// connection to the server takes to become usable (through the gateway:
+// an HTTP CONNECT tunnel, which includes the gateway's decision and its
+// own dial; direct: the TCP handshake), fresh connections to port 80
+// (the handshake alone, which the gateway answers itself, and with one
+// small HTTP exchange), and one 100 MB download.
+const egressBenchProbe = `
+import json, socket, sys, time
+host, ip, proxy = sys.argv[1], sys.argv[2], sys.argv[3]
+if ip == "resolve":
+    ip = socket.gethostbyname(host)
+req = ("GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % host).encode()
+conn, rtt = [], []
+for i in range(320):
+    t0 = time.perf_counter()
+    s = socket.create_connection((ip, 80))
+    t1 = time.perf_counter()
+    s.sendall(req)
+    while s.recv(65536):
+        pass
+    t2 = time.perf_counter()
+    s.close()
+    if i >= 20:
+        conn.append(t1 - t0); rtt.append(t2 - t0)
+tunnel = []
+for i in range(320):
+    t0 = time.perf_counter()
+    if proxy == "none":
+        s = socket.create_connection((ip, 80))
+    else:
+        s = socket.create_connection((proxy, 3128))
+        s.sendall(("CONNECT %s:80 HTTP/1.1\r\nHost: %s:80\r\n\r\n" % (host, host)).encode())
+        got = b""
+        while b"\r\n\r\n" not in got:
+            got += s.recv(4096)
+        assert b" 200 " in got, got
+    t1 = time.perf_counter()
+    s.close()
+    if i >= 20:
+        tunnel.append(t1 - t0)
+tunnel.sort()
+size = 100 << 20
+s = socket.create_connection((ip, 80))
+s.sendall(("GET /bytes?n=%d HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % (size, host)).encode())
+t0 = time.perf_counter(); total = 0
+while True:
+    b = s.recv(1 << 20)
+    if not b:
+        break
+    total += len(b)
+secs = time.perf_counter() - t0
+conn.sort(); rtt.sort()
+pct = lambda v, p: v[min(len(v) - 1, int(len(v) * p))] * 1000
+print(json.dumps({"tunnel_p50": pct(tunnel, .5), "tunnel_p99": pct(tunnel, .99), "connect_p50": pct(conn, .5), "connect_p99": pct(conn, .99), "rtt_p50": pct(rtt, .5), "rtt_p99": pct(rtt, .99), "mbps": total / secs / 1e6, "bytes": total}))
+`
+
+type egressFigures struct {
+	TunnelP50  float64 `json:"tunnel_p50"`
+	TunnelP99  float64 `json:"tunnel_p99"`
+	ConnectP50 float64 `json:"connect_p50"`
+	ConnectP99 float64 `json:"connect_p99"`
+	RTTP50     float64 `json:"rtt_p50"`
+	RTTP99     float64 `json:"rtt_p99"`
+	MBps       float64 `json:"mbps"`
+	Bytes      int64   `json:"bytes"`
+}
+
+// TestEgressBench compares, in one run, a sandbox whose traffic goes
+// through its egress gateway (transparent capture of port 80, a name
+// allowed by the policy) with the same runsc sandbox routed straight to
+// the same server with no policy and no gateway. It runs only when
+// OPENSHELL_BENCH is set (make bench sets it).
+func TestEgressBench(t *testing.T) {
+	if os.Getenv("OPENSHELL_BENCH") == "" {
+		t.Skip("a benchmark: set OPENSHELL_BENCH=1 (make bench does)")
+	}
+	e := newEgressEnv(t)
+	dir := t.TempDir()
+	pf := writePolicy(t, egressPolicy)
+	gateway := func() egressFigures {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		c := exec.CommandContext(ctx, openshellBin, "run", "--config", e.config, "--runsc", runscBin, "--state-dir", stateDir,
+			"--rootfs", e.root, "--policy", pf, "--", "/usr/bin/python3", "-c", egressBenchProbe, "allowed.test", "resolve", "169.254.213.1")
+		return egressRun(t, c)
+	}
+	direct := func() egressFigures {
+		// runsc takes the addresses off the namespace's link: a new
+		// namespace for every run.
+		removeDirect, err := e.net.Direct(filepath.Join(dir, "direct"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() {
+			if err := removeDirect(); err != nil {
+				t.Error(err)
+			}
+		}()
+		bundle := t.TempDir()
+		g, err := generate.New("linux")
+		if err != nil {
+			t.Fatal(err)
+		}
+		g.SetRootPath(e.root)
+		g.SetRootReadonly(true)
+		g.SetProcessArgs([]string{"/usr/bin/python3", "-c", egressBenchProbe, "allowed.test", fakenet.WebA.String(), "none"})
+		g.SetProcessTerminal(false)
+		if err := g.AddOrReplaceLinuxNamespace("network", filepath.Join(dir, "direct")); err != nil {
+			t.Fatal(err)
+		}
+		writeBundleSpec(t, bundle, g.Config)
+		root := filepath.Join(dir, "runsc-root")
+		defer func() { _ = unix.Unmount(filepath.Join(root, "null-netns"), unix.MNT_DETACH) }()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		c := exec.CommandContext(ctx, runscBin, "--root", root, "--network=sandbox", "run", "--bundle", bundle, "egress-bench-direct")
+		return egressRun(t, c)
+	}
+	rounds := 3
+	if v, err := strconv.Atoi(os.Getenv("BENCH_RUNS")); err == nil && v > 0 && v < rounds {
+		rounds = v
+	}
+	var gw, dr []egressFigures
+	for range rounds {
+		dr = append(dr, direct())
+		gw = append(gw, gateway())
+	}
+	med := func(fs []egressFigures, f func(egressFigures) float64) float64 {
+		v := make([]float64, len(fs))
+		for i, x := range fs {
+			v[i] = f(x)
+		}
+		slices.Sort(v)
+		return v[len(v)/2]
+	}
+	fmt.Printf("egress: %d rounds, 300 fresh connections and one 100 MB download each (medians of the rounds)\n", rounds)
+	fmt.Printf("%-22s %12s %12s %12s\n", "", "direct", "gateway", "gateway-direct / ratio")
+	for _, m := range []struct {
+		name string
+		f    func(egressFigures) float64
+		diff bool
+	}{
+		{"usable conn p50 (ms)", func(x egressFigures) float64 { return x.TunnelP50 }, true},
+		{"usable conn p99 (ms)", func(x egressFigures) float64 { return x.TunnelP99 }, true},
+		{"connect p50 (ms)", func(x egressFigures) float64 { return x.ConnectP50 }, true},
+		{"connect p99 (ms)", func(x egressFigures) float64 { return x.ConnectP99 }, true},
+		{"connect+HTTP p50 (ms)", func(x egressFigures) float64 { return x.RTTP50 }, true},
+		{"connect+HTTP p99 (ms)", func(x egressFigures) float64 { return x.RTTP99 }, true},
+		{"100 MB (MB/s)", func(x egressFigures) float64 { return x.MBps }, false},
+	} {
+		d, g := med(dr, m.f), med(gw, m.f)
+		if m.diff {
+			fmt.Printf("%-22s %12.3f %12.3f %+12.3f ms\n", m.name, d, g, g-d)
+		} else {
+			fmt.Printf("%-22s %12.1f %12.1f %12.2fx\n", m.name, d, g, g/d)
+		}
+	}
+	for _, x := range append(gw, dr...) {
+		if x.Bytes < 100<<20 {
+			t.Errorf("a download got %d bytes, want %d", x.Bytes, 100<<20)
+		}
+	}
+}
+
+func egressRun(t *testing.T, c *exec.Cmd) egressFigures {
+	t.Helper()
+	out, err := c.Output()
+	if err != nil {
+		var stderr []byte
+		if ee, ok := err.(*exec.ExitError); ok {
+			stderr = ee.Stderr
+		}
+		t.Fatalf("%s: %v\n%s\n%s", c.Args[0], err, out, stderr)
+	}
+	var f egressFigures
+	if err := json.Unmarshal(out, &f); err != nil {
+		t.Fatalf("probe output %q: %v", out, err)
+	}
+	return f
+}
