@@ -109,13 +109,14 @@ bench: build runsc containerd deps
 	$(GO) test -run '^$$' -bench . -benchmem ./policyhook/...
 	BIN=$(BIN) test/bench/sandboxes.sh $(BENCH_RUNS)
 	OPENSHELL_BENCH=1 BENCH_RUNS=$(BENCH_RUNS) OPENSHELL_BIN=$(BIN) OPENSHELL_RUNSC=$(BIN)/runsc \
-	  $(GO) test -count=1 -v -run TestCtrStartToExit ./integration/
+	  $(GO) test -count=1 -v -run 'TestCtrStartToExit|TestEgressBench' ./integration/
 
 conformance: build runsc
 	BIN=$(BIN) test/runtimetools/run.sh
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME) ./policyhook/policy/
+	$(GO) test -run '^$$' -fuzz FuzzHostIP -fuzztime $(FUZZTIME) ./policyhook/egress/
 
 lint:
 	@bad=$$(gofmt -l . shim); if [ -n "$$bad" ]; then echo "gofmt needed:" $$bad; exit 1; fi

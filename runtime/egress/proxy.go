@@ -238,12 +238,26 @@ func (h *proxyHandler) forward(w http.ResponseWriter, r *http.Request, rs *rules
 
 // copyBuffers are the proxy's copy buffers: larger than ReverseProxy's
 // 32 KiB default, for bulk transfers.
-var copyBuffers = &bufferPool{p: sync.Pool{New: func() any { return make([]byte, 256<<10) }}}
+// A bounded free list, not a sync.Pool, which would box each slice.
+var copyBuffers = make(bufferPool, 64)
 
-type bufferPool struct{ p sync.Pool }
+type bufferPool chan []byte
 
-func (b *bufferPool) Get() []byte  { return b.p.Get().([]byte) }
-func (b *bufferPool) Put(v []byte) { b.p.Put(v) } //nolint:staticcheck // a slice header is small enough to box
+func (b bufferPool) Get() []byte {
+	select {
+	case buf := <-b:
+		return buf
+	default:
+		return make([]byte, 256<<10)
+	}
+}
+
+func (b bufferPool) Put(buf []byte) {
+	select {
+	case b <- buf:
+	default:
+	}
+}
 
 // limitError is a size limit a transfer ran into.
 type limitError struct{ what string }
