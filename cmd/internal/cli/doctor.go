@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/openshell/openshell/runtime"
+	"github.com/openshell/openshell/runtime/egress"
 	"github.com/openshell/openshell/runtime/runsc"
 )
 
@@ -113,7 +114,8 @@ func doctorChecks(ctx context.Context, h host, configPath, runscFlag string, smo
 
 	add("ok", "seccomp", "policy filters run inside the sandbox (runsc --oci-seccomp)")
 	add("ok", "filesystem", "mount view built from the policy; Landlock is not used inside gVisor")
-	add("ok", "network", "no egress rules: runsc --network=none; egress rules fail closed until the egress gateway exists")
+	add("ok", "network", "no egress rules: runsc --network=none; egress rules: runsc --network=sandbox behind the sandbox's egress gateway")
+	out = append(out, egressCheck(cfg))
 	out = append(out, cgroupCheck(h))
 	out = append(out, landlockCheck())
 	out = append(out, oomCheck(h))
@@ -125,6 +127,35 @@ func doctorChecks(ctx context.Context, h host, configPath, runscFlag string, smo
 		out = append(out, smokeCheck(ctx, cfg, path, plat))
 	}
 	return out
+}
+
+// egressCheck builds (and removes) one sandbox's egress namespaces: the
+// veth, the routes, the sysctls and the nftables ruleset. Without them a
+// policy with egress rules cannot start.
+func egressCheck(cfg *runtime.Config) check {
+	if os.Geteuid() != 0 {
+		return check{"warn", "egress", "not root: cannot try the gateway's namespaces and nftables"}
+	}
+	dir, err := os.MkdirTemp("", "openshell-doctor-egress")
+	if err != nil {
+		return check{"FAIL", "egress", err.Error()}
+	}
+	defer os.RemoveAll(dir)
+	t, err := egress.CreateTopology(filepath.Join(dir, "netns"))
+	if err != nil {
+		return check{"FAIL", "egress", fmt.Sprintf("%s: policies with egress rules will not start", err)}
+	}
+	if err := t.Remove(); err != nil {
+		return check{"FAIL", "egress", err.Error()}
+	}
+	detail := "network namespaces, veth and nftables work"
+	if cfg.Egress.DNSUpstream != "" {
+		detail += "; upstream DNS " + cfg.Egress.DNSUpstream
+	}
+	if u := cfg.Egress.UplinkNetns; u != "" && !egress.NetnsExists(u) {
+		return check{"FAIL", "egress", fmt.Sprintf("egress.uplink_netns %s is not a network namespace", u)}
+	}
+	return check{"ok", "egress", detail + "; audit logs in " + cfg.Egress.AuditDir}
 }
 
 func cgroupCheck(h host) check {

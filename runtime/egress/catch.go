@@ -1,0 +1,114 @@
+package egress
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/netip"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// serveCatch takes TCP to ports the gateway does not otherwise serve. The
+// connection carries no name, so the address decides: it must be one the
+// gateway's DNS gave the sandbox for a name a rule allows on this port
+// (so "names, not IPs" holds for any TCP protocol: ssh, databases), or
+// be in a rule's allowed_ips. Anything else is reset at once.
+func (g *Gateway) serveCatch(l net.Listener) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		go g.handleCatch(c)
+	}
+}
+
+func (g *Gateway) handleCatch(c net.Conn) {
+	defer c.Close()
+	rs := g.current()
+	dst, err := originalDst(c)
+	if err != nil {
+		g.log.Warn("catch-all: no original destination", "err", err)
+		return
+	}
+	ip, port := dst.Addr(), int(dst.Port())
+	ev := Event{Kind: "tcp", Host: ip.String(), Port: port, IP: ip.String()}
+	t, d := g.authorizeAddr(rs, ip, port)
+	if d == nil {
+		if ev.Host = t.name; ev.Host == "" {
+			ev.Host = ip.String()
+		}
+		d = t.limit(rs)
+	}
+	if d != nil {
+		ev.Rule, ev.Decision, ev.Reason = ruleName(d.rule), Deny, d.reason
+		g.event(rs, ev)
+		if tc, ok := c.(*net.TCPConn); ok {
+			_ = tc.SetLinger(0) // a reset, not a wait
+		}
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	up, _, err := g.dial(ctx, t)
+	cancel()
+	if err != nil {
+		ev.Rule, ev.Decision, ev.Reason = ruleName(t.rule), Allow, "dial: "+err.Error()
+		g.event(rs, ev)
+		return
+	}
+	defer up.Close()
+	ev.Rule = ruleName(t.rule)
+	g.relay(rs, ev, t, c, c, up)
+}
+
+// authorizeAddr decides a connection known only by its address: a name
+// the gateway resolved to it, with a rule for that name on port, or a
+// rule's allowed_ips.
+func (g *Gateway) authorizeAddr(rs *rules, ip netip.Addr, port int) (*target, *denial) {
+	for _, name := range g.names.namesOf(ip) {
+		if r := rs.m.Match(name, port); r != nil {
+			if reason := g.checkIP(rs, ip, r); reason != "" {
+				return nil, deny(r, "%s: %s", ip, reason)
+			}
+			return &target{rule: r, addrs: []netip.Addr{ip}, port: port, name: name}, nil
+		}
+	}
+	if names := g.names.namesOf(ip); len(names) > 0 {
+		return nil, deny(nil, "%s (%s) on port %d: no rule allows that port", ip, names[0], port)
+	}
+	return g.authorizeIP(rs, ip, port)
+}
+
+// originalDst is where the sandbox sent a connection the firewall
+// redirected: conntrack keeps it (SO_ORIGINAL_DST).
+func originalDst(c net.Conn) (netip.AddrPort, error) {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return netip.AddrPort{}, fmt.Errorf("not a TCP connection")
+	}
+	raw, err := tc.SyscallConn()
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	var out netip.AddrPort
+	var serr error
+	err = raw.Control(func(fd uintptr) {
+		// The kernel writes a sockaddr_in; GetsockoptIPv6Mreq is the
+		// x/sys call that reads 16 raw bytes back.
+		m, err := unix.GetsockoptIPv6Mreq(int(fd), unix.SOL_IP, unix.SO_ORIGINAL_DST)
+		if err != nil {
+			serr = err
+			return
+		}
+		b := m.Multiaddr
+		port := binary.BigEndian.Uint16(b[2:4])
+		out = netip.AddrPortFrom(netip.AddrFrom4([4]byte{b[4], b[5], b[6], b[7]}), port)
+	})
+	if err != nil {
+		return out, err
+	}
+	return out, serr
+}
