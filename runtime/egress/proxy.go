@@ -80,6 +80,10 @@ func (h *proxyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.connect(w, r, rs)
 		return
 	}
+	// Not canceled when the client half-closes after its request (an
+	// HTTP/1.0 client, nc): it still wants the answer.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 30*time.Second)
+	defer cancel()
 	var (
 		host string
 		port int
@@ -97,12 +101,12 @@ func (h *proxyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		host, port, err = splitHostPort(r.Host, int(dst.Port()))
 		if err == nil {
-			t, d = g.authorizeDst(r.Context(), rs, host, dst)
+			t, d = g.authorizeDst(ctx, rs, host, dst)
 		}
 	case r.URL.IsAbs() && r.URL.Scheme == "http":
 		host, port, err = splitHostPort(r.URL.Host, 80)
 		if err == nil {
-			t, d = g.authorizeHost(r.Context(), rs, host, port)
+			t, d = g.authorizeHost(ctx, rs, host, port)
 		}
 	default:
 		err = fmt.Errorf("the proxy takes CONNECT and absolute http:// URLs; got %s %s", r.Method, r.URL)
@@ -179,7 +183,10 @@ func (h *proxyHandler) forward(w http.ResponseWriter, r *http.Request, rs *rules
 			dialed.Store(ap)
 		}
 	}}
-	r = r.WithContext(httptrace.WithClientTrace(context.WithValue(r.Context(), targetKey{}, t), trace))
+	// See ServeHTTP: a client that is really gone fails the response's
+	// writes instead.
+	ctx := context.WithoutCancel(r.Context())
+	r = r.WithContext(httptrace.WithClientTrace(context.WithValue(ctx, targetKey{}, t), trace))
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.Out.URL.Scheme = "http"
@@ -233,7 +240,7 @@ func (h *proxyHandler) forward(w http.ResponseWriter, r *http.Request, rs *rules
 		}
 		g.event(rs, ev)
 	}()
-	rp.ServeHTTP(w, r)
+	rp.ServeHTTP(noCloseNotify{w}, r)
 }
 
 // copyBuffers are the proxy's copy buffers: larger than ReverseProxy's
@@ -258,6 +265,13 @@ func (b bufferPool) Put(buf []byte) {
 	default:
 	}
 }
+
+// noCloseNotify hides the connection's close notification from
+// ReverseProxy, which would cancel the upstream request when a client
+// half-closes after sending it. Unwrap keeps flushing working.
+type noCloseNotify struct{ http.ResponseWriter }
+
+func (w noCloseNotify) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // limitError is a size limit a transfer ran into.
 type limitError struct{ what string }
