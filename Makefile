@@ -13,6 +13,7 @@
 #   make bench        Go benchmarks, then whole sandboxes timed against runsc and runc (root)
 #   make fuzz         fuzz the policy parser (FUZZTIME=10m)
 #   make conformance  runtime-tools' validation programs: bare runsc vs openshell-runtime (root)
+#   make gpu-check    CUDA in and out of the sandbox on a GPU host (bring bin/ along; no network needed)
 #   make lint         go vet + staticcheck
 
 SHELL         := /bin/bash
@@ -43,7 +44,7 @@ UNIT_PKGS      = $(shell $(GO) list ./... | grep -v /integration)
 # (20.10) the engine tests start.
 DEB_PKGS      := busybox-static debootstrap runc docker.io
 
-.PHONY: all run build shim runsc containerd crictl install deps conformance test unit integration root-test bench fuzz lint clean
+.PHONY: all run build shim runsc containerd crictl install deps conformance gpu-check test unit integration root-test bench fuzz lint clean
 
 all: build runsc
 
@@ -110,6 +111,12 @@ bench: build runsc containerd deps
 	BIN=$(BIN) test/bench/sandboxes.sh $(BENCH_RUNS)
 	OPENSHELL_BENCH=1 BENCH_RUNS=$(BENCH_RUNS) OPENSHELL_BIN=$(BIN) OPENSHELL_RUNSC=$(BIN)/runsc \
 	  $(GO) test -count=1 -v -run 'TestCtrStartToExit|TestEgressBench' ./integration/
+
+# On a host with an NVIDIA GPU and PyTorch: CUDA inside and outside the
+# sandbox, in one run; a SKIP line elsewhere. It builds nothing, so it runs
+# on a GPU host with no network: bring bin/ (make build runsc) along.
+gpu-check:
+	BIN=$(BIN) test/gpu/check.sh
 
 conformance: build runsc
 	BIN=$(BIN) test/runtimetools/run.sh

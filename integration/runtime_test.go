@@ -370,3 +370,7 @@ func TestRuntimeNoNetwork(t *testing.T) {
 	}
 	assertRuntimeClean(t)
 }
+
+func specDevice(path string, major, minor int64) specs.LinuxDevice {
+	return specs.LinuxDevice{Path: path, Type: "c", Major: major, Minor: minor}
+}

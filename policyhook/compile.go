@@ -15,6 +15,7 @@ import (
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/openshell/openshell/nvproxy"
 	"github.com/openshell/openshell/policyhook/modifier"
 	"github.com/openshell/openshell/policyhook/policy"
 )
@@ -66,6 +67,8 @@ type options struct {
 	view    modifier.ViewOptions
 	users   UserLookup
 	gateway *modifier.GatewayNetwork
+	devRoot string
+	noGPUs  bool
 }
 
 // Option configures Compile.
@@ -84,6 +87,13 @@ func WithUsers(u UserLookup) Option { return func(o *options) { o.users = u } }
 // will start for it. Without it, a policy that allows egress compiles to
 // no network at all, with a warning: fail closed.
 func WithGateway(n modifier.GatewayNetwork) Option { return func(o *options) { o.gateway = &n } }
+
+// WithDevRoot sets where host GPU device nodes are looked up ("/dev").
+func WithDevRoot(dir string) Option { return func(o *options) { o.devRoot = dir } }
+
+// WithoutGPUDevices gives a GPU policy nvproxy but no host device nodes:
+// the runtime's driver_version = "latest", on a host with no GPU.
+func WithoutGPUDevices() Option { return func(o *options) { o.noGPUs = true } }
 
 // Compile turns a validated policy into modifiers and flags.
 func Compile(p *policy.Policy, opts ...Option) (*Compiled, error) {
@@ -151,7 +161,14 @@ func Compile(p *policy.Policy, opts ...Option) (*Compiled, error) {
 		maxFiles = policy.DefaultMaxOpenFiles
 	}
 
+	// The GPU decision comes first: it must see the engine's spec as the
+	// engine sent it.
+	var gpu modifier.SpecModifier = nvproxy.Refuse{Policy: p.Name}
+	if p.GPU != nil {
+		gpu = nvproxy.NewExpose(nvproxy.Options{GPU: p.GPU, DevRoot: o.devRoot, NoHostDevices: o.noGPUs})
+	}
 	c.Modifiers = modifier.List{}.Append(
+		gpu,
 		modifier.NewAnnotations(p.Name, p.Hash, string(p.Format)),
 		view,
 		tmp,
@@ -181,8 +198,11 @@ func Compile(p *policy.Policy, opts ...Option) (*Compiled, error) {
 			warn(parentOf(p.Network.Egress[0].Field), "%d egress rule(s) are not active: no egress gateway was set up for this sandbox, so it has no network at all (fail closed)", len(p.Network.Egress))
 		}
 	}
+	if p.GPU != nil {
+		c.RunscFlags = append(c.RunscFlags, nvproxy.Flags(p.GPU)...)
+	}
 	if p.Inference != nil {
-		warn(p.Inference.Field, "inference routing needs the egress gateway, which this build does not have; inference.local is unreachable (fail closed)")
+		warn(p.Inference.Field, "inference routing is not built yet: the egress gateway refuses inference.local (fail closed)")
 	}
 	return c, nil
 }

@@ -44,8 +44,18 @@ type Config struct {
 	// Egress configures the egress gateway of sandboxes whose policy
 	// allows egress.
 	Egress EgressConfig `toml:"egress"`
+	// GPU configures nvproxy for policies with a gpu section.
+	GPU GPUConfig `toml:"gpu"`
 
 	file string
+}
+
+// GPUConfig is the [gpu] table.
+type GPUConfig struct {
+	// DriverVersion overrides the host driver version nvproxy is set up
+	// for. "latest" boots nvproxy with no driver and no GPU: a smoke
+	// test's setting. Empty: the loaded driver's version.
+	DriverVersion string `toml:"driver_version"`
 }
 
 // EgressConfig is the [egress] table.
@@ -89,6 +99,7 @@ var Platforms = []string{"systrap", "ptrace", "kvm"}
 var managedFlags = []string{
 	"root", "network", "oci-seccomp", "platform", "host-uds", "host-fifo",
 	"net-raw", "allow-packet-socket-write", "nvproxy", "nvproxy-allow-unsupported-driver",
+	"nvproxy-driver-version", "nvproxy-allowed-driver-capabilities",
 	"tpuproxy", "overlay2", "file-access", "directfs", "ignore-cgroups",
 }
 

@@ -21,6 +21,7 @@ import (
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/openshell/openshell/nvproxy"
 	"github.com/openshell/openshell/policyhook"
 	"github.com/openshell/openshell/policyhook/policy"
 	"github.com/openshell/openshell/runtime/runsc"
@@ -52,10 +53,16 @@ type CompileFunc func(rootDir, bundle, image string) (*policyhook.Compiled, erro
 
 // CompilePolicy is the CompileFunc for p: the mount view rooted at the
 // sandbox's own directory, user names looked up in the image.
-func CompilePolicy(p *policy.Policy) CompileFunc {
+func CompilePolicy(p *policy.Policy, cfg *Config) CompileFunc {
 	return func(rootDir, bundle, image string) (*policyhook.Compiled, error) {
-		return policyhook.Compile(p, policyhook.WithRootDir(rootDir), policyhook.WithBundle(bundle), policyhook.WithUsers(policyhook.UsersInRoot(image)),
-			policyhook.WithGateway(gatewayNetwork(filepath.Dir(rootDir))))
+		opts := []policyhook.Option{
+			policyhook.WithRootDir(rootDir), policyhook.WithBundle(bundle), policyhook.WithUsers(policyhook.UsersInRoot(image)),
+			policyhook.WithGateway(gatewayNetwork(filepath.Dir(rootDir))),
+		}
+		if cfg != nil && cfg.GPU.DriverVersion == nvproxy.DriverLatest {
+			opts = append(opts, policyhook.WithoutGPUDevices())
+		}
+		return policyhook.Compile(p, opts...)
 	}
 }
 

@@ -49,6 +49,8 @@ type Policy struct {
 	Network    Network
 	Inference  *Inference
 	Env        []EnvVar
+	// GPU is nil unless the policy gives the sandbox GPUs.
+	GPU *GPU
 
 	// Warnings are fields that were accepted but whose effect under gVisor
 	// differs from what their name suggests. They are shown by every
@@ -166,6 +168,26 @@ type Inference struct {
 	RoutingEndpoint string
 	Field           string
 }
+
+// GPU is the GPUs the sandbox may use, through gVisor's nvproxy.
+type GPU struct {
+	// Devices are "all", GPU indexes ("0") or UUIDs ("GPU-…", "MIG-…").
+	Devices []string
+	// Capabilities are NVIDIA driver capabilities (compute, utility, ...).
+	Capabilities []string
+	// AllowUnsupportedDriver lets a sandbox start on a host driver that
+	// this runsc's nvproxy does not list as supported.
+	AllowUnsupportedDriver bool
+	Field                  string
+}
+
+// DefaultGPUCapabilities are the driver capabilities a GPU policy gets
+// unless it names others: nvproxy's and nvidia-container-toolkit's default.
+var DefaultGPUCapabilities = []string{"compute", "utility"}
+
+// GPUCapabilities are the driver capabilities a policy may name: the ones
+// nvproxy supports for containers. "all" stands for all of them.
+var GPUCapabilities = []string{"compute", "utility", "graphics", "video", "ngx"}
 
 // EnvVar is one environment variable set in the sandbox.
 type EnvVar struct {

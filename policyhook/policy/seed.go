@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -20,6 +21,14 @@ type seedSandbox struct {
 	Resources   *seedResources    `yaml:"resources"`
 	Environment map[string]string `yaml:"environment"`
 	Inference   *seedInference    `yaml:"inference"`
+	GPU         *seedGPU          `yaml:"gpu"`
+}
+
+type seedGPU struct {
+	Enabled                *bool    `yaml:"enabled"`
+	Devices                []string `yaml:"devices"`
+	Capabilities           []string `yaml:"capabilities"`
+	AllowUnsupportedDriver bool     `yaml:"allow_unsupported_driver"`
 }
 
 type seedFilesystem struct {
@@ -173,6 +182,24 @@ func fromSeed(f *seedFile, s *errSink) *Policy {
 
 	if sb.Inference != nil {
 		p.Inference = &Inference{RoutingEndpoint: sb.Inference.RoutingEndpoint, Field: root + ".inference.routing_endpoint"}
+	}
+
+	if g := sb.GPU; g != nil {
+		const gf = root + ".gpu"
+		switch {
+		case g.Enabled == nil:
+			s.addf(gf+".enabled", "is required: write enabled: true to give the sandbox GPUs (or drop the section)")
+		case *g.Enabled:
+			p.GPU = &GPU{Devices: g.Devices, Capabilities: g.Capabilities, AllowUnsupportedDriver: g.AllowUnsupportedDriver, Field: gf}
+			if len(p.GPU.Devices) == 0 {
+				p.GPU.Devices = []string{"all"}
+			}
+			if len(p.GPU.Capabilities) == 0 {
+				p.GPU.Capabilities = slices.Clone(DefaultGPUCapabilities)
+			}
+		case len(g.Devices) > 0 || len(g.Capabilities) > 0 || g.AllowUnsupportedDriver:
+			s.addf(gf+".enabled", "is false, but devices, capabilities or allow_unsupported_driver are set")
+		}
 	}
 	return p
 }

@@ -46,6 +46,9 @@ func validate(p *Policy, s *errSink) {
 			s.addf(e.Field, "%q is not a valid environment variable name", e.Name)
 		}
 	}
+	if p.GPU != nil {
+		validateGPU(p.GPU, s)
+	}
 	if inf := p.Inference; inf != nil {
 		u, err := url.Parse(inf.RoutingEndpoint)
 		switch {
@@ -56,6 +59,56 @@ func validate(p *Policy, s *errSink) {
 		case u.User != nil:
 			s.addf(inf.Field, "must not carry credentials; the runtime injects them from the host")
 		}
+	}
+}
+
+var gpuUUID = regexp.MustCompile(`^(GPU|MIG)-[0-9a-fA-F-]{8,}(/[0-9]+/[0-9]+)?$`)
+
+// privilegedGPUCaps are nvproxy capabilities no sandbox policy may ask for.
+var privilegedGPUCaps = map[string]string{
+	"profiling":        "GPU performance counters let one workload observe others",
+	"rdma":             "GPUDirect RDMA exports GPU memory outside the sandbox",
+	"fabric-imex-mgmt": "fabric management is a host administrator's capability",
+	"display":          "nvproxy does not support display",
+	"compat32":         "nvproxy does not support 32-bit applications",
+}
+
+func validateGPU(g *GPU, s *errSink) {
+	seen := map[string]bool{}
+	for i, d := range g.Devices {
+		f := fmt.Sprintf("%s.devices[%d]", g.Field, i)
+		switch {
+		case seen[d]:
+			s.addf(f, "%q is listed twice", d)
+		case d == "all":
+			if len(g.Devices) > 1 {
+				s.addf(f, "\"all\" cannot be combined with other devices")
+			}
+		case gpuUUID.MatchString(d):
+		default:
+			n, err := strconv.Atoi(d)
+			if err != nil || n < 0 || n > 63 || strconv.Itoa(n) != d {
+				s.addf(f, "%q is not a GPU: write all, an index (0, 1, ...) or a UUID (GPU-...)", d)
+			}
+		}
+		seen[d] = true
+	}
+	caps := map[string]bool{}
+	for i, c := range g.Capabilities {
+		f := fmt.Sprintf("%s.capabilities[%d]", g.Field, i)
+		switch why, bad := privilegedGPUCaps[c]; {
+		case bad:
+			s.addf(f, "%q is refused: %s", c, why)
+		case c == "all":
+			if len(g.Capabilities) > 1 {
+				s.addf(f, "\"all\" cannot be combined with other capabilities")
+			}
+		case !slices.Contains(GPUCapabilities, c):
+			s.addf(f, "%q is not a driver capability nvproxy supports (%s, or all)", c, strings.Join(GPUCapabilities, ", "))
+		case caps[c]:
+			s.addf(f, "%q is listed twice", c)
+		}
+		caps[c] = true
 	}
 }
 

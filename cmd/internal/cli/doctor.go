@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/openshell/openshell/nvproxy"
 	"github.com/openshell/openshell/runtime"
 	"github.com/openshell/openshell/runtime/egress"
 	"github.com/openshell/openshell/runtime/runsc"
@@ -209,42 +210,28 @@ func oomCheck(h host) check {
 // nvidiaCheck reports the GPU driver and whether runsc's nvproxy
 // supports it.
 func nvidiaCheck(ctx context.Context, h host, r *runsc.Runsc, runscOK bool) check {
-	data, err := os.ReadFile(filepath.Join(h.procRoot, "driver/nvidia/version"))
-	if err != nil {
-		return check{"ok", "gpu", "no NVIDIA driver: GPU policies are refused here"}
-	}
-	version := nvidiaDriverVersion(string(data))
-	if !runscOK {
+	version, err := nvproxy.HostDriverVersion(h.sysRoot, h.procRoot)
+	switch {
+	case err != nil:
+		return check{"warn", "gpu", err.Error()}
+	case version == "":
+		return check{"ok", "gpu", "no NVIDIA driver: GPU policies are refused here (driver_version = \"latest\" boots them without a GPU)"}
+	case !runscOK:
 		return check{"warn", "gpu", fmt.Sprintf("NVIDIA driver %s; runsc missing, nvproxy support unknown", version)}
 	}
+	gpus, _ := filepath.Glob(filepath.Join(h.devRoot, "nvidia[0-9]*"))
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	out, err := exec.CommandContext(cctx, r.Path, "nvproxy", "list-supported-drivers").Output()
+	supported, err := nvproxy.SupportedDrivers(cctx, r.Path)
 	if err != nil {
-		return check{"warn", "gpu", fmt.Sprintf("NVIDIA driver %s; runsc nvproxy list-supported-drivers: %s", version, err)}
+		return check{"warn", "gpu", fmt.Sprintf("NVIDIA driver %s; %s", version, err)}
 	}
-	for _, l := range strings.Fields(string(out)) {
-		if l == version {
-			return check{"ok", "gpu", fmt.Sprintf("NVIDIA driver %s, supported by nvproxy", version)}
-		}
+	if !slices.Contains(supported, version) {
+		return check{"warn", "gpu", fmt.Sprintf("NVIDIA driver %s is not in runsc's nvproxy list (%s ... %s): GPU sandboxes need allow_unsupported_driver", version, supported[0], supported[len(supported)-1])}
 	}
-	return check{"warn", "gpu", fmt.Sprintf("NVIDIA driver %s is not in runsc's nvproxy list: GPU sandboxes need nvproxy_allow_unsupported_driver", version)}
+	return check{"ok", "gpu", fmt.Sprintf("NVIDIA driver %s, supported by nvproxy; %d GPU device node(s)", version, len(gpus))}
 }
 
-// nvidiaDriverVersion takes the version from /proc/driver/nvidia/version:
-// "NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.183.06  ...".
-func nvidiaDriverVersion(s string) string {
-	for _, f := range strings.Fields(s) {
-		if strings.Count(f, ".") >= 1 && f[0] >= '0' && f[0] <= '9' {
-			return f
-		}
-	}
-	return "unknown"
-}
-
-// dockerCheck looks at Docker's openshell runtimes. It fails on the form
-// dockerd 20.10 ignores: a runtimeType runtime, which it silently runs
-// under runc.
 func dockerCheck(h host) (check, bool) {
 	data, err := os.ReadFile(h.dockerJSON)
 	if err != nil {

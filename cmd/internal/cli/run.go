@@ -94,6 +94,13 @@ func runRun(ctx context.Context, s streams, args []string) int {
 	terminal := isTerminal(0) && isTerminal(1)
 	g.SetProcessTerminal(terminal)
 
+	gpuFlags, gpuWarnings, err := runtime.GPUFlags(ctx, *runscPath, cfg, p)
+	if err != nil {
+		return fail("%s", err)
+	}
+	for _, w := range gpuWarnings {
+		fmt.Fprintf(s.err, "openshell: warning: %s\n", w)
+	}
 	sweepOrphans(ctx, s, r, *stateDir)
 	id, err := runtime.NewID()
 	if err != nil {
@@ -106,13 +113,14 @@ func runRun(ctx context.Context, s streams, args []string) int {
 	}
 	sb, err := runtime.Prepare(runtime.PrepareOptions{
 		StateDir: *stateDir, ID: id, Spec: runtime.NewMemorySpec(g.Config),
-		Compile: runtime.CompilePolicy(p),
+		Compile: runtime.CompilePolicy(p, cfg),
 	})
 	if err != nil {
 		return fail("%s", err)
 	}
 	c := sb.Compiled
 	printWarnings(s, c.Warnings)
+	c.RunscFlags = append(c.RunscFlags, gpuFlags...)
 	st := sb.NewState(sb.Bundle, "openshell run --policy", nil)
 	self := runtime.Self()
 	st.Owner = &self

@@ -81,9 +81,13 @@ func (e *env) prepare(id, bundle string) (*runtime.Sandbox, *runtime.State, func
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("policy (%s): %w", src, err)
 	}
+	gpuFlags, gpuWarnings, err := runtime.GPUFlags(context.Background(), e.runsc.Path, e.cfg, p)
+	if err != nil {
+		return nil, nil, nil, err
+	}
 	sb, err := runtime.Prepare(runtime.PrepareOptions{
 		StateDir: e.stateDir(), ID: id, Spec: spec, Bundle: bundle,
-		Compile: runtime.CompilePolicy(p),
+		Compile: runtime.CompilePolicy(p, e.cfg),
 	})
 	if err != nil {
 		return nil, nil, nil, err
@@ -92,6 +96,10 @@ func (e *env) prepare(id, bundle string) (*runtime.Sandbox, *runtime.State, func
 	for _, w := range c.Warnings {
 		e.log.Warn(w.Error(), "container", id)
 	}
+	for _, w := range gpuWarnings {
+		e.log.Warn(w, "container", id)
+	}
+	c.RunscFlags = append(c.RunscFlags, gpuFlags...)
 	st := sb.NewState(bundle, src.String(), s.Process)
 	st.Subcontainer = isSubcontainer(s.Annotations)
 	undo := func() {
