@@ -22,7 +22,6 @@ import (
 	"github.com/openshell/openshell/runtime"
 	"github.com/openshell/openshell/runtime/egress"
 	"github.com/openshell/openshell/test/fakenet"
-	"github.com/openshell/openshell/test/rootfs"
 )
 
 // egressEnv is a fake internet, a runtime configuration whose gateway
@@ -46,17 +45,7 @@ var zone = map[string]netip.Addr{
 
 func newEgressEnv(t *testing.T) *egressEnv {
 	t.Helper()
-	if skipReason != "" {
-		t.Skip(skipReason)
-	}
-	cache, _ := filepath.Abs("../.cache/debian-bookworm")
-	root, err := rootfs.Cached(cache, rootfs.Debian)
-	if err != nil {
-		if strings.Contains(err.Error(), "apt-get install debootstrap") {
-			t.Skip(err)
-		}
-		t.Fatal(err)
-	}
+	root := debianRoot(t)
 	dir := t.TempDir()
 	z := map[string]netip.Addr{}
 	for k, v := range zone {

@@ -2,14 +2,11 @@ package integration
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/opencontainers/runtime-tools/generate"
 )
@@ -24,29 +21,15 @@ sandbox:
     devices: [all]
 `
 
-// runWithConfig is openshell run with a runtime configuration.
+// runWithConfig is openshell run with a runtime configuration given as
+// its contents.
 func runWithConfig(t *testing.T, configTOML, policyYAML string, cmd ...string) result {
 	t.Helper()
-	if skipReason != "" {
-		t.Skip(skipReason)
-	}
 	cfg := filepath.Join(t.TempDir(), "config.toml")
 	if err := os.WriteFile(cfg, []byte(configTOML), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	args := append([]string{"run", "--config", cfg, "--runsc", runscBin, "--state-dir", stateDir, "--policy", writePolicy(t, policyYAML), "--"}, cmd...)
-	c := exec.CommandContext(ctx, openshellBin, args...)
-	var out, errb bytes.Buffer
-	c.Stdout, c.Stderr = &out, &errb
-	err := c.Run()
-	r := result{code: c.ProcessState.ExitCode(), stdout: out.String(), stderr: errb.String()}
-	if err != nil && r.code < 0 {
-		t.Fatalf("openshell run: %v\n%s", err, errb.String())
-	}
-	assertNothingLeft(t, stateDir)
-	return r
+	return sandboxWithConfig(t, cfg, policyYAML, cmd...)
 }
 
 // TestGPUPolicyBootsWithoutGPU: on a host with no GPU (CI), a GPU policy

@@ -99,6 +99,12 @@ func writePolicy(t *testing.T, policyYAML string) string {
 // dir, and checks afterwards that nothing was left behind.
 func sandbox(t *testing.T, policyYAML string, cmd ...string) result {
 	t.Helper()
+	return sandboxWithConfig(t, "/nonexistent/config.toml", policyYAML, cmd...)
+}
+
+// sandboxWithConfig is sandbox with a runtime configuration file.
+func sandboxWithConfig(t *testing.T, config, policyYAML string, cmd ...string) result {
+	t.Helper()
 	if skipReason != "" {
 		t.Skip(skipReason)
 	}
@@ -106,7 +112,7 @@ func sandbox(t *testing.T, policyYAML string, cmd ...string) result {
 	state := stateDir
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	args := append([]string{"run", "--config", "/nonexistent/config.toml", "--runsc", runscBin, "--state-dir", state, "--policy", pf, "--"}, cmd...)
+	args := append([]string{"run", "--config", config, "--runsc", runscBin, "--state-dir", state, "--policy", pf, "--"}, cmd...)
 	c := exec.CommandContext(ctx, openshellBin, args...)
 	var out, errb bytes.Buffer
 	c.Stdout, c.Stderr = &out, &errb
@@ -117,6 +123,24 @@ func sandbox(t *testing.T, policyYAML string, cmd ...string) result {
 	}
 	assertNothingLeft(t, state)
 	return r
+}
+
+// debianRoot is the cached debootstrapped Debian root (bash, python3,
+// curl); the test is skipped where debootstrap is missing.
+func debianRoot(t *testing.T) string {
+	t.Helper()
+	if skipReason != "" {
+		t.Skip(skipReason)
+	}
+	cache, _ := filepath.Abs("../.cache/debian-bookworm")
+	root, err := rootfs.Cached(cache, rootfs.Debian)
+	if err != nil {
+		if strings.Contains(err.Error(), "apt-get install debootstrap") {
+			t.Skip(err)
+		}
+		t.Fatal(err)
+	}
+	return root
 }
 
 // cleanupState unmounts what runsc left in its roots (the null network
@@ -442,17 +466,7 @@ func TestBadConfigStartsNothing(t *testing.T) {
 // what it writes lands on the host, the rest of the image is read-only,
 // what the policy does not list does not exist, and there is no network.
 func TestAgentOnDebianRootfs(t *testing.T) {
-	if skipReason != "" {
-		t.Skip(skipReason)
-	}
-	cache, _ := filepath.Abs("../.cache/debian-bookworm")
-	root, err := rootfs.Cached(cache, rootfs.Debian)
-	if err != nil {
-		if strings.Contains(err.Error(), "apt-get install debootstrap") {
-			t.Skip(err)
-		}
-		t.Fatal(err)
-	}
+	root := debianRoot(t)
 	ws := filepath.Join(root, "workspace")
 	os.RemoveAll(ws)
 	if err := os.Mkdir(ws, 0o755); err != nil {

@@ -11,21 +11,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// serveCatch takes TCP to ports the gateway does not otherwise serve. The
+// handleCatch takes TCP to ports the gateway does not otherwise serve. The
 // connection carries no name, so the address decides: it must be one the
 // gateway's DNS gave the sandbox for a name a rule allows on this port
 // (so "names, not IPs" holds for any TCP protocol: ssh, databases), or
 // be in a rule's allowed_ips. Anything else is reset at once.
-func (g *Gateway) serveCatch(l net.Listener) {
-	for {
-		c, err := l.Accept()
-		if err != nil {
-			return
-		}
-		go g.handleCatch(c)
-	}
-}
-
 func (g *Gateway) handleCatch(c net.Conn) {
 	defer c.Close()
 	rs := g.current()
@@ -52,16 +42,8 @@ func (g *Gateway) handleCatch(c net.Conn) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	up, _, err := g.dial(ctx, t)
-	cancel()
-	if err != nil {
-		ev.Rule, ev.Decision, ev.Reason = ruleName(t.rule), Allow, "dial: "+err.Error()
-		g.event(rs, ev)
-		return
-	}
-	defer up.Close()
-	ev.Rule = ruleName(t.rule)
-	g.relay(rs, ev, t, c, c, up)
+	defer cancel()
+	g.dialAndRelay(ctx, rs, ev, t, c, c)
 }
 
 // authorizeAddr decides a connection known only by its address: a name

@@ -174,10 +174,10 @@ func (g *Gateway) Serve(ctx context.Context, l Listeners) error {
 		run(func() { _ = s.Serve(l.HTTP) })
 	}
 	if l.TLS != nil {
-		run(func() { g.serveTLS(l.TLS) })
+		run(func() { serve(l.TLS, g.handleTLS) })
 	}
 	if l.Catch != nil {
-		run(func() { g.serveCatch(l.Catch) })
+		run(func() { serve(l.Catch, g.handleCatch) })
 	}
 	<-ctx.Done()
 	for _, c := range []interface{ Close() error }{l.DNSUDP, l.DNSTCP, l.TLS, l.Catch} {

@@ -372,21 +372,22 @@ func (h *proxyHandler) connect(w http.ResponseWriter, r *http.Request, rs *rules
 	g.relay(rs, ev, t, client, down, up)
 }
 
-// serveTLS takes transparently captured TCP 443: it reads the TLS
-// ClientHello's server name without answering it, decides, and replays
-// the hello to the destination.
-func (g *Gateway) serveTLS(l net.Listener) {
+// serve hands each connection l accepts to handle, until l is closed.
+func serve(l net.Listener, handle func(net.Conn)) {
 	for {
 		c, err := l.Accept()
 		if err != nil {
 			return
 		}
-		go g.handleTLS(c)
+		go handle(c)
 	}
 }
 
 var errHelloRead = errors.New("hello read")
 
+// handleTLS takes transparently captured TCP 443: it reads the TLS
+// ClientHello's server name without answering it, decides, and replays
+// the hello to the destination.
 func (g *Gateway) handleTLS(c net.Conn) {
 	defer c.Close()
 	rs := g.current()
@@ -424,15 +425,21 @@ func (g *Gateway) handleTLS(c net.Conn) {
 		g.event(rs, ev)
 		return
 	}
+	g.dialAndRelay(ctx, rs, ev, t, io.MultiReader(&rec, c), c)
+}
+
+// dialAndRelay dials an allowed target for a captured connection and
+// relays between them; a failed dial is audited as allowed-but-failed.
+func (g *Gateway) dialAndRelay(ctx context.Context, rs *rules, ev Event, t *target, client io.Reader, down net.Conn) {
+	ev.Rule = ruleName(t.rule)
 	up, _, err := g.dial(ctx, t)
 	if err != nil {
-		ev.Rule, ev.Decision, ev.Reason = ruleName(t.rule), Allow, "dial: "+err.Error()
+		ev.Decision, ev.Reason = Allow, "dial: "+err.Error()
 		g.event(rs, ev)
 		return
 	}
 	defer up.Close()
-	ev.Rule = ruleName(t.rule)
-	g.relay(rs, ev, t, io.MultiReader(&rec, c), c, up)
+	g.relay(rs, ev, t, client, down, up)
 }
 
 // readOnly lets crypto/tls read a hello but never write to the client.
