@@ -280,6 +280,14 @@ func TestEgressGateway(t *testing.T) {
 			tcpDenials++
 		}
 	}
+	var udpDenied, icmpDenied bool
+	for _, ev := range events {
+		udpDenied = udpDenied || (ev.Kind == "udp" && ev.Decision == egress.Deny && ev.IP == "198.51.100.10" && ev.Port == 9999)
+		icmpDenied = icmpDenied || (ev.Kind == "icmp" && ev.Decision == egress.Deny && ev.IP == "198.51.100.10")
+	}
+	if !udpDenied || !icmpDenied {
+		t.Errorf("UDP to 198.51.100.10:9999 audited: %v; ICMP to 198.51.100.10 audited: %v", udpDenied, icmpDenied)
+	}
 	if tcpDenials != 2 {
 		t.Errorf("%d denials of plain TCP in the audit log, want 2 (another port of an allowed name, a raw address)", tcpDenials)
 	}

@@ -56,6 +56,10 @@ type Listeners struct {
 	HTTP   net.Listener // transparent TCP 80
 	TLS    net.Listener // transparent TCP 443
 	Catch  net.Listener // TCP to every other port, redirected by the firewall
+	// UDPCatch gets UDP to every port but DNS (TPROXY), and ICMP is a
+	// raw socket that sees the sandbox's ICMP: both only to audit it.
+	UDPCatch *net.UDPConn
+	ICMP     *os.File
 }
 
 // rules is one loaded policy: swapped whole on reload.
@@ -89,6 +93,7 @@ type Gateway struct {
 	dialer    net.Dialer
 	hostAddrs map[netip.Addr]bool // the uplink's own addresses: never a destination
 	transport *http.Transport
+	drops     *dropLog
 	reloadMu  sync.Mutex
 }
 
@@ -118,6 +123,7 @@ func New(cfg Config, log *slog.Logger) (*Gateway, error) {
 	}
 	g.dns = &resolver{upstream: upstream, timeout: 3 * time.Second}
 	g.transport = g.newTransport()
+	g.drops = newDropLog()
 	g.rules.Store(newRules(p))
 	return g, nil
 }
@@ -179,8 +185,15 @@ func (g *Gateway) Serve(ctx context.Context, l Listeners) error {
 	if l.Catch != nil {
 		run(func() { serve(l.Catch, g.handleCatch) })
 	}
+	if l.UDPCatch != nil {
+		run(func() { g.auditUDP(l.UDPCatch) })
+	}
+	if l.ICMP != nil {
+		// A blocking read on a raw socket: not waited for at shutdown.
+		go g.auditICMP(l.ICMP)
+	}
 	<-ctx.Done()
-	for _, c := range []interface{ Close() error }{l.DNSUDP, l.DNSTCP, l.TLS, l.Catch} {
+	for _, c := range []interface{ Close() error }{l.DNSUDP, l.DNSTCP, l.TLS, l.Catch, l.UDPCatch, l.ICMP} {
 		if c != nil && !reflect.ValueOf(c).IsNil() {
 			_ = c.Close()
 		}

@@ -28,6 +28,8 @@ const (
 	fdHTTP
 	fdTLS
 	fdCatch
+	fdUDPCatch
+	fdICMP
 	fdReady
 )
 
@@ -191,6 +193,15 @@ func inherited() (Listeners, error) {
 	l.HTTP = ln(fdHTTP, "http")
 	l.TLS = ln(fdTLS, "tls")
 	l.Catch = ln(fdCatch, "catch")
+	uf := os.NewFile(fdUDPCatch, "udp-catch")
+	upc, err := net.FilePacketConn(uf)
+	_ = uf.Close()
+	if err != nil {
+		errs = append(errs, fmt.Errorf("inherited udp-catch socket: %w", err))
+	} else {
+		l.UDPCatch = upc.(*net.UDPConn)
+	}
+	l.ICMP = os.NewFile(fdICMP, "icmp")
 	return l, errors.Join(errs...)
 }
 

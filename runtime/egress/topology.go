@@ -1,6 +1,7 @@
 package egress
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -8,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	goruntime "runtime"
+	"syscall"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -185,6 +187,8 @@ func (t *Topology) Listen() (files []*os.File, err error) {
 		for _, port := range []int{DNSPort, ProxyPort, 80, 443, CatchPort} {
 			add(listenTCP(fmt.Sprintf("0.0.0.0:%d", port)))
 		}
+		add(listenUDPCatch(fmt.Sprintf("0.0.0.0:%d", CatchPort)))
+		add(listenICMP())
 		return errors.Join(errs...)
 	})
 	if err != nil {
@@ -212,6 +216,36 @@ func listenUDP(addr string) (*os.File, error) {
 	}
 	defer c.Close()
 	return c.(*net.UDPConn).File()
+}
+
+// listenUDPCatch is the socket TPROXY hands UDP to: transparent, and
+// told to report each datagram's original destination.
+func listenUDPCatch(addr string) (*os.File, error) {
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			if serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_TRANSPARENT, 1); serr == nil {
+				serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_RECVORIGDSTADDR, 1)
+			}
+		})
+		return errors.Join(err, serr)
+	}}
+	c, err := lc.ListenPacket(context.Background(), "udp4", addr)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	return c.(*net.UDPConn).File()
+}
+
+// listenICMP is a raw socket that sees the ICMP the sandbox sends, so the
+// gateway can audit it; the kernel answers none of it.
+func listenICMP() (*os.File, error) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMP)
+	if err != nil {
+		return nil, fmt.Errorf("raw ICMP socket: %w", err)
+	}
+	return os.NewFile(uintptr(fd), "icmp"), nil
 }
 
 // Remove unmounts the namespaces and removes dir. The link goes with the
