@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/opencontainers/runtime-tools/generate"
 
 	"github.com/openshell/openshell/runtime"
@@ -526,6 +527,53 @@ for url in ["http://allowed.test/", "http://denied.test/"]:
 	if denials == 0 {
 		t.Errorf("no denial for denied.test from sandbox %s in the audit log", id)
 	}
+}
+
+// TestEgressFromEngineNamespace: when the engine gave the container a
+// network namespace and a resolv.conf (a pod's CNI namespace, Docker's
+// bridge), the gateway dials out from that namespace and asks that
+// resolver, while the sandbox itself stays behind the gateway. Here the
+// runtime configuration names neither: only the spec does.
+func TestEgressFromEngineNamespace(t *testing.T) {
+	e := newEgressEnv(t)
+	cfg := filepath.Join(t.TempDir(), "config.toml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("[egress]\naudit_dir = %q\n", e.audit)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	resolv := filepath.Join(t.TempDir(), "resolv.conf")
+	if err := os.WriteFile(resolv, []byte("nameserver "+fakenet.DNSAddr.String()+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	bundle := t.TempDir()
+	g, err := generate.New("linux")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.SetRootPath(e.root)
+	g.SetProcessArgs([]string{"/usr/bin/curl", "-sS", "-m", "5", "http://allowed.test/"})
+	g.SetProcessTerminal(false)
+	g.AddAnnotation("io.openshell.policy.inline", egressPolicy)
+	if err := g.AddOrReplaceLinuxNamespace("network", e.net.Netns); err != nil {
+		t.Fatal(err)
+	}
+	g.AddMount(specs.Mount{Destination: "/etc/resolv.conf", Type: "bind", Source: resolv, Options: []string{"rbind", "ro"}})
+	writeBundleSpec(t, bundle, g.Config)
+	id := "egress-engine-" + strconv.Itoa(os.Getpid())
+	c := exec.Command(runtimeBin, "--root", runtimeRoot(), "--config", cfg, "run", "--bundle", bundle, id)
+	c.Env = append(os.Environ(), "OPENSHELL_RUNSC="+runscBin)
+	out, err := c.CombinedOutput()
+	_ = exec.Command(runtimeBin, "--root", runtimeRoot(), "delete", "--force", id).Run()
+	if err != nil || !strings.Contains(string(out), "hello from http 198.51.100.10 host=allowed.test") {
+		t.Fatalf("openshell-runtime run: %v\n%s", err, out)
+	}
+	var asked bool
+	for _, q := range e.net.Queries() {
+		asked = asked || q == "allowed.test TypeA"
+	}
+	if !asked {
+		t.Errorf("the engine's resolver was not asked: %v", e.net.Queries())
+	}
+	assertRuntimeClean(t)
 }
 
 // TestEgressThroughCtr: a container run by containerd through

@@ -87,18 +87,33 @@ func (sb *Sandbox) StartGateway(o GatewayOptions) (Owner, string, error) {
 		return Owner{}, "", fmt.Errorf("audit dir: %w", err)
 	}
 	audit := filepath.Join(auditDir, sb.ID+".jsonl")
+	// The engine's network is the container's identity on the network
+	// (a pod's CNI namespace, Docker's bridge): the gateway dials from
+	// there, and asks the resolver the engine gave it, so cluster policy
+	// and DNS still apply. The sandbox itself stays behind the gateway.
+	uplink, upstream := o.Config.Egress.UplinkNetns, o.Config.Egress.DNSUpstream
+	if sb.Engine.Netns != "" {
+		uplink = sb.Engine.Netns
+	}
+	if upstream == "" && sb.Engine.ResolvConf != "" {
+		u, err := egress.SystemResolver(sb.Engine.ResolvConf)
+		if err != nil {
+			return Owner{}, "", fmt.Errorf("egress gateway: the engine's resolv.conf: %w", err)
+		}
+		upstream = u
+	}
 	pid, err := egress.Start(egress.StartOptions{
 		Command: o.Command,
 		Config: egress.Config{
 			Sandbox:     sb.ID,
 			PolicyFile:  policyFile,
 			AuditFile:   audit,
-			DNSUpstream: o.Config.Egress.DNSUpstream,
+			DNSUpstream: upstream,
 			Gateway:     egress.GatewayAddr.Addr().String(),
 		},
 		ConfigFile:    filepath.Join(sb.Dir, "gateway.json"),
 		Topology:      egress.TopologyAt(netnsDir(sb.Dir)),
-		UplinkNetns:   o.Config.Egress.UplinkNetns,
+		UplinkNetns:   uplink,
 		LogFile:       filepath.Join(sb.Dir, "gateway.log"),
 		DieWithParent: o.DieWithParent,
 	})

@@ -36,6 +36,34 @@ type Sandbox struct {
 	RootDir  string // Dir/root: the empty root of the mount view
 	Compiled *policyhook.Compiled
 	Pruned   []string // mounts dropped because their source does not exist in the image
+	// Engine is the network the engine set up for the container, which
+	// the policy replaces: the egress gateway dials out from there.
+	Engine EngineNetwork
+}
+
+// EngineNetwork is the network an engine gave a container: a CNI
+// namespace under Kubernetes, Docker's bridge namespace, and the
+// resolv.conf it wrote.
+type EngineNetwork struct {
+	Netns      string // the spec's network namespace path; "" for a new one
+	ResolvConf string // the host file the engine mounts at /etc/resolv.conf
+}
+
+func engineNetwork(s *specs.Spec) EngineNetwork {
+	var n EngineNetwork
+	if s.Linux != nil {
+		for _, ns := range s.Linux.Namespaces {
+			if ns.Type == specs.NetworkNamespace {
+				n.Netns = ns.Path
+			}
+		}
+	}
+	for _, m := range s.Mounts {
+		if m.Destination == "/etc/resolv.conf" && m.Type == "bind" && filepath.IsAbs(m.Source) {
+			n.ResolvConf = m.Source
+		}
+	}
+	return n
 }
 
 // NewID returns a random sandbox id.
@@ -112,7 +140,7 @@ func Prepare(o PrepareOptions) (sb *Sandbox, err error) {
 		}
 		return nil, fmt.Errorf("create sandbox dir: %w", err)
 	}
-	sb = &Sandbox{ID: o.ID, Dir: dir, Bundle: o.Bundle, RootDir: filepath.Join(dir, "root")}
+	sb = &Sandbox{ID: o.ID, Dir: dir, Bundle: o.Bundle, RootDir: filepath.Join(dir, "root"), Engine: engineNetwork(s)}
 	defer func() {
 		if err != nil {
 			_ = sb.Cleanup()

@@ -70,7 +70,8 @@ type answer struct {
 // errNXDomain is the upstream's answer that a name does not exist.
 var errNXDomain = errors.New("no such host")
 
-func systemResolver(path string) (string, error) {
+// SystemResolver is the first nameserver (IP:53) a resolv.conf names.
+func SystemResolver(path string) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return "", fmt.Errorf("find upstream DNS: %w", err)

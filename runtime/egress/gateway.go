@@ -105,7 +105,7 @@ func New(cfg Config, log *slog.Logger) (*Gateway, error) {
 	}
 	upstream := cfg.DNSUpstream
 	if upstream == "" {
-		if upstream, err = systemResolver("/etc/resolv.conf"); err != nil {
+		if upstream, err = SystemResolver("/etc/resolv.conf"); err != nil {
 			return nil, fmt.Errorf("gateway: %w", err)
 		}
 	}
