@@ -50,8 +50,9 @@ func (sb *Sandbox) removeEgress() error {
 
 // GatewayOptions start a sandbox's egress gateway.
 type GatewayOptions struct {
-	// Command runs the gateway given its config file's path, e.g.
-	// {"/usr/bin/openshell", "gateway"}.
+	// Command runs the gateway given its config file's path. Empty: this
+	// binary's own "gateway" command (openshell and openshell-runtime
+	// both have one).
 	Command []string
 	Config  *Config
 	// PolicyFile is the policy the gateway loads and watches for
@@ -63,11 +64,32 @@ type GatewayOptions struct {
 	DieWithParent bool
 }
 
-// StartGateway starts the sandbox's egress gateway. It returns the
-// gateway process and the audit file it writes.
-func (sb *Sandbox) StartGateway(o GatewayOptions) (Owner, string, error) {
+// StartGateway starts the sandbox's egress gateway and records it, and
+// the audit file it writes, in st, which it saves. A gateway whose state
+// cannot be saved is ended.
+func (sb *Sandbox) StartGateway(st *State, o GatewayOptions) error {
+	gw, audit, err := sb.startGateway(o)
+	if err != nil {
+		return err
+	}
+	st.Gateway, st.AuditFile = &gw, audit
+	if err := sb.SaveState(st); err != nil {
+		gw.Kill()
+		return err
+	}
+	return nil
+}
+
+func (sb *Sandbox) startGateway(o GatewayOptions) (Owner, string, error) {
 	if sb.Compiled == nil || !sb.Compiled.Egress {
 		return Owner{}, "", fmt.Errorf("sandbox %s has no egress", sb.ID)
+	}
+	if len(o.Command) == 0 {
+		self, err := os.Executable()
+		if err != nil {
+			return Owner{}, "", fmt.Errorf("egress gateway: %w", err)
+		}
+		o.Command = []string{self, "gateway"}
 	}
 	policyFile := o.PolicyFile
 	if o.PolicyData != nil {
@@ -109,7 +131,6 @@ func (sb *Sandbox) StartGateway(o GatewayOptions) (Owner, string, error) {
 			PolicyFile:  policyFile,
 			AuditFile:   audit,
 			DNSUpstream: upstream,
-			Gateway:     egress.GatewayAddr.Addr().String(),
 		},
 		ConfigFile:    filepath.Join(sb.Dir, "gateway.json"),
 		Topology:      egress.TopologyAt(netnsDir(sb.Dir)),

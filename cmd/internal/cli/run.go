@@ -152,24 +152,11 @@ func runRun(ctx context.Context, s streams, args []string) int {
 // startGateway starts the sandbox's egress gateway as a child of this
 // process that dies with it, and records it in the sandbox's state.
 func startGateway(sb *runtime.Sandbox, st *runtime.State, cfg *runtime.Config, policyFile string) error {
-	exe, err := os.Executable()
-	if err != nil {
-		return fmt.Errorf("egress gateway: %w", err)
-	}
 	abs, err := filepath.Abs(policyFile)
 	if err != nil {
 		return fmt.Errorf("egress gateway: %w", err)
 	}
-	gw, audit, err := sb.StartGateway(runtime.GatewayOptions{Command: []string{exe, "gateway"}, Config: cfg, PolicyFile: abs, DieWithParent: true})
-	if err != nil {
-		return err
-	}
-	st.Gateway, st.AuditFile = &gw, audit
-	if err := sb.SaveState(st); err != nil {
-		gw.Kill()
-		return err
-	}
-	return nil
+	return sb.StartGateway(st, runtime.GatewayOptions{Config: cfg, PolicyFile: abs, DieWithParent: true})
 }
 
 // sweepOrphans removes the sandboxes of openshell runs that were killed

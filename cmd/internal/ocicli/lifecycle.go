@@ -125,20 +125,11 @@ func (e *env) prepare(id, bundle string) (*runtime.Sandbox, *runtime.State, func
 // startGateway starts the container's egress gateway, detached: it lives
 // until delete ends it.
 func (e *env) startGateway(sb *runtime.Sandbox, st *runtime.State, file string, annotations map[string]string, src runtime.PolicySource) error {
-	self, err := os.Executable()
-	if err != nil {
-		return fmt.Errorf("egress gateway: %w", err)
-	}
-	o := runtime.GatewayOptions{Command: []string{self, "gateway"}, Config: e.cfg, PolicyFile: file}
+	o := runtime.GatewayOptions{Config: e.cfg, PolicyFile: file}
 	if src.Kind == "inline" {
 		o.PolicyData = []byte(annotations[runtime.AnnotationPolicyInline])
 	}
-	gw, audit, err := sb.StartGateway(o)
-	if err != nil {
-		return err
-	}
-	st.Gateway, st.AuditFile = &gw, audit
-	return sb.SaveState(st)
+	return sb.StartGateway(st, o)
 }
 
 // cmdGateway is a container's egress gateway process.
