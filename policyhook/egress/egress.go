@@ -6,6 +6,7 @@ package egress
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/openshell/openshell/policyhook/policy"
@@ -121,37 +122,32 @@ func inAllowed(r *policy.EgressRule, addr netip.Addr) bool {
 	return false
 }
 
-type blockedRange struct {
-	prefix netip.Prefix
-	reason string
-}
-
-// never are unreachable whatever a rule says: validation refuses
-// allowed_ips over them, and the gateway refuses them here too, so a DNS
-// answer cannot smuggle them in either.
-var never = []blockedRange{
-	{netip.MustParsePrefix("169.254.169.254/32"), "cloud metadata service"},
-	{netip.MustParsePrefix("fd00:ec2::254/128"), "cloud metadata service"},
-	{netip.MustParsePrefix("100.100.100.200/32"), "cloud metadata service"},
-	{netip.MustParsePrefix("169.254.0.0/16"), "link-local"},
-	{netip.MustParsePrefix("fe80::/10"), "link-local"},
-	{netip.MustParsePrefix("127.0.0.0/8"), "loopback"},
-	{netip.MustParsePrefix("::1/128"), "loopback"},
-	{netip.MustParsePrefix("0.0.0.0/8"), "this network (0.0.0.0/8)"},
-	{netip.MustParsePrefix("::/128"), "the unspecified address"},
-	{netip.MustParsePrefix("224.0.0.0/4"), "multicast"},
-	{netip.MustParsePrefix("ff00::/8"), "multicast"},
-	{netip.MustParsePrefix("240.0.0.0/4"), "reserved (240.0.0.0/4)"},
-}
+// never are unreachable whatever a rule says: the ranges validation
+// refuses in allowed_ips (so a DNS answer cannot smuggle them in either),
+// with the metadata addresses named first for a clear reason, and what
+// is never a unicast destination.
+var never = slices.Concat(
+	[]policy.ForbiddenRange{
+		{Prefix: netip.MustParsePrefix("169.254.169.254/32"), What: "cloud metadata service"},
+		{Prefix: netip.MustParsePrefix("fd00:ec2::254/128"), What: "cloud metadata service"},
+		{Prefix: netip.MustParsePrefix("100.100.100.200/32"), What: "cloud metadata service"},
+	},
+	policy.ForbiddenRanges,
+	[]policy.ForbiddenRange{
+		{Prefix: netip.MustParsePrefix("224.0.0.0/4"), What: "multicast"},
+		{Prefix: netip.MustParsePrefix("ff00::/8"), What: "multicast"},
+		{Prefix: netip.MustParsePrefix("240.0.0.0/4"), What: "reserved (240.0.0.0/4)"},
+	},
+)
 
 // private are unreachable unless block_private_ranges is false or a
 // rule's allowed_ips lists them.
-var private = []blockedRange{
-	{netip.MustParsePrefix("10.0.0.0/8"), "private range 10.0.0.0/8"},
-	{netip.MustParsePrefix("172.16.0.0/12"), "private range 172.16.0.0/12"},
-	{netip.MustParsePrefix("192.168.0.0/16"), "private range 192.168.0.0/16"},
-	{netip.MustParsePrefix("100.64.0.0/10"), "shared address space 100.64.0.0/10"},
-	{netip.MustParsePrefix("fc00::/7"), "private range fc00::/7"},
+var private = []policy.ForbiddenRange{
+	{Prefix: netip.MustParsePrefix("10.0.0.0/8"), What: "private range 10.0.0.0/8"},
+	{Prefix: netip.MustParsePrefix("172.16.0.0/12"), What: "private range 172.16.0.0/12"},
+	{Prefix: netip.MustParsePrefix("192.168.0.0/16"), What: "private range 192.168.0.0/16"},
+	{Prefix: netip.MustParsePrefix("100.64.0.0/10"), What: "shared address space 100.64.0.0/10"},
+	{Prefix: netip.MustParsePrefix("fc00::/7"), What: "private range fc00::/7"},
 }
 
 var (
@@ -190,8 +186,8 @@ func (m *Matcher) CheckIP(addr netip.Addr, r *policy.EgressRule) string {
 			return "broadcast"
 		}
 		for _, b := range never {
-			if b.prefix.Contains(a) {
-				return b.reason
+			if b.Prefix.Contains(a) {
+				return b.What
 			}
 		}
 	}
@@ -200,8 +196,8 @@ func (m *Matcher) CheckIP(addr netip.Addr, r *policy.EgressRule) string {
 	}
 	for _, a := range addrs {
 		for _, b := range private {
-			if b.prefix.Contains(a) && (r == nil || !inAllowed(r, a)) {
-				return b.reason + " (block_private_ranges)"
+			if b.Prefix.Contains(a) && (r == nil || !inAllowed(r, a)) {
+				return b.What + " (block_private_ranges)"
 			}
 		}
 	}

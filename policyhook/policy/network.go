@@ -9,13 +9,17 @@ import (
 	"time"
 )
 
-// forbiddenRanges may never be opened by allowed_ips: the host's loopback,
-// link-local (which holds the cloud metadata service), "this network", and
-// the AWS IPv6 metadata address.
-var forbiddenRanges = []struct {
-	prefix netip.Prefix
-	what   string
-}{
+// ForbiddenRange is a range no sandbox may reach, whatever a rule says.
+type ForbiddenRange struct {
+	Prefix netip.Prefix
+	What   string
+}
+
+// ForbiddenRanges may never be opened by allowed_ips, and the egress
+// gateway refuses them whatever DNS answers: the host's loopback,
+// link-local (which holds the cloud metadata service), "this network",
+// and the AWS IPv6 metadata address.
+var ForbiddenRanges = []ForbiddenRange{
 	{netip.MustParsePrefix("127.0.0.0/8"), "loopback"},
 	{netip.MustParsePrefix("::1/128"), "loopback"},
 	{netip.MustParsePrefix("169.254.0.0/16"), "link-local (cloud metadata)"},
@@ -104,9 +108,9 @@ func parsePrefix(raw string) (netip.Prefix, error) {
 }
 
 func forbiddenOverlap(p netip.Prefix) string {
-	for _, f := range forbiddenRanges {
-		if f.prefix.Overlaps(p) {
-			return f.what
+	for _, f := range ForbiddenRanges {
+		if f.Prefix.Overlaps(p) {
+			return f.What
 		}
 	}
 	return ""
