@@ -159,28 +159,50 @@ func addAddr(nl *netlink.Handle, name string, a netip.Addr, bits int) error {
 }
 
 func (n *Net) links() error {
-	up, uh, err := handleAt(n.Netns)
-	if err != nil {
-		return err
+	if err := veth(n.Netns, "u0", HostAddr, n.Inet, "i0", inetAddr); err != nil {
+		return fmt.Errorf("uplink: %w", err)
 	}
-	defer uh.Close()
-	defer up.Close()
 	nl, ih, err := handleAt(n.Inet)
 	if err != nil {
 		return err
 	}
 	defer ih.Close()
 	defer nl.Close()
-	if err := up.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "u0"}, PeerName: "i0", PeerNamespace: netlink.NsFd(int(ih))}); err != nil {
+	// The servers' addresses sit on lo: the namespace accepts them from
+	// the veth all the same (and this kernel may have no dummy links).
+	for _, a := range append([]netip.Addr{DNSAddr}, webAddresses...) {
+		if err := addAddr(nl, "lo", a, 32); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// veth links namespace a (interface aIf, address aAddr/24, lo up, default
+// route via bAddr) to namespace b (bIf, bAddr/24, lo up).
+func veth(a, aIf string, aAddr netip.Addr, b, bIf string, bAddr netip.Addr) error {
+	ah, ans, err := handleAt(a)
+	if err != nil {
+		return err
+	}
+	defer ans.Close()
+	defer ah.Close()
+	bh, bns, err := handleAt(b)
+	if err != nil {
+		return err
+	}
+	defer bns.Close()
+	defer bh.Close()
+	if err := ah.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: aIf}, PeerName: bIf, PeerNamespace: netlink.NsFd(int(bns))}); err != nil {
 		return fmt.Errorf("veth: %w", err)
 	}
-	if err := addAddr(up, "u0", HostAddr, 24); err != nil {
+	if err := addAddr(ah, aIf, aAddr, 24); err != nil {
 		return err
 	}
-	if err := addAddr(nl, "i0", inetAddr, 24); err != nil {
+	if err := addAddr(bh, bIf, bAddr, 24); err != nil {
 		return err
 	}
-	for _, h := range []*netlink.Handle{up, nl} {
+	for _, h := range []*netlink.Handle{ah, bh} {
 		lo, err := h.LinkByName("lo")
 		if err != nil {
 			return err
@@ -189,19 +211,23 @@ func (n *Net) links() error {
 			return err
 		}
 	}
-	u0, err := up.LinkByName("u0")
+	l, err := ah.LinkByName(aIf)
 	if err != nil {
 		return err
 	}
-	if err := up.RouteAdd(&netlink.Route{LinkIndex: u0.Attrs().Index, Gw: inetAddr.AsSlice()}); err != nil {
-		return fmt.Errorf("uplink default route: %w", err)
+	if err := ah.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Gw: bAddr.AsSlice()}); err != nil {
+		return fmt.Errorf("default route: %w", err)
 	}
-	// The servers' addresses sit on lo: the namespace accepts them from
-	// the veth all the same (and this kernel may have no dummy links).
-	for _, a := range append([]netip.Addr{DNSAddr}, webAddresses...) {
-		if err := addAddr(nl, "lo", a, 32); err != nil {
-			return err
-		}
+	return nil
+}
+
+// removeNetns unmounts and removes a namespace NewNetns made.
+func removeNetns(path string) error {
+	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("unmount %s: %w", path, err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
 	}
 	return nil
 }
@@ -322,10 +348,7 @@ func (n *Net) Close() error {
 		_ = c.Close()
 	}
 	for _, p := range []string{n.Netns, n.Inet} {
-		if err := unix.Unmount(p, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-			errs = append(errs, fmt.Errorf("unmount %s: %w", p, err))
-		}
-		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err := removeNetns(p); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -339,52 +362,11 @@ func (n *Net) Direct(path string) (func() error, error) {
 	if err := egress.NewNetns(path); err != nil {
 		return nil, err
 	}
-	remove := func() error {
-		if err := unix.Unmount(path, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
-			return err
-		}
-		return os.Remove(path)
-	}
-	err := func() error {
-		dh, dns, err := handleAt(path)
-		if err != nil {
-			return err
-		}
-		defer dns.Close()
-		defer dh.Close()
-		ih, ins, err := handleAt(n.Inet)
-		if err != nil {
-			return err
-		}
-		defer ins.Close()
-		defer ih.Close()
-		if err := ih.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "direct0"}, PeerName: "eth0", PeerNamespace: netlink.NsFd(int(dns))}); err != nil {
-			return fmt.Errorf("veth: %w", err)
-		}
-		if err := addAddr(ih, "direct0", directGW, 24); err != nil {
-			return err
-		}
-		if err := addAddr(dh, "eth0", directAddr, 24); err != nil {
-			return err
-		}
-		lo, err := dh.LinkByName("lo")
-		if err != nil {
-			return err
-		}
-		if err := dh.LinkSetUp(lo); err != nil {
-			return err
-		}
-		eth, err := dh.LinkByName("eth0")
-		if err != nil {
-			return err
-		}
-		return dh.RouteAdd(&netlink.Route{LinkIndex: eth.Attrs().Index, Gw: directGW.AsSlice()})
-	}()
-	if err != nil {
-		_ = remove()
+	if err := veth(path, "eth0", directAddr, n.Inet, "direct0", directGW); err != nil {
+		_ = removeNetns(path)
 		return nil, fmt.Errorf("direct namespace: %w", err)
 	}
-	return remove, nil
+	return func() error { return removeNetns(path) }, nil
 }
 
 var (
