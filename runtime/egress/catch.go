@@ -50,7 +50,8 @@ func (g *Gateway) handleCatch(c net.Conn) {
 // the gateway resolved to it, with a rule for that name on port, or a
 // rule's allowed_ips.
 func (g *Gateway) authorizeAddr(rs *rules, ip netip.Addr, port int) (*target, *denial) {
-	for _, name := range g.names.namesOf(ip) {
+	names := g.names.namesOf(ip)
+	for _, name := range names {
 		if r := rs.m.Match(name, port); r != nil {
 			if reason := g.checkIP(rs, ip, r); reason != "" {
 				return nil, deny(r, "%s: %s", ip, reason)
@@ -58,7 +59,7 @@ func (g *Gateway) authorizeAddr(rs *rules, ip netip.Addr, port int) (*target, *d
 			return &target{rule: r, addrs: []netip.Addr{ip}, port: port, name: name}, nil
 		}
 	}
-	if names := g.names.namesOf(ip); len(names) > 0 {
+	if len(names) > 0 {
 		return nil, deny(nil, "%s (%s) on port %d: no rule allows that port", ip, names[0], port)
 	}
 	return g.authorizeIP(rs, ip, port)

@@ -189,37 +189,30 @@ func (g *Gateway) serveDNSUDP(pc net.PacketConn) {
 	}
 }
 
-// serveDNSTCP answers DNS over TCP: two-byte length, then the message.
-func (g *Gateway) serveDNSTCP(l net.Listener) {
+// handleDNSTCP answers DNS over one TCP connection: two-byte length,
+// then the message, as many as the client sends.
+func (g *Gateway) handleDNSTCP(c net.Conn) {
+	defer c.Close()
 	for {
-		c, err := l.Accept()
-		if err != nil {
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		var n uint16
+		if err := binary.Read(c, binary.BigEndian, &n); err != nil {
 			return
 		}
-		go func() {
-			defer c.Close()
-			for {
-				_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-				var n uint16
-				if err := binary.Read(c, binary.BigEndian, &n); err != nil {
-					return
-				}
-				q := make([]byte, n)
-				if _, err := io.ReadFull(c, q); err != nil {
-					return
-				}
-				out := g.answerDNS(q, 65535)
-				if out == nil {
-					return
-				}
-				if err := binary.Write(c, binary.BigEndian, uint16(len(out))); err != nil {
-					return
-				}
-				if _, err := c.Write(out); err != nil {
-					return
-				}
-			}
-		}()
+		q := make([]byte, n)
+		if _, err := io.ReadFull(c, q); err != nil {
+			return
+		}
+		out := g.answerDNS(q, 65535)
+		if out == nil {
+			return
+		}
+		if err := binary.Write(c, binary.BigEndian, uint16(len(out))); err != nil {
+			return
+		}
+		if _, err := c.Write(out); err != nil {
+			return
+		}
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -42,9 +43,6 @@ type Config struct {
 	// names the policy allows. Empty: the first nameserver of the
 	// gateway's /etc/resolv.conf.
 	DNSUpstream string `json:"dns_upstream,omitempty"`
-	// Gateway is the gateway's address on the sandbox link: what the
-	// sandbox's resolv.conf and proxy variables name.
-	Gateway string `json:"gateway"`
 }
 
 // Listeners are the sockets a gateway serves, all in the sandbox's
@@ -161,45 +159,44 @@ func (g *Gateway) event(r *rules, e Event) {
 // Serve serves the listeners until ctx ends, then closes them.
 func (g *Gateway) Serve(ctx context.Context, l Listeners) error {
 	var wg sync.WaitGroup
-	run := func(f func()) { wg.Add(1); go func() { defer wg.Done(); f() }() }
+	// Each served socket (or the server on it) is closed when ctx ends.
+	var closers []io.Closer
+	run := func(c io.Closer, f func()) {
+		closers = append(closers, c)
+		wg.Add(1)
+		go func() { defer wg.Done(); f() }()
+	}
 	if l.DNSUDP != nil {
-		run(func() { g.serveDNSUDP(l.DNSUDP) })
+		run(l.DNSUDP, func() { g.serveDNSUDP(l.DNSUDP) })
 	}
 	if l.DNSTCP != nil {
-		run(func() { g.serveDNSTCP(l.DNSTCP) })
+		run(l.DNSTCP, func() { serve(l.DNSTCP, g.handleDNSTCP) })
 	}
-	var servers []interface{ Close() error }
 	if l.Proxy != nil {
 		s := g.httpServer(false)
-		servers = append(servers, s)
-		run(func() { _ = s.Serve(l.Proxy) })
+		run(s, func() { _ = s.Serve(l.Proxy) })
 	}
 	if l.HTTP != nil {
 		s := g.httpServer(true)
-		servers = append(servers, s)
-		run(func() { _ = s.Serve(l.HTTP) })
+		run(s, func() { _ = s.Serve(l.HTTP) })
 	}
 	if l.TLS != nil {
-		run(func() { serve(l.TLS, g.handleTLS) })
+		run(l.TLS, func() { serve(l.TLS, g.handleTLS) })
 	}
 	if l.Catch != nil {
-		run(func() { serve(l.Catch, g.handleCatch) })
+		run(l.Catch, func() { serve(l.Catch, g.handleCatch) })
 	}
 	if l.UDPCatch != nil {
-		run(func() { g.auditUDP(l.UDPCatch) })
+		run(l.UDPCatch, func() { g.auditUDP(l.UDPCatch) })
 	}
 	if l.ICMP != nil {
 		// A blocking read on a raw socket: not waited for at shutdown.
+		closers = append(closers, l.ICMP)
 		go g.auditICMP(l.ICMP)
 	}
 	<-ctx.Done()
-	for _, c := range []interface{ Close() error }{l.DNSUDP, l.DNSTCP, l.TLS, l.Catch, l.UDPCatch, l.ICMP} {
-		if c != nil && !reflect.ValueOf(c).IsNil() {
-			_ = c.Close()
-		}
-	}
-	for _, s := range servers {
-		_ = s.Close()
+	for _, c := range closers {
+		_ = c.Close()
 	}
 	g.transport.CloseIdleConnections()
 	wg.Wait()
@@ -263,8 +260,7 @@ func (g *Gateway) Watch(ctx context.Context, interval time.Duration, hup <-chan 
 			return
 		case <-hup:
 		case <-t.C:
-			s := fileStamp(g.cfg.PolicyFile)
-			if s == stamp {
+			if fileStamp(g.cfg.PolicyFile) == stamp {
 				continue
 			}
 		}
@@ -277,8 +273,9 @@ func (g *Gateway) Watch(ctx context.Context, interval time.Duration, hup <-chan 
 
 // denial is why a connection was refused, and under which rule.
 type denial struct {
-	rule   *policy.EgressRule
-	reason string
+	rule        *policy.EgressRule
+	reason      string
+	rateLimited bool // an HTTP client gets 429, not 403
 }
 
 func (d *denial) Error() string { return d.reason }
@@ -312,7 +309,9 @@ func ruleName(r *policy.EgressRule) string {
 // not enforced.
 func (t *target) limit(rs *rules) *denial {
 	if l := rs.limiters[t.rule]; l != nil && !l.Allow() {
-		return t.violate(deny(t.rule, "rate_limit %d per %s exceeded", t.rule.RateLimit.Count, t.rule.RateLimit.Per))
+		d := deny(t.rule, "rate_limit %d per %s exceeded", t.rule.RateLimit.Count, t.rule.RateLimit.Per)
+		d.rateLimited = true
+		return t.violate(d)
 	}
 	return nil
 }
@@ -362,11 +361,11 @@ func (g *Gateway) authorizeHost(ctx context.Context, rs *rules, host string, por
 // open one.
 func (g *Gateway) authorizeIP(rs *rules, ip netip.Addr, port int) (*target, *denial) {
 	ip = ip.Unmap()
-	if reason := g.checkIP(rs, ip, nil); reason != "" && rs.m.MatchIP(ip, port) == nil {
-		return nil, deny(nil, "%s: %s", ip, reason)
-	}
 	r := rs.m.MatchIP(ip, port)
 	if r == nil {
+		if reason := g.checkIP(rs, ip, nil); reason != "" {
+			return nil, deny(nil, "%s: %s", ip, reason)
+		}
 		return nil, deny(nil, "raw address %s:%d: egress rules name hosts; no rule's allowed_ips lists it", ip, port)
 	}
 	if reason := g.checkIP(rs, ip, r); reason != "" {

@@ -131,7 +131,7 @@ func (h *proxyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ev.Rule, ev.Decision, ev.Reason = ruleName(d.rule), Deny, d.reason
 		g.event(rs, ev)
 		code := http.StatusForbidden
-		if d.rule != nil && d.rule.RateLimit != nil && bytes.Contains([]byte(d.reason), []byte("rate_limit")) {
+		if d.rateLimited {
 			code = http.StatusTooManyRequests
 		}
 		writeDenial(w, code, host, port, d)
