@@ -123,3 +123,41 @@ func TestUsage(t *testing.T) {
 		t.Errorf("version: exit %d, %q", code, out)
 	}
 }
+
+func TestAuditReadsAndFilters(t *testing.T) {
+	dir := t.TempDir()
+	lines := `{"time":"2026-11-24T04:00:00Z","sandbox":"sb1","policy":"p","policy_sha256":"h","kind":"dns","host":"a.example","bytes_up":0,"bytes_down":0,"decision":"allow"}
+{"time":"2026-11-24T04:00:01Z","sandbox":"sb1","policy":"p","policy_sha256":"h","kind":"http","host":"evil.example","port":80,"bytes_up":0,"bytes_down":0,"decision":"deny","reason":"no rule allows evil.example:80"}
+`
+	if err := os.WriteFile(filepath.Join(dir, "sb1.jsonl"), []byte(lines), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errs := run(t, "audit", "sb1", "--dir", dir, "--violations-only", "--json")
+	if code != exitOK || strings.Count(out, "\n") != 1 || !strings.Contains(out, `"host":"evil.example"`) {
+		t.Errorf("exit %d\n%s%s", code, out, errs)
+	}
+	code, out, _ = run(t, "audit", "--dir", dir)
+	if code != exitOK || !strings.Contains(out, "a.example") || !strings.Contains(out, "evil.example:80") {
+		t.Errorf("exit %d\n%s", code, out)
+	}
+	if code, _, errs := run(t, "audit", "nope", "--dir", dir); code != exitFailed || !strings.Contains(errs, "no audit log for sandbox nope in "+dir) {
+		t.Errorf("unknown sandbox: exit %d %s", code, errs)
+	}
+	if code, _, errs := run(t, "audit", "../sb1", "--dir", dir); code != exitUsage || !strings.Contains(errs, `"../sb1" is not a sandbox id`) {
+		t.Errorf("path as sandbox: exit %d %s", code, errs)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "torn.jsonl"), []byte(lines+"{\"time\":"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, errs := run(t, "audit", "torn", "--dir", dir); code != exitFailed || !strings.Contains(errs, "torn.jsonl:3: not an audit event") {
+		t.Errorf("torn line: exit %d %s", code, errs)
+	}
+}
+
+func TestReloadUnknownSandbox(t *testing.T) {
+	dir := t.TempDir()
+	code, _, errs := run(t, "policy", "reload", "--state-dir", dir, "--config", filepath.Join(dir, "none.toml"), "sb-none")
+	if code != exitFailed || !strings.Contains(errs, "no sandbox sb-none in "+dir) {
+		t.Errorf("exit %d %s", code, errs)
+	}
+}
