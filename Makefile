@@ -18,6 +18,9 @@
 
 SHELL         := /bin/bash
 GO            ?= go
+# go-nvml (linked for CDI generation) declares deprecated NVML calls; cgo would
+# print a page of warnings for each of them on every build.
+export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 BIN           := $(CURDIR)/bin
 VERSION       ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS       := -X github.com/openshell/openshell/cmd/internal/cli.Version=$(VERSION) \
@@ -42,7 +45,7 @@ UNIT_PKGS      = $(shell $(GO) list ./... | grep -v /integration)
 # busybox-static and debootstrap build test images and root filesystems;
 # runc is the baseline benchmarks compare to; docker.io is the dockerd
 # (20.10) the engine tests start.
-DEB_PKGS      := busybox-static debootstrap runc docker.io
+DEB_PKGS      := busybox-static debootstrap runc docker.io gcc libc6-dev
 
 .PHONY: all run build shim runsc containerd crictl install deps conformance gpu-check test unit integration root-test bench fuzz lint clean
 

@@ -22,6 +22,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
+	"github.com/openshell/openshell/policyhook/modifier"
 	"github.com/openshell/openshell/policyhook/policy"
 )
 
@@ -95,14 +96,23 @@ func (r Refuse) Modify(s *specs.Spec) error {
 // Options configure Expose.
 type Options struct {
 	GPU *policy.GPU
-	// DevRoot is where host device nodes are found when the spec has
-	// none (openshell run, which no engine prepared): "/dev" unless set.
+	// CDI, when set, is asked first for GPUs no engine injected: the
+	// host's CDI specs (or a generated one) bring the driver's libraries
+	// and hooks as well as the device nodes.
+	CDI *CDI
+	// DevRoot is where host device nodes are found when neither an
+	// engine nor CDI gave any (openshell run on a host without CDI
+	// specs): "/dev" unless set.
 	DevRoot string
 	// NoHostDevices adds no host device nodes: nvproxy boots with its
 	// newest driver ABI and no GPU (the runtime's driver_version =
 	// "latest", a smoke test on a host without one).
 	NoHostDevices bool
 }
+
+// AnnotationDevicesFrom records where the sandbox's GPU devices came from
+// (the engine, a CDI spec, the host's /dev), for operators and tests.
+const AnnotationDevicesFrom = "io.openshell.gpu.devices-from"
 
 // Expose is the modifier for a policy with GPUs.
 type Expose struct{ o Options }
@@ -115,9 +125,10 @@ func NewExpose(o Options) *Expose {
 	return &Expose{o: o}
 }
 
-// Modify keeps (or, when the engine gave none, adds from the host) only
-// nvidiactl, nvidia-uvm and the allowed nvidia# nodes, sets NVIDIA_* to
-// what the policy allows, and marks the container for nvproxy.
+// Modify gets the policy's GPUs into the spec when the engine did not
+// (CDI, else the host's device nodes), keeps only nvidiactl, nvidia-uvm
+// and the allowed nvidia# nodes, sets NVIDIA_* to what the policy
+// allows, and marks the container for nvproxy.
 func (e *Expose) Modify(s *specs.Spec) error {
 	g := e.o.GPU
 	if g == nil {
@@ -126,9 +137,26 @@ func (e *Expose) Modify(s *specs.Spec) error {
 	if s.Linux == nil {
 		s.Linux = &specs.Linux{}
 	}
-	allowed, err := e.allowedIndexes(s)
-	if err != nil {
-		return err
+	allowed, uuids := e.allowedIndexes()
+	hadCtl := slices.ContainsFunc(s.Linux.Devices, func(d specs.LinuxDevice) bool { return d.Path == ctlDevice })
+	from := "the engine"
+	switch {
+	case hadCtl && len(uuids) > 0:
+		return fmt.Errorf("%s: GPU %s is named by UUID, but the engine already chose the device nodes and openshell cannot map a UUID to them: name it by index (nvidia-smi -L lists them), or let the engine inject it by CDI", g.Field, uuids[0])
+	case hadCtl:
+	case e.o.NoHostDevices:
+		from = "none (driver_version = latest)"
+	default:
+		f, viaCDI, err := e.inject(s, allowed, uuids)
+		if err != nil {
+			return fmt.Errorf("%s: %w", g.Field, err)
+		}
+		from = f
+		// What CDI injected for the named devices is theirs, whatever
+		// their indexes: only the kinds of node are checked below.
+		if viaCDI {
+			allowed = nil
+		}
 	}
 	keep := func(path string) bool {
 		if path == ctlDevice || path == uvmDevice {
@@ -137,42 +165,112 @@ func (e *Expose) Modify(s *specs.Spec) error {
 		m := gpuDevice.FindStringSubmatch(path)
 		return m != nil && (allowed == nil || allowed[m[1]])
 	}
-	hadCtl := slices.ContainsFunc(s.Linux.Devices, func(d specs.LinuxDevice) bool { return d.Path == ctlDevice })
-	s.Linux.Devices = slices.DeleteFunc(s.Linux.Devices, func(d specs.LinuxDevice) bool {
-		return strings.HasPrefix(d.Path, "/dev/nvidia") && !keep(d.Path)
+	dropDevices(s, func(d specs.LinuxDevice) bool {
+		return (strings.HasPrefix(d.Path, "/dev/nvidia") && !keep(d.Path)) || strings.HasPrefix(d.Path, "/dev/dri/")
 	})
 	s.Mounts = slices.DeleteFunc(s.Mounts, func(m specs.Mount) bool {
-		return strings.HasPrefix(m.Destination, "/dev/nvidia") && !keep(m.Destination)
+		return (strings.HasPrefix(m.Destination, "/dev/nvidia") && !keep(m.Destination)) ||
+			strings.HasPrefix(m.Destination, "/dev/dri") || isIPCSocket(m.Source)
 	})
-	if !hadCtl && !e.o.NoHostDevices {
-		if err := e.addHostDevices(s, allowed); err != nil {
-			return err
-		}
-	}
-	setEnv(s, EnvVisibleDevices, strings.Join(g.Devices, ","))
-	setEnv(s, EnvCapabilities, strings.Join(Capabilities(g), ","))
+	dropNoOpHooks(s)
+	modifier.SetEnv(s, EnvVisibleDevices, strings.Join(g.Devices, ","))
+	modifier.SetEnv(s, EnvCapabilities, strings.Join(Capabilities(g), ","))
 	if s.Annotations == nil {
 		s.Annotations = map[string]string{}
 	}
 	s.Annotations[AnnotationNVProxy] = "true"
+	s.Annotations[AnnotationDevicesFrom] = from
 	return nil
 }
 
-// allowedIndexes maps the policy's devices to GPU indexes; nil for all.
-// A UUID is matched only where the engine gave devices named by it.
-func (e *Expose) allowedIndexes(s *specs.Spec) (map[string]bool, error) {
+// inject adds the policy's GPUs to a spec no engine gave any: by CDI
+// where the host has (or can generate) a spec, else the host's nodes.
+func (e *Expose) inject(s *specs.Spec, allowed map[string]bool, uuids []string) (from string, viaCDI bool, err error) {
+	var why []string
+	if e.o.CDI != nil {
+		from, ok, w, err := e.o.CDI.injectCDI(s, cdiNames(e.o.GPU.Devices))
+		if err != nil || ok {
+			return from, ok, err
+		}
+		why = w
+	}
+	if len(uuids) > 0 {
+		return "", false, fmt.Errorf("GPU %s is named by UUID, and only a CDI spec can map a UUID to device nodes (%s): name it by index (nvidia-smi -L lists them), or write one with nvidia-ctk cdi generate --device-name-strategy=uuid", uuids[0], strings.Join(why, "; "))
+	}
+	if err := e.addHostDevices(s, allowed); err != nil {
+		if len(why) > 0 {
+			return "", false, fmt.Errorf("%w (and %s)", err, strings.Join(why, "; "))
+		}
+		return "", false, err
+	}
+	return "the host's " + e.o.DevRoot, false, nil
+}
+
+// allowedIndexes maps the policy's devices to GPU indexes (nil for all)
+// and lists those named by UUID.
+func (e *Expose) allowedIndexes() (map[string]bool, []string) {
 	out := map[string]bool{}
+	var uuids []string
 	for _, d := range e.o.GPU.Devices {
 		switch {
 		case d == "all":
 			return nil, nil
 		case strings.HasPrefix(d, "GPU-") || strings.HasPrefix(d, "MIG-"):
-			return nil, fmt.Errorf("%s: GPU %s is named by UUID; openshell maps indexes to device nodes itself, so name it by index (nvidia-smi -L lists them), or let the engine inject it by CDI", e.o.GPU.Field, d)
+			uuids = append(uuids, d)
 		default:
 			out[d] = true
 		}
 	}
-	return out, nil
+	return out, uuids
+}
+
+// dropDevices removes the device nodes drop matches, and the cgroup
+// rules that allowed exactly them.
+func dropDevices(s *specs.Spec, drop func(specs.LinuxDevice) bool) {
+	type node struct {
+		typ          string
+		major, minor int64
+	}
+	var dropped []node
+	s.Linux.Devices = slices.DeleteFunc(s.Linux.Devices, func(d specs.LinuxDevice) bool {
+		if drop(d) {
+			dropped = append(dropped, node{d.Type, d.Major, d.Minor})
+			return true
+		}
+		return false
+	})
+	if len(dropped) == 0 || s.Linux.Resources == nil {
+		return
+	}
+	s.Linux.Resources.Devices = slices.DeleteFunc(s.Linux.Resources.Devices, func(r specs.LinuxDeviceCgroup) bool {
+		return r.Allow && r.Major != nil && r.Minor != nil &&
+			slices.Contains(dropped, node{r.Type, *r.Major, *r.Minor})
+	})
+}
+
+// isIPCSocket: the driver's daemons' sockets, which CDI specs bind in;
+// gVisor's gofer cannot bind a host socket, and nvproxy needs none.
+func isIPCSocket(source string) bool {
+	for _, dir := range []string{"/run/nvidia-persistenced/", "/var/run/nvidia-persistenced/", "/run/nvidia-fabricmanager/", "/var/run/nvidia-fabricmanager/", "/tmp/nvidia-mps"} {
+		if strings.HasPrefix(source, dir) || source+"/" == dir {
+			return true
+		}
+	}
+	return false
+}
+
+// dropNoOpHooks removes the toolkit's disable-device-node-modification
+// hook: under nvproxy the sentry owns /dev and already reports
+// ModifyDeviceFiles=0, and the hook fails there (no procfs in the rootfs
+// while hooks run).
+func dropNoOpHooks(s *specs.Spec) {
+	if s.Hooks == nil {
+		return
+	}
+	noop := func(h specs.Hook) bool { return slices.Contains(h.Args, "disable-device-node-modification") }
+	s.Hooks.CreateRuntime = slices.DeleteFunc(s.Hooks.CreateRuntime, noop)
+	s.Hooks.CreateContainer = slices.DeleteFunc(s.Hooks.CreateContainer, noop)
+	s.Hooks.StartContainer = slices.DeleteFunc(s.Hooks.StartContainer, noop)
 }
 
 // addHostDevices adds the host's device nodes for the allowed GPUs.
@@ -193,7 +291,7 @@ func (e *Expose) addHostDevices(s *specs.Spec, allowed map[string]bool) error {
 	for _, p := range paths {
 		d, err := deviceFromPath(filepath.Join(e.o.DevRoot, strings.TrimPrefix(p, "/dev/")), p)
 		if err != nil {
-			return fmt.Errorf("%s: %w", e.o.GPU.Field, err)
+			return err
 		}
 		s.Linux.Devices = append(s.Linux.Devices, d)
 		if s.Linux.Resources == nil {
@@ -223,15 +321,6 @@ func deviceFromPath(host, path string) (specs.LinuxDevice, error) {
 		Major: int64(unix.Major(uint64(st.Rdev))), Minor: int64(unix.Minor(uint64(st.Rdev))),
 		FileMode: &mode, UID: &uid, GID: &gid,
 	}, nil
-}
-
-func setEnv(s *specs.Spec, name, value string) {
-	if s.Process == nil {
-		s.Process = &specs.Process{}
-	}
-	prefix := name + "="
-	s.Process.Env = slices.DeleteFunc(s.Process.Env, func(e string) bool { return strings.HasPrefix(e, prefix) })
-	s.Process.Env = append(s.Process.Env, prefix+value)
 }
 
 func sortedKeys(m map[string]bool) []string {

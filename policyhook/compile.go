@@ -69,6 +69,7 @@ type options struct {
 	gateway *modifier.GatewayNetwork
 	devRoot string
 	noGPUs  bool
+	cdi     *nvproxy.CDI
 }
 
 // Option configures Compile.
@@ -90,6 +91,10 @@ func WithGateway(n modifier.GatewayNetwork) Option { return func(o *options) { o
 
 // WithDevRoot sets where host GPU device nodes are looked up ("/dev").
 func WithDevRoot(dir string) Option { return func(o *options) { o.devRoot = dir } }
+
+// WithCDI has a GPU policy's devices injected from CDI specs (or a
+// generated one) when no engine injected them.
+func WithCDI(c nvproxy.CDI) Option { return func(o *options) { o.cdi = &c } }
 
 // WithoutGPUDevices gives a GPU policy nvproxy but no host device nodes:
 // the runtime's driver_version = "latest", on a host with no GPU.
@@ -165,7 +170,7 @@ func Compile(p *policy.Policy, opts ...Option) (*Compiled, error) {
 	// engine sent it.
 	var gpu modifier.SpecModifier = nvproxy.Refuse{Policy: p.Name}
 	if p.GPU != nil {
-		gpu = nvproxy.NewExpose(nvproxy.Options{GPU: p.GPU, DevRoot: o.devRoot, NoHostDevices: o.noGPUs})
+		gpu = nvproxy.NewExpose(nvproxy.Options{GPU: p.GPU, CDI: o.cdi, DevRoot: o.devRoot, NoHostDevices: o.noGPUs})
 	}
 	c.Modifiers = modifier.List{}.Append(
 		gpu,

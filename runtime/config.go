@@ -56,6 +56,15 @@ type GPUConfig struct {
 	// for. "latest" boots nvproxy with no driver and no GPU: a smoke
 	// test's setting. Empty: the loaded driver's version.
 	DriverVersion string `toml:"driver_version"`
+	// CDISpecDirs are searched for a CDI spec naming nvidia.com/gpu
+	// devices when no engine injected the GPUs (openshell run,
+	// openshell-runtime under an engine without CDI): CDI's own
+	// /etc/cdi and /var/run/cdi unless set. Where none names them, a
+	// spec is generated from the loaded driver.
+	CDISpecDirs []string `toml:"cdi_spec_dirs"`
+	// DriverRoot is where the driver's files are when a spec is
+	// generated: "/" unless the driver is installed elsewhere.
+	DriverRoot string `toml:"driver_root"`
 }
 
 // EgressConfig is the [egress] table.
@@ -85,6 +94,7 @@ func DefaultConfig() *Config {
 		DefaultPolicy: BuiltinPolicy,
 		PolicyDir:     "/etc/openshell/policies",
 		Egress:        EgressConfig{AuditDir: DefaultAuditDir},
+		GPU:           GPUConfig{CDISpecDirs: []string{"/etc/cdi", "/var/run/cdi"}},
 	}
 }
 
@@ -155,9 +165,14 @@ func (c *Config) validate() error {
 			bad("egress.dns_upstream", "%q is not IP:port", u)
 		}
 	}
-	for field, p := range map[string]string{"runsc": c.Runsc, "root": c.Root, "policy_dir": c.PolicyDir, "egress.uplink_netns": c.Egress.UplinkNetns, "egress.audit_dir": c.Egress.AuditDir} {
+	for field, p := range map[string]string{"runsc": c.Runsc, "root": c.Root, "policy_dir": c.PolicyDir, "egress.uplink_netns": c.Egress.UplinkNetns, "egress.audit_dir": c.Egress.AuditDir, "gpu.driver_root": c.GPU.DriverRoot} {
 		if p != "" && !filepath.IsAbs(p) {
 			bad(field, "%q is not an absolute path", p)
+		}
+	}
+	for i, d := range c.GPU.CDISpecDirs {
+		if !filepath.IsAbs(d) {
+			bad(fmt.Sprintf("gpu.cdi_spec_dirs[%d]", i), "%q is not an absolute path", d)
 		}
 	}
 	if c.Root == "" {

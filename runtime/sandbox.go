@@ -22,6 +22,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/openshell/openshell/nvproxy"
+	"github.com/openshell/openshell/nvproxy/hostspec"
 	"github.com/openshell/openshell/policyhook"
 	"github.com/openshell/openshell/policyhook/policy"
 	"github.com/openshell/openshell/runtime/runsc"
@@ -89,6 +90,12 @@ func CompilePolicy(p *policy.Policy, cfg *Config) CompileFunc {
 		}
 		if cfg != nil && cfg.GPU.DriverVersion == nvproxy.DriverLatest {
 			opts = append(opts, policyhook.WithoutGPUDevices())
+		}
+		if cfg != nil && p.GPU != nil {
+			opts = append(opts, policyhook.WithCDI(nvproxy.CDI{
+				SpecDirs: cfg.GPU.CDISpecDirs,
+				Generate: hostspec.Generator(hostspec.Options{DriverRoot: cfg.GPU.DriverRoot}),
+			}))
 		}
 		return policyhook.Compile(p, opts...)
 	}

@@ -1,8 +1,10 @@
 package modifier
 
 import (
+	"slices"
+	"strings"
+
 	specs "github.com/opencontainers/runtime-spec/specs-go"
-	"github.com/opencontainers/runtime-tools/generate"
 
 	"github.com/openshell/openshell/policyhook/policy"
 )
@@ -21,9 +23,28 @@ func NewEnv(vars []policy.EnvVar) SpecModifier {
 }
 
 func (e *env) Modify(s *specs.Spec) error {
-	g := generate.Generator{Config: s}
 	for _, v := range e.vars {
-		g.AddProcessEnv(v.Name, v.Value)
+		SetEnv(s, v.Name, v.Value)
 	}
 	return nil
+}
+
+// SetEnv sets name=value in the process environment, removing every
+// other value of name. runtime-tools' generator does this only through
+// an index it builds wrongly (keyed by "name=value"), so a spec it did
+// not create gets duplicates; an environment is small enough to scan.
+func SetEnv(s *specs.Spec, name, value string) {
+	if s.Process == nil {
+		s.Process = &specs.Process{}
+	}
+	prefix := name + "="
+	i := slices.IndexFunc(s.Process.Env, func(e string) bool { return strings.HasPrefix(e, prefix) })
+	if i < 0 {
+		s.Process.Env = append(s.Process.Env, prefix+value)
+		return
+	}
+	// The first keeps its place, as the generator did; later ones go.
+	s.Process.Env[i] = prefix + value
+	rest := slices.DeleteFunc(s.Process.Env[i+1:], func(e string) bool { return strings.HasPrefix(e, prefix) })
+	s.Process.Env = s.Process.Env[:i+1+len(rest)]
 }

@@ -2,6 +2,7 @@ package modifier
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 
@@ -185,6 +186,23 @@ func TestEnv(t *testing.T) {
 	run(t, []tcase{
 		{name: "set-and-replace", mod: ok(NewEnv([]policy.EnvVar{{Name: "PATH", Value: "/usr/bin"}, {Name: "HOME", Value: "/sandbox"}}))},
 	})
+}
+
+// An engine's spec can name a variable twice (image ENV plus -e); the
+// policy's value must be the only one left, in the first one's place.
+func TestSetEnv(t *testing.T) {
+	for _, tc := range []struct{ env, want []string }{
+		{nil, []string{"A=new"}},
+		{[]string{"B=1"}, []string{"B=1", "A=new"}},
+		{[]string{"A=old", "B=1"}, []string{"A=new", "B=1"}},
+		{[]string{"B=1", "A=old", "AB=2", "A=again", "A="}, []string{"B=1", "A=new", "AB=2"}},
+	} {
+		s := &specs.Spec{Process: &specs.Process{Env: tc.env}}
+		SetEnv(s, "A", "new")
+		if !slices.Equal(s.Process.Env, tc.want) {
+			t.Errorf("SetEnv over %q = %q, want %q", tc.env, s.Process.Env, tc.want)
+		}
+	}
 }
 
 func TestIsolateNetwork(t *testing.T) {

@@ -58,10 +58,10 @@ func (m gatewayNetwork) Modify(s *specs.Spec) error {
 	})
 	if m.n.ProxyURL != "" {
 		for _, k := range []string{"HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"} {
-			g.AddProcessEnv(k, m.n.ProxyURL)
+			SetEnv(s, k, m.n.ProxyURL)
 		}
-		g.AddProcessEnv("NO_PROXY", "localhost,127.0.0.1")
-		g.AddProcessEnv("no_proxy", "localhost,127.0.0.1")
+		SetEnv(s, "NO_PROXY", "localhost,127.0.0.1")
+		SetEnv(s, "no_proxy", "localhost,127.0.0.1")
 	}
 	return nil
 }

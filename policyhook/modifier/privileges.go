@@ -4,7 +4,7 @@ import (
 	"fmt"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
-	"github.com/opencontainers/runtime-tools/validate"
+	"github.com/opencontainers/runtime-tools/validate/capabilities"
 )
 
 type dropPrivileges struct{}
@@ -24,7 +24,7 @@ func (dropPrivileges) Modify(s *specs.Spec) error {
 	if c := s.Process.Capabilities; c != nil {
 		for _, set := range [][]string{c.Bounding, c.Effective, c.Inheritable, c.Permitted, c.Ambient} {
 			for _, name := range set {
-				if err := validate.CapValid(name, false); err != nil {
+				if err := capabilities.CapValid(name, false); err != nil {
 					return fmt.Errorf("process.capabilities: %w", err)
 				}
 			}

@@ -13,6 +13,7 @@ import (
 	"github.com/opencontainers/runtime-tools/generate"
 	"golang.org/x/sys/unix"
 
+	"github.com/openshell/openshell/policyhook/modifier"
 	"github.com/openshell/openshell/policyhook/policy"
 	"github.com/openshell/openshell/runtime"
 	"github.com/openshell/openshell/runtime/runsc"
@@ -83,13 +84,13 @@ func runRun(ctx context.Context, s streams, args []string) int {
 	g.SetProcessArgs(fs.Args())
 	g.SetProcessCwd(*workdir)
 	g.SetHostname("openshell")
-	g.AddProcessEnv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+	modifier.SetEnv(g.Config, "PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
 	for _, kv := range env {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok || k == "" {
 			return fail("-e %q: want NAME=VALUE", kv)
 		}
-		g.AddProcessEnv(k, v)
+		modifier.SetEnv(g.Config, k, v)
 	}
 	terminal := isTerminal(0) && isTerminal(1)
 	g.SetProcessTerminal(terminal)
