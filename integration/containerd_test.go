@@ -402,6 +402,40 @@ func TestCtrExecKillDelete(t *testing.T) {
 	if r := c.ctrRun(t, "task", "exec", "--exec-id", "e2", "long", "/bin/sh", "-c", "exit 4"); r.code != 4 {
 		t.Errorf("exec exit %d, want 4", r.code)
 	}
+	// Engines end an exec by signalling the pid they were given (a
+	// timed-out ExecSync or probe: SIGKILL). The process in the sandbox
+	// must end with it, or its streams stay open and the engine hangs.
+	for _, tc := range []struct {
+		id, sig string
+		cmd     []string
+	}{
+		{"e3", "TERM", []string{"/bin/sleep", "1000"}},
+		{"e4", "KILL", []string{"/bin/sh", "-c", `trap "" TERM; exec sleep 1001`}},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		bg := exec.CommandContext(ctx, c.ctr, append([]string{"-a", c.sock, "-n", ctrNamespace, "task", "exec", "--exec-id", tc.id, "long"}, tc.cmd...)...)
+		if err := bg.Start(); err != nil {
+			cancel()
+			t.Fatal(err)
+		}
+		waited := make(chan error, 1)
+		go func() { waited <- bg.Wait() }()
+		time.Sleep(1500 * time.Millisecond)
+		start := time.Now()
+		if r := c.ctrRun(t, "task", "kill", "--exec-id", tc.id, "-s", tc.sig, "long"); r.code != 0 {
+			t.Errorf("kill exec %s: %s", tc.id, r.stderr)
+		}
+		select {
+		case <-waited:
+			t.Logf("exec ended %s after SIG%s", time.Since(start).Round(time.Millisecond), tc.sig)
+		case <-time.After(20 * time.Second):
+			t.Errorf("exec %s still running 20s after SIG%s", tc.id, tc.sig)
+		}
+		cancel()
+	}
+	if r := c.ctrRun(t, "task", "exec", "--exec-id", "e5", "long", "/bin/ps"); r.code != 0 || strings.Contains(r.stdout, "sleep 100") {
+		t.Errorf("killed execs still run in the sandbox: %d %q %q", r.code, r.stdout, r.stderr)
+	}
 	// Stats come from the sandbox's cgroup; pause and resume freeze it.
 	if r := c.ctrRun(t, "task", "metrics", "long"); r.code != 0 || !strings.Contains(r.stdout, "memory.usage_in_bytes") {
 		t.Errorf("metrics: %d %q %q", r.code, r.stdout, r.stderr)

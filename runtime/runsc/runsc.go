@@ -101,6 +101,12 @@ func (r *Runsc) Kill(ctx context.Context, id string, sig syscall.Signal, all boo
 	return r.quiet(ctx, "kill", args...)
 }
 
+// KillProcess sends sig to one process of the container, by its pid
+// inside the sandbox (an exec'd process).
+func (r *Runsc) KillProcess(ctx context.Context, id string, pid int, sig syscall.Signal) error {
+	return r.quiet(ctx, "kill", "--pid", fmt.Sprint(pid), id, fmt.Sprint(int(sig)))
+}
+
 // Delete removes a container and its sandbox; force kills it first.
 func (r *Runsc) Delete(ctx context.Context, id string, force bool) error {
 	args := []string{id}

@@ -1,11 +1,18 @@
 package ocicli
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
 	"strings"
+	"syscall"
+	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
@@ -110,13 +117,21 @@ func cmdExec(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return fmt.Errorf("exec: %w", err)
 	}
-	defer os.Remove(f.Name())
+	supervised := detach && consoleSocket == ""
+	if !supervised {
+		defer os.Remove(f.Name())
+	}
 	if err := json.NewEncoder(f).Encode(confined); err != nil {
 		f.Close()
+		os.Remove(f.Name())
 		return fmt.Errorf("exec: %w", err)
 	}
 	if err := f.Close(); err != nil {
+		os.Remove(f.Name())
 		return fmt.Errorf("exec: %w", err)
+	}
+	if supervised {
+		return e.execSupervised(id, f.Name(), pidFile)
 	}
 	ra := []string{"--process", f.Name()}
 	if detach {
@@ -151,4 +166,155 @@ func cmdSpec(ctx context.Context, e *env, args []string) error {
 		return fmt.Errorf("spec: takes no arguments")
 	}
 	return passthrough("spec")(ctx, e, []string{"--bundle", *bundle})
+}
+
+// execSupervised starts a detached exec the way engines kill it: the pid
+// they get (--pid-file) is a supervisor of ours, not runsc's. Engines end
+// an exec (a timed-out ExecSync, a probe) by signalling that pid, and a
+// SIGKILL to runsc's own exec process would leave the process in the
+// sandbox running and holding the exec's streams open. The supervisor
+// forwards signals into the sandbox, and a reaper ends the process there
+// when the supervisor is killed. Terminal execs keep runsc's own path:
+// runsc forwards their signals itself.
+func (e *env) execSupervised(id, processFile, pidFile string) error {
+	internal := strings.TrimSuffix(processFile, ".json") + ".pid"
+	cmd, err := e.internal(true, "exec-supervise", id, processFile, internal)
+	if err != nil {
+		return fmt.Errorf("exec: %w", err)
+	}
+	if err := cmd.Start(); err != nil {
+		os.Remove(processFile)
+		return fmt.Errorf("exec: %w", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	// runsc writes the process's pid in the sandbox once it runs: only
+	// then has the exec started, as engines take a returned exec to mean.
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case err := <-exited:
+			var exit *exec.ExitError
+			if errors.As(err, &exit) {
+				return exitError(exit.ExitCode())
+			}
+			return fmt.Errorf("exec %s: the supervisor ended before the process started: %v", id, err)
+		case <-tick.C:
+			if data, _ := os.ReadFile(internal); len(bytes.TrimSpace(data)) > 0 {
+				if pidFile != "" {
+					if err := os.WriteFile(pidFile, []byte(strconv.Itoa(cmd.Process.Pid)), 0o644); err != nil {
+						_ = cmd.Process.Signal(syscall.SIGKILL)
+						return fmt.Errorf("exec: %w", err)
+					}
+				}
+				return cmd.Process.Release()
+			}
+		}
+	}
+}
+
+// cmdExecSupervise runs one exec in the foreground through runsc and
+// exits with its status. Signals it gets go to the process in the
+// sandbox; a reaper that shares a pipe with it kills that process if
+// this one is killed before it ends.
+func cmdExecSupervise(ctx context.Context, e *env, args []string) error {
+	if len(args) != 3 {
+		return fmt.Errorf("exec-supervise: want a container id, a process file and a pid file")
+	}
+	id, processFile, internal := args[0], args[1], args[2]
+	defer os.Remove(processFile)
+	defer os.Remove(internal)
+	_, st, err := runtime.Open(e.stateDir(), id)
+	if err != nil || st == nil {
+		return fmt.Errorf("exec-supervise: container %q: %v", id, err)
+	}
+	r := e.runscFor(st)
+
+	// The reaper holds the read end of a pipe only this process writes:
+	// a byte means the exec ended by itself, end-of-file that this
+	// process died first.
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("exec-supervise: %w", err)
+	}
+	reaper, err := e.internal(false, "exec-reap", id, internal)
+	if err != nil {
+		return fmt.Errorf("exec-supervise: %w", err)
+	}
+	reaper.ExtraFiles = []*os.File{pr}
+	if err := reaper.Start(); err != nil {
+		return fmt.Errorf("exec-supervise: reaper: %w", err)
+	}
+	pr.Close()
+	go reaper.Wait()
+
+	sigs := make(chan os.Signal, 16)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2)
+	type result struct {
+		code int
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		code, err := r.Passthrough(ctx, e.runscStdio(), "exec", "--process", processFile, "--internal-pid-file", internal, id)
+		done <- result{code, err}
+	}()
+	for {
+		select {
+		case sig := <-sigs:
+			if pid := readPid(internal); pid > 0 {
+				if err := r.KillProcess(ctx, id, pid, sig.(syscall.Signal)); err != nil {
+					e.log.Warn("exec: forwarding a signal", "container", id, "signal", sig, "error", err)
+				}
+			}
+		case res := <-done:
+			_, _ = pw.Write([]byte{1})
+			pw.Close()
+			if res.err != nil {
+				return res.err
+			}
+			if res.code < 0 {
+				res.code = 128 + int(syscall.SIGKILL)
+			}
+			return exitError(res.code)
+		}
+	}
+}
+
+// cmdExecReap waits for its supervisor; if the supervisor died before the
+// exec ended (a SIGKILL from the engine), it kills the process in the
+// sandbox, which ends runsc's exec and closes the exec's streams.
+func cmdExecReap(ctx context.Context, e *env, args []string) error {
+	if len(args) != 2 {
+		return fmt.Errorf("exec-reap: want a container id and a pid file")
+	}
+	supervisor := os.NewFile(3, "supervisor")
+	var b [1]byte
+	if n, _ := supervisor.Read(b[:]); n == 1 {
+		return nil
+	}
+	id, internal := args[0], args[1]
+	pid := readPid(internal)
+	if pid <= 0 {
+		return nil
+	}
+	_, st, err := runtime.Open(e.stateDir(), id)
+	if err != nil || st == nil {
+		return fmt.Errorf("exec-reap: container %q: %v", id, err)
+	}
+	if err := e.runscFor(st).KillProcess(ctx, id, pid, syscall.SIGKILL); err != nil {
+		return fmt.Errorf("exec-reap: %w", err)
+	}
+	e.log.Info("exec killed with its supervisor", "container", id, "pid", pid)
+	return nil
+}
+
+func readPid(path string) int {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(data)))
+	return pid
 }

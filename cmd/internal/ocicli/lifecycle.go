@@ -275,9 +275,23 @@ func (e *env) spawnStdioHolder(id string) (*runtime.Owner, error) {
 // otherwise it holds none, so the engine that called us sees our output
 // end when we exit.
 func (e *env) spawn(withStdio bool, sub string, args ...string) (int, error) {
-	self, err := os.Executable()
+	cmd, err := e.internal(withStdio, sub, args...)
 	if err != nil {
 		return 0, err
+	}
+	if err := cmd.Start(); err != nil {
+		return 0, err
+	}
+	pid := cmd.Process.Pid
+	return pid, cmd.Process.Release()
+}
+
+// internal is the command for one of this binary's internal commands, as
+// spawn starts them.
+func (e *env) internal(withStdio bool, sub string, args ...string) (*exec.Cmd, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
 	}
 	global := []string{"--root", e.g.root, "--config", e.g.config}
 	if e.g.log != "" {
@@ -288,11 +302,7 @@ func (e *env) spawn(withStdio bool, sub string, args ...string) (int, error) {
 		cmd.Stdin, cmd.Stdout, cmd.Stderr = e.stdio.In, e.stdio.Out, e.stdio.Err
 	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
-		return 0, err
-	}
-	pid := cmd.Process.Pid
-	return pid, cmd.Process.Release()
+	return cmd, nil
 }
 
 // startWithHeldStdio starts the container with the stdio its proxy kept,

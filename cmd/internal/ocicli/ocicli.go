@@ -78,6 +78,8 @@ func commands() []command {
 		{"spec", "write a new config.json", cmdSpec},
 		{"watchdog", "internal: kill a container at its wall-clock limit", cmdWatchdog},
 		{"hold-stdio", "internal: keep a pod container's stdio from create to start", cmdHoldStdio},
+		{"exec-supervise", "internal: a detached exec's process, as engines signal it", cmdExecSupervise},
+		{"exec-reap", "internal: kill an exec whose supervisor was killed", cmdExecReap},
 		{"gateway", "internal: a container's egress gateway", cmdGateway},
 	}
 }
