@@ -136,10 +136,16 @@ func (v *rootView) Modify(s *specs.Spec) error {
 	// of the image at / would be hidden by it, and runsc's gofer could
 	// then not find its mount point.
 	s.Mounts = append(kernel, binds...)
-	slices.SortStableFunc(s.Mounts, func(a, b specs.Mount) int {
+	sortByDepth(s.Mounts)
+	return nil
+}
+
+// sortByDepth puts parents before the paths inside them, keeping the
+// order of mounts at the same depth (the later one lies over the earlier).
+func sortByDepth(mounts []specs.Mount) {
+	slices.SortStableFunc(mounts, func(a, b specs.Mount) int {
 		return cmp.Compare(depth(a.Destination), depth(b.Destination))
 	})
-	return nil
 }
 
 // within reports whether p is dir or lies below it.

@@ -100,6 +100,13 @@ func TestTmp(t *testing.T) {
 			s.Mounts = append(s.Mounts, specs.Mount{Destination: "/tmp/", Type: "bind", Source: "/tmp"})
 			return s
 		}, mod: func() (SpecModifier, error) { return NewTmp(64, true) }},
+		// A volume inside /tmp (critest's hostPath volumes, docker -v
+		// /data:/tmp/data) stays visible: the tmpfs goes before it.
+		{name: "volume-inside-tmp", base: func(t testing.TB) *specs.Spec {
+			s := spectest.Base(t)
+			s.Mounts = append(s.Mounts, specs.Mount{Destination: "/tmp/data", Type: "bind", Source: "/srv/data", Options: []string{"rbind", "rw"}})
+			return s
+		}, mod: func() (SpecModifier, error) { return NewTmp(64, true) }},
 		{name: "zero-size", mod: func() (SpecModifier, error) { return NewTmp(0, true) }, wantErr: "size 0 MiB is not positive"},
 	})
 }

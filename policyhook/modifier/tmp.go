@@ -34,5 +34,8 @@ func (t *tmpMount) Modify(s *specs.Spec) error {
 		Source:      "tmpfs",
 		Options:     setRO(opts, !t.writable),
 	})
+	// Before what the engine mounts inside /tmp (a volume at /tmp/data),
+	// which the tmpfs would otherwise hide.
+	sortByDepth(s.Mounts)
 	return nil
 }
