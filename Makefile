@@ -6,6 +6,8 @@
 #   make runsc        install the pinned runsc into bin/ (from the Go module proxy)
 #   make containerd   install the pinned containerd, its runc shim and ctr into bin/ (engine tests)
 #   make crictl       build cri-tools' crictl into bin/ (the CRI tests)
+#   make dockerd      build moby's dockerd (>= 23, runtimeType) into bin/ (the Docker tests; Debian has 20.10)
+#   make critest      build cri-tools' critest and the CNI plugins into bin/ (CRI conformance, per spec vs runc)
 #   make install      copy the binaries and runsc to $(PREFIX)/bin
 #   make unit         unit tests only
 #   make integration  real runsc sandboxes (root; alias: root-test)
@@ -31,14 +33,18 @@ BENCH_RUNS    ?= 15
 # newest it serves. runsc must be static: a cgo build cannot start sandboxes.
 GVISOR_VERSION := v0.0.0-20260905035102-160fafc42237
 STATICCHECK   := honnef.co/go/tools/cmd/staticcheck@v0.8.2
-# The shim is its own module: containerd v2.4.2 needs runtime-spec v1.3.0,
-# which runtime-tools v0.9.0 (the newest on the proxy) does not build with.
+# The shim is its own module, so that containerd's dependencies stay out of
+# the runtime's binaries.
 CONTAINERD_VERSION := v2.4.2
 # crictl drives the CRI tests. The checksum database does not know
 # cri-tools v1.34.0 or the cri-api and cri-client release candidates it
 # needs, so those three are fetched from the proxy without it.
 CRITOOLS_VERSION := v1.34.0
 CRI_NOSUMDB   := sigs.k8s.io/cri-tools,k8s.io/cri-client,k8s.io/cri-api
+CNI_VERSION   := v1.9.1
+# dockerd >= 23 runs runtimes by runtimeType through containerd; Debian 12
+# has 20.10, so the tests build moby's dockerd (module github.com/moby/moby/v2).
+MOBY_VERSION  := v2.0.0-beta.24
 SHIM_TAGS     := no_grpc
 PREFIX        ?= /usr/local
 UNIT_PKGS      = $(shell $(GO) list ./... | grep -v /integration)
@@ -47,7 +53,7 @@ UNIT_PKGS      = $(shell $(GO) list ./... | grep -v /integration)
 # (20.10) the engine tests start.
 DEB_PKGS      := busybox-static debootstrap runc docker.io gcc libc6-dev
 
-.PHONY: all run build shim runsc containerd crictl install deps conformance gpu-check test unit integration root-test bench fuzz lint clean
+.PHONY: all run build shim runsc containerd crictl critest cni dockerd install deps conformance gpu-check test unit integration root-test bench fuzz lint clean
 
 all: build runsc
 
@@ -82,6 +88,38 @@ $(BIN)/crictl:
 	  GONOSUMDB=$(CRI_NOSUMDB) GOFLAGS=-mod=mod $(GO) get sigs.k8s.io/cri-tools@$(CRITOOLS_VERSION) && \
 	  GONOSUMDB=$(CRI_NOSUMDB) GOFLAGS=-mod=mod CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(BIN)/crictl sigs.k8s.io/cri-tools/cmd/crictl
 
+# critest is cri-tools' CRI conformance suite, a test binary; the CNI
+# plugins give its pods a bridge network (integration/critest_test.go).
+critest: $(BIN)/critest cni
+
+$(BIN)/critest:
+	mkdir -p .cache/critest
+	cd .cache/critest && { [ -f go.mod ] || $(GO) mod init openshell-critest >/dev/null 2>&1; } && \
+	  printf 'package tools\n\nimport _ "sigs.k8s.io/cri-tools/pkg/validate"\n' > tools.go && \
+	  GONOSUMDB=$(CRI_NOSUMDB) GOFLAGS=-mod=mod $(GO) get sigs.k8s.io/cri-tools@$(CRITOOLS_VERSION) && \
+	  GONOSUMDB=$(CRI_NOSUMDB) GOFLAGS=-mod=mod CGO_ENABLED=0 $(GO) test -c -trimpath -ldflags "-s -w" -o $(BIN)/critest sigs.k8s.io/cri-tools/cmd/critest
+
+cni: $(BIN)/cni/bridge
+
+$(BIN)/cni/bridge:
+	mkdir -p .cache/cni $(BIN)/cni
+	cd .cache/cni && { [ -f go.mod ] || $(GO) mod init openshell-cni >/dev/null 2>&1; } && \
+	  printf 'package tools\n\nimport _ "github.com/containernetworking/plugins/plugins/main/bridge"\n' > tools.go && \
+	  GOFLAGS=-mod=mod $(GO) get github.com/containernetworking/plugins@$(CNI_VERSION) && \
+	  for p in ipam/host-local main/loopback meta/portmap main/bridge; do \
+	    GOFLAGS=-mod=mod CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(BIN)/cni/ github.com/containernetworking/plugins/plugins/$$p || exit 1; \
+	  done
+
+dockerd: $(BIN)/dockerd
+
+$(BIN)/dockerd:
+	mkdir -p .cache/dockerd
+	cd .cache/dockerd && { [ -f go.mod ] || $(GO) mod init openshell-dockerd >/dev/null 2>&1; } && \
+	  printf 'package tools\n\nimport _ "github.com/moby/moby/v2/cmd/dockerd"\n' > tools.go && \
+	  GOFLAGS=-mod=mod $(GO) get github.com/moby/moby/v2@$(MOBY_VERSION) && \
+	  GOFLAGS=-mod=mod CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X github.com/moby/moby/v2/dockerversion.Version=$(MOBY_VERSION)" \
+	    -tags "exclude_graphdriver_btrfs exclude_graphdriver_devicemapper" -o $(BIN)/dockerd github.com/moby/moby/v2/cmd/dockerd
+
 install: build runsc
 	install -d $(PREFIX)/bin
 	install -m 0755 $(BIN)/openshell $(BIN)/openshell-runtime $(BIN)/containerd-shim-openshell-v1 $(BIN)/runsc $(PREFIX)/bin/
@@ -106,7 +144,7 @@ unit:
 	$(GO) test -count=1 $(UNIT_PKGS)
 	cd shim && $(GO) test -count=1 -tags $(SHIM_TAGS) ./...
 
-integration root-test: build runsc containerd crictl deps
+integration root-test: build runsc containerd crictl critest cni dockerd deps
 	OPENSHELL_BIN=$(BIN) OPENSHELL_RUNSC=$(BIN)/runsc $(GO) test -count=1 -v -timeout 60m ./integration/
 
 bench: build runsc containerd deps

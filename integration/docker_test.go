@@ -19,7 +19,7 @@ type dockerd struct {
 	cmd            *exec.Cmd
 }
 
-var docker lazyEngine[*dockerd]
+var docker, dockerNew lazyEngine[*dockerd]
 
 func startDockerd(t *testing.T) *dockerd {
 	t.Helper()
@@ -27,7 +27,27 @@ func startDockerd(t *testing.T) *dockerd {
 		if _, err := os.Stat("/usr/sbin/dockerd"); err != nil {
 			return nil, "dockerd not installed (make deps installs Debian's docker.io)", nil
 		}
-		d, err := newDockerd()
+		d, err := newDockerd("/usr/sbin/dockerd", nil)
+		return d, "", err
+	})
+}
+
+// startNewDockerd starts moby's current dockerd (make dockerd), which runs
+// runtimes by runtimeType through its own containerd (ours, from bin/).
+func startNewDockerd(t *testing.T) *dockerd {
+	t.Helper()
+	return dockerNew.get(t, func() (*dockerd, string, error) {
+		bin, err := engineBin("dockerd")
+		if err != nil {
+			return nil, err.Error() + " (make dockerd)", nil
+		}
+		ctrd, err := engineBin("containerd")
+		if err != nil {
+			return nil, err.Error(), nil
+		}
+		// Debian's docker CLI speaks API 1.41, below this dockerd's
+		// default minimum.
+		d, err := newDockerd(bin, []string{"DOCKER_MIN_API_VERSION=1.41", "PATH=" + binDir + ":" + filepath.Dir(ctrd) + ":" + os.Getenv("PATH")})
 		return d, "", err
 	})
 }
@@ -49,7 +69,7 @@ func daemonJSON() string {
 `, runtimeBin)
 }
 
-func newDockerd() (*dockerd, error) {
+func newDockerd(bin string, env []string) (*dockerd, error) {
 	dir, err := os.MkdirTemp("", "openshell-it-docker")
 	if err != nil {
 		return nil, err
@@ -61,9 +81,19 @@ func newDockerd() (*dockerd, error) {
 	if err := os.WriteFile(filepath.Join(dir, "daemon.json"), []byte(daemonJSON()), 0o600); err != nil {
 		return nil, err
 	}
-	d.cmd = exec.Command("/usr/sbin/dockerd", "--config-file", filepath.Join(dir, "daemon.json"),
+	// dockerd offers --gpus only when NVIDIA's hook is on its PATH; a
+	// stand-in lets the tests send what --gpus sends on a GPU host.
+	hookDir := filepath.Join(dir, "nvidia")
+	if err := os.MkdirAll(hookDir, 0o755); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(hookDir, "nvidia-container-runtime-hook"), []byte("#!/bin/sh\nexit 0\n"), 0o755); err != nil {
+		return nil, err
+	}
+	d.cmd = exec.Command(bin, "--config-file", filepath.Join(dir, "daemon.json"),
 		"--data-root", filepath.Join(dir, "data"), "--exec-root", filepath.Join(dir, "exec"),
 		"--pidfile", filepath.Join(dir, "docker.pid"), "-H", "unix://"+d.sock)
+	d.cmd.Env = append(append(os.Environ(), env...), "PATH="+hookDir+":"+envPath(env))
 	if err := startDaemon(d.cmd, dir, d.stop, 60*time.Second, func() (string, error) { return d.docker("version") }); err != nil {
 		return nil, err
 	}
@@ -71,6 +101,16 @@ func newDockerd() (*dockerd, error) {
 		return nil, err
 	}
 	return d, nil
+}
+
+// envPath is PATH as env sets it, else ours.
+func envPath(env []string) string {
+	for i := len(env) - 1; i >= 0; i-- {
+		if p, ok := strings.CutPrefix(env[i], "PATH="); ok {
+			return p
+		}
+	}
+	return os.Getenv("PATH")
 }
 
 func (d *dockerd) stop() {
@@ -121,6 +161,49 @@ func TestDockerPathRuntime(t *testing.T) {
 	if r := d.run(t, testImage, "cat", "/proc/version"); strings.Contains(r.stdout, "gvisor") {
 		t.Errorf("the default runtime ran gVisor too: %s", r.stdout)
 	}
+}
+
+// TestDockerGPUsRefused: docker run --gpus under a policy without a gpu
+// section is refused at create, naming what asked, and nothing runs.
+func TestDockerGPUsRefused(t *testing.T) {
+	d := startDockerd(t)
+	r := d.run(t, "--runtime=openshell", "--gpus", "all", testImage, "/bin/true")
+	if r.code == 0 || !strings.Contains(r.stderr, "asks for NVIDIA GPUs (hook ") || !strings.Contains(r.stderr, "nvidia-container-runtime-hook") || !strings.Contains(r.stderr, "has no gpu section") {
+		t.Errorf("docker run --gpus all: exit %d\n%s", r.code, r.stderr)
+	}
+	// The control: the same run without --gpus starts.
+	if r := d.run(t, "--runtime=openshell", testImage, "/bin/true"); r.code != 0 {
+		t.Errorf("without --gpus: exit %d\n%s", r.code, r.stderr)
+	}
+}
+
+// TestDockerRuntimeType: dockerd >= 23 runs the runtimeType form
+// (daemon.json "runtimeType": "io.openshell.v1") through containerd and
+// our shim, under gVisor, with exit codes and stdio intact.
+func TestDockerRuntimeType(t *testing.T) {
+	d := startNewDockerd(t)
+	v, err := d.docker("version", "--format", "{{.Server.Version}}")
+	if err != nil {
+		t.Fatalf("version: %v %s", err, v)
+	}
+	for _, tc := range []struct {
+		script string
+		want   int
+	}{{"exit 0", 0}, {"exit 3", 3}, {"kill -9 $$", 137}} {
+		if r := d.run(t, "--runtime=openshell-rt", testImage, "/bin/sh", "-c", tc.script); r.code != tc.want {
+			t.Errorf("%q: exit %d, want %d\n%s", tc.script, r.code, tc.want, r.stderr)
+		}
+	}
+	r := d.run(t, "--runtime=openshell-rt", testImage, "/bin/sh", "-c", "echo to-out; echo to-err >&2; cat /proc/version; id -u")
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if r.code != 0 || len(lines) != 3 || lines[0] != "to-out" || !strings.Contains(lines[1], "gvisor") || lines[2] != "65534" || r.stderr != "to-err\n" {
+		t.Errorf("exit %d\nstdout %q\nstderr %q", r.code, r.stdout, r.stderr)
+	}
+	// The control: runc, the default, shows the host's kernel.
+	if r := d.run(t, testImage, "cat", "/proc/version"); strings.Contains(r.stdout, "gvisor") {
+		t.Errorf("the default runtime ran gVisor too: %s", r.stdout)
+	}
+	t.Logf("dockerd %s", strings.TrimSpace(v))
 }
 
 // TestDockerRuntimeTypeIgnoredBy2010 shows what openshell doctor warns

@@ -10,9 +10,11 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
@@ -26,42 +28,82 @@ type Options struct {
 	Name string   // e.g. docker.io/library/busybox:openshell-test
 	Cmd  []string // the image's default command
 	Env  []string
+	User string // the image's USER, e.g. "1002" or "www-data:www-data"
+	// Files are written, mode 0644, in a second layer over rootfs: one
+	// base directory serves images that differ in a few files.
+	Files map[string]string
 }
 
-// WriteTar writes rootfs as a one-layer image to w.
-func WriteTar(w io.Writer, rootfs string, o Options) error {
-	layer, err := layerTar(rootfs)
+// Image is a built image: its manifest and every blob, by digest.
+type Image struct {
+	Manifest []byte
+	Digest   digest.Digest // the manifest's
+	Config   digest.Digest
+	Layers   []digest.Digest
+	Blobs    map[digest.Digest][]byte
+}
+
+// Build makes rootfs (and o.Files) an image.
+func Build(rootfs string, o Options) (*Image, error) {
+	base, err := layerTar(rootfs)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	layerDigest := digest.FromBytes(layer)
+	layers := [][]byte{base}
+	if len(o.Files) > 0 {
+		extra, err := filesTar(o.Files)
+		if err != nil {
+			return nil, err
+		}
+		layers = append(layers, extra)
+	}
+	img := &Image{Blobs: map[digest.Digest][]byte{}}
+	var descs []v1.Descriptor
+	for _, l := range layers {
+		d := digest.FromBytes(l)
+		img.Layers = append(img.Layers, d)
+		img.Blobs[d] = l
+		descs = append(descs, v1.Descriptor{MediaType: v1.MediaTypeImageLayer, Digest: d, Size: int64(len(l))})
+	}
 	created := time.Unix(0, 0).UTC()
 	config, err := json.Marshal(v1.Image{
 		Created:  &created,
 		Platform: v1.Platform{Architecture: runtime.GOARCH, OS: "linux"},
-		Config:   v1.ImageConfig{Cmd: o.Cmd, Env: o.Env},
-		RootFS:   v1.RootFS{Type: "layers", DiffIDs: []digest.Digest{layerDigest}},
+		Config:   v1.ImageConfig{Cmd: o.Cmd, Env: o.Env, User: o.User},
+		// Uncompressed layers: their diff IDs are their digests.
+		RootFS: v1.RootFS{Type: "layers", DiffIDs: img.Layers},
 	})
 	if err != nil {
-		return fmt.Errorf("image config: %w", err)
+		return nil, fmt.Errorf("image config: %w", err)
 	}
-	configDigest := digest.FromBytes(config)
-	manifest, err := json.Marshal(v1.Manifest{
+	img.Config = digest.FromBytes(config)
+	img.Blobs[img.Config] = config
+	img.Manifest, err = json.Marshal(v1.Manifest{
 		Versioned: specs.Versioned{SchemaVersion: 2},
 		MediaType: v1.MediaTypeImageManifest,
-		Config:    v1.Descriptor{MediaType: v1.MediaTypeImageConfig, Digest: configDigest, Size: int64(len(config))},
-		Layers:    []v1.Descriptor{{MediaType: v1.MediaTypeImageLayer, Digest: layerDigest, Size: int64(len(layer))}},
+		Config:    v1.Descriptor{MediaType: v1.MediaTypeImageConfig, Digest: img.Config, Size: int64(len(config))},
+		Layers:    descs,
 	})
 	if err != nil {
-		return fmt.Errorf("image manifest: %w", err)
+		return nil, fmt.Errorf("image manifest: %w", err)
 	}
-	manifestDigest := digest.FromBytes(manifest)
+	img.Digest = digest.FromBytes(img.Manifest)
+	img.Blobs[img.Digest] = img.Manifest
+	return img, nil
+}
+
+// WriteTar writes rootfs as an image to w.
+func WriteTar(w io.Writer, rootfs string, o Options) error {
+	img, err := Build(rootfs, o)
+	if err != nil {
+		return err
+	}
 	tag := o.Name[strings.LastIndex(o.Name, ":")+1:]
 	index, err := json.Marshal(v1.Index{
 		Versioned: specs.Versioned{SchemaVersion: 2},
 		MediaType: v1.MediaTypeImageIndex,
 		Manifests: []v1.Descriptor{{
-			MediaType: v1.MediaTypeImageManifest, Digest: manifestDigest, Size: int64(len(manifest)),
+			MediaType: v1.MediaTypeImageManifest, Digest: img.Digest, Size: int64(len(img.Manifest)),
 			Annotations: map[string]string{"io.containerd.image.name": o.Name, v1.AnnotationRefName: tag},
 		}},
 	})
@@ -69,24 +111,27 @@ func WriteTar(w io.Writer, rootfs string, o Options) error {
 		return fmt.Errorf("image index: %w", err)
 	}
 	blob := func(d digest.Digest) string { return "blobs/sha256/" + d.Encoded() }
+	var layerNames []string
+	for _, l := range img.Layers {
+		layerNames = append(layerNames, blob(l))
+	}
 	dockerManifest, err := json.Marshal([]map[string]any{{
-		"Config": blob(configDigest), "RepoTags": []string{dockerName(o.Name)}, "Layers": []string{blob(layerDigest)},
+		"Config": blob(img.Config), "RepoTags": []string{dockerName(o.Name)}, "Layers": layerNames,
 	}})
 	if err != nil {
 		return fmt.Errorf("docker manifest: %w", err)
 	}
-	tw := tar.NewWriter(w)
-	for _, f := range []struct {
+	type file struct {
 		name string
 		data []byte
-	}{
-		{"oci-layout", []byte(`{"imageLayoutVersion":"1.0.0"}`)},
-		{blob(layerDigest), layer},
-		{blob(configDigest), config},
-		{blob(manifestDigest), manifest},
-		{"index.json", index},
-		{"manifest.json", dockerManifest},
-	} {
+	}
+	files := []file{{"oci-layout", []byte(`{"imageLayoutVersion":"1.0.0"}`)}}
+	for _, d := range append(append(slices.Clone(img.Layers), img.Config), img.Digest) {
+		files = append(files, file{blob(d), img.Blobs[d]})
+	}
+	files = append(files, file{"index.json", index}, file{"manifest.json", dockerManifest})
+	tw := tar.NewWriter(w)
+	for _, f := range files {
 		if err := tw.WriteHeader(&tar.Header{Name: f.name, Mode: 0o644, Size: int64(len(f.data)), Typeflag: tar.TypeReg}); err != nil {
 			return fmt.Errorf("image tar: %w", err)
 		}
@@ -95,6 +140,27 @@ func WriteTar(w io.Writer, rootfs string, o Options) error {
 		}
 	}
 	return tw.Close()
+}
+
+// filesTar is a layer of regular files, parents implied.
+func filesTar(files map[string]string) ([]byte, error) {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	names := slices.Sorted(maps.Keys(files))
+	for _, name := range names {
+		data := files[name]
+		hdr := &tar.Header{Name: strings.TrimPrefix(name, "/"), Mode: 0o644, Size: int64(len(data)), Typeflag: tar.TypeReg, ModTime: time.Unix(0, 0)}
+		if err := tw.WriteHeader(hdr); err != nil {
+			return nil, fmt.Errorf("layer: %w", err)
+		}
+		if _, err := io.WriteString(tw, data); err != nil {
+			return nil, fmt.Errorf("layer: %w", err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return nil, fmt.Errorf("layer: %w", err)
+	}
+	return buf.Bytes(), nil
 }
 
 // WriteFile writes the image tar to path.
