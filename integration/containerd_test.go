@@ -119,17 +119,7 @@ func newContainerd(bin, ctrBin string) (*containerd, error) {
 	// The CRI is on, with the runtime handler "openshell" as
 	// deploy/containerd/openshell.toml has it; pods use the node's network,
 	// so no CNI is needed, and the pause image is the tests' own.
-	config := fmt.Sprintf(`version = 3
-root = %q
-state = %q
-disabled_plugins = ["io.containerd.nri.v1.nri"]
-[grpc]
-  address = %q
-[ttrpc]
-  address = %q
-[plugins."io.containerd.grpc.v1.cri"]
-  disable_tcp_service = true
-[plugins."io.containerd.cri.v1.images".pinned_images]
+	config := containerdConfig(dir, c.sock) + fmt.Sprintf(`[plugins."io.containerd.cri.v1.images".pinned_images]
   sandbox = %q
 [plugins."io.containerd.cri.v1.runtime"]
   restrict_oom_score_adj = true
@@ -137,7 +127,7 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
     runtime_type = "io.openshell.v1"
     pod_annotations = ["io.openshell.*"]
     container_annotations = ["io.openshell.*"]
-`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), c.sock, c.sock+".ttrpc", pauseImage)
+`, pauseImage)
 	if err := os.WriteFile(filepath.Join(dir, "config.toml"), []byte(config), 0o600); err != nil {
 		return nil, err
 	}
@@ -153,6 +143,22 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
 		return nil, err
 	}
 	return c, nil
+}
+
+// containerdConfig is the head of a test containerd's config: its own
+// root, state and sockets under dir, NRI off, the CRI on a socket only.
+func containerdConfig(dir, sock string) string {
+	return fmt.Sprintf(`version = 3
+root = %q
+state = %q
+disabled_plugins = ["io.containerd.nri.v1.nri"]
+[grpc]
+  address = %q
+[ttrpc]
+  address = %q
+[plugins."io.containerd.grpc.v1.cri"]
+  disable_tcp_service = true
+`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), sock, sock+".ttrpc")
 }
 
 // startDaemon starts an engine the tests need, logging to dir, registers

@@ -294,31 +294,12 @@ func startCritestContainerd(t *testing.T, dir, bin, cniBin, registryAddr string)
    "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.213.7.0/24"}]], "routes": [{"dst": "0.0.0.0/0"}], "dataDir": %q}},
   {"type": "portmap", "backend": "nftables", "capabilities": {"portMappings": true}}
 ]}`, bridge, filepath.Join(dir, "ipam"))
-	policy := `# critest's policy: as permissive as a policy may be (the
-# conformance policy); what it cannot give up (user, capabilities,
-# network, a read-only image) is what critest-differences.txt lists.
-version: "1.0"
-name: critest
-sandbox:
-  filesystem:
-    system_paths: []
-    allowed_reads: [/]
-    allowed_writes: [/tmp]
-  process:
-    max_processes: 4096
-`
+	policy, err := os.ReadFile("../test/policies/permissive.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
 	sock := filepath.Join(dir, "containerd.sock")
-	config := fmt.Sprintf(`version = 3
-root = %q
-state = %q
-disabled_plugins = ["io.containerd.nri.v1.nri"]
-[grpc]
-  address = %q
-[ttrpc]
-  address = %q
-[plugins."io.containerd.grpc.v1.cri"]
-  disable_tcp_service = true
-[plugins."io.containerd.cri.v1.images"]
+	config := containerdConfig(dir, sock) + fmt.Sprintf(`[plugins."io.containerd.cri.v1.images"]
   [plugins."io.containerd.cri.v1.images".registry]
     config_path = %q
   [plugins."io.containerd.cri.v1.images".pinned_images]
@@ -336,11 +317,10 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
     container_annotations = ["io.openshell.*"]
     [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.openshell.options]
       ConfigPath = %q
-`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), sock, sock+".ttrpc",
-		filepath.Join(dir, "certs.d"), registryAddr, cniBin, netd, filepath.Join(dir, "openshell.toml"))
+`, filepath.Join(dir, "certs.d"), registryAddr, cniBin, netd, filepath.Join(dir, "openshell.toml"))
 	for name, data := range map[string]string{
 		filepath.Join(netd, "10-openshell-critest.conflist"): conflist,
-		filepath.Join(dir, "critest.yaml"):                   policy,
+		filepath.Join(dir, "critest.yaml"):                   string(policy),
 		filepath.Join(dir, "openshell.toml"):                 fmt.Sprintf("default_policy = %q\n", filepath.Join(dir, "critest.yaml")),
 		filepath.Join(dir, "config.toml"):                    config,
 	} {

@@ -142,22 +142,28 @@ func (d *dockerd) run(t *testing.T, args ...string) result {
 }
 
 func TestDockerPathRuntime(t *testing.T) {
-	d := startDockerd(t)
+	startDockerd(t).checkGVisor(t, "openshell")
+}
+
+// checkGVisor runs containers under runtime: exit codes, stdout and stderr
+// apart, the gVisor kernel and the policy's user; and, as a control, the
+// same image under Docker's default runtime (runc), so a silent fallback
+// to runc would be caught.
+func (d *dockerd) checkGVisor(t *testing.T, runtime string) {
+	t.Helper()
 	for _, tc := range []struct {
 		script string
 		want   int
 	}{{"exit 0", 0}, {"exit 3", 3}, {"kill -9 $$", 137}} {
-		if r := d.run(t, "--runtime=openshell", testImage, "/bin/sh", "-c", tc.script); r.code != tc.want {
+		if r := d.run(t, "--runtime="+runtime, testImage, "/bin/sh", "-c", tc.script); r.code != tc.want {
 			t.Errorf("%q: exit %d, want %d\n%s", tc.script, r.code, tc.want, r.stderr)
 		}
 	}
-	r := d.run(t, "--runtime=openshell", testImage, "/bin/sh", "-c", "echo to-out; echo to-err >&2; cat /proc/version; id -u")
+	r := d.run(t, "--runtime="+runtime, testImage, "/bin/sh", "-c", "echo to-out; echo to-err >&2; cat /proc/version; id -u")
 	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
 	if r.code != 0 || len(lines) != 3 || lines[0] != "to-out" || !strings.Contains(lines[1], "gvisor") || lines[2] != "65534" || r.stderr != "to-err\n" {
 		t.Errorf("exit %d\nstdout %q\nstderr %q", r.code, r.stdout, r.stderr)
 	}
-	// The control: the same image under Docker's default runtime is not
-	// in gVisor, so the check above would catch a silent fallback.
 	if r := d.run(t, testImage, "cat", "/proc/version"); strings.Contains(r.stdout, "gvisor") {
 		t.Errorf("the default runtime ran gVisor too: %s", r.stdout)
 	}
@@ -186,23 +192,7 @@ func TestDockerRuntimeType(t *testing.T) {
 	if err != nil {
 		t.Fatalf("version: %v %s", err, v)
 	}
-	for _, tc := range []struct {
-		script string
-		want   int
-	}{{"exit 0", 0}, {"exit 3", 3}, {"kill -9 $$", 137}} {
-		if r := d.run(t, "--runtime=openshell-rt", testImage, "/bin/sh", "-c", tc.script); r.code != tc.want {
-			t.Errorf("%q: exit %d, want %d\n%s", tc.script, r.code, tc.want, r.stderr)
-		}
-	}
-	r := d.run(t, "--runtime=openshell-rt", testImage, "/bin/sh", "-c", "echo to-out; echo to-err >&2; cat /proc/version; id -u")
-	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
-	if r.code != 0 || len(lines) != 3 || lines[0] != "to-out" || !strings.Contains(lines[1], "gvisor") || lines[2] != "65534" || r.stderr != "to-err\n" {
-		t.Errorf("exit %d\nstdout %q\nstderr %q", r.code, r.stdout, r.stderr)
-	}
-	// The control: runc, the default, shows the host's kernel.
-	if r := d.run(t, testImage, "cat", "/proc/version"); strings.Contains(r.stdout, "gvisor") {
-		t.Errorf("the default runtime ran gVisor too: %s", r.stdout)
-	}
+	d.checkGVisor(t, "openshell-rt")
 	t.Logf("dockerd %s", strings.TrimSpace(v))
 }
 

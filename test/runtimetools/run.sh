@@ -63,20 +63,7 @@ cat > "$work/runsc" <<EOF
 #!/bin/sh
 exec "$RUNSC" --root "$work/root-runsc" "\$@"
 EOF
-cat > "$work/policy.yaml" <<'EOF'
-# As permissive as a policy may be: the whole image readable, /tmp
-# writable. The sandbox still runs as nobody, with no capabilities, its
-# seccomp floor and no network: those a policy cannot give up.
-version: "1.0"
-name: permissive
-sandbox:
-  filesystem:
-    system_paths: []
-    allowed_reads: [/]
-    allowed_writes: [/tmp]
-  process:
-    max_processes: 4096
-EOF
+cp "$repo/test/policies/permissive.yaml" "$work/policy.yaml"
 printf 'default_policy = "%s"\n' "$work/policy.yaml" > "$work/config.toml"
 cat > "$work/openshell" <<EOF
 #!/bin/sh
