@@ -15,6 +15,7 @@ import (
 	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 
 	"github.com/openshell/openshell/runtime"
 )
@@ -186,31 +187,36 @@ func (e *env) execSupervised(id, processFile, pidFile string) error {
 		os.Remove(processFile)
 		return fmt.Errorf("exec: %w", err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
 	// runsc writes the process's pid in the sandbox once it runs: only
 	// then has the exec started, as engines take a returned exec to mean.
-	tick := time.NewTicker(2 * time.Millisecond)
-	defer tick.Stop()
+	// The supervisor is never reaped here once it has: when this process
+	// exits it passes to the engine's shim (a subreaper), which must get
+	// its exit status, even if it has already ended.
 	for {
-		select {
-		case err := <-exited:
+		if data, _ := os.ReadFile(internal); len(bytes.TrimSpace(data)) > 0 {
+			if pidFile != "" {
+				if err := os.WriteFile(pidFile, []byte(strconv.Itoa(cmd.Process.Pid)), 0o644); err != nil {
+					_ = cmd.Process.Signal(syscall.SIGKILL)
+					return fmt.Errorf("exec: %w", err)
+				}
+			}
+			return cmd.Process.Release()
+		}
+		var info unix.Siginfo
+		if err := unix.Waitid(unix.P_PID, cmd.Process.Pid, &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil); err != nil {
+			return fmt.Errorf("exec %s: %w", id, err)
+		}
+		if info.Signo == int32(syscall.SIGCHLD) {
+			// It ended without starting the process: reap it for its
+			// status, which is runsc's (its error is in --log).
+			err := cmd.Wait()
 			var exit *exec.ExitError
 			if errors.As(err, &exit) {
 				return exitError(exit.ExitCode())
 			}
 			return fmt.Errorf("exec %s: the supervisor ended before the process started: %v", id, err)
-		case <-tick.C:
-			if data, _ := os.ReadFile(internal); len(bytes.TrimSpace(data)) > 0 {
-				if pidFile != "" {
-					if err := os.WriteFile(pidFile, []byte(strconv.Itoa(cmd.Process.Pid)), 0o644); err != nil {
-						_ = cmd.Process.Signal(syscall.SIGKILL)
-						return fmt.Errorf("exec: %w", err)
-					}
-				}
-				return cmd.Process.Release()
-			}
 		}
+		time.Sleep(2 * time.Millisecond)
 	}
 }
 
