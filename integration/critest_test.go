@@ -275,10 +275,8 @@ func startCritestContainerd(t *testing.T, dir, bin, cniBin, registryAddr string)
 	// containers by those names; containerd's mirror configuration sends
 	// every pull for them to the test registry instead.
 	hosts := fmt.Sprintf("server = \"http://%s\"\n[host.\"http://%s\"]\n  capabilities = [\"pull\", \"resolve\"]\n", registryAddr, registryAddr)
-	for _, d := range []string{netd} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
+	if err := os.MkdirAll(netd, 0o755); err != nil {
+		t.Fatal(err)
 	}
 	for _, host := range []string{"registry.k8s.io", "gcr.io", registryAddr} {
 		d := filepath.Join(dir, "certs.d", host)

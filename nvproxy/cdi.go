@@ -46,17 +46,15 @@ func (c *CDI) injectCDI(s *specs.Spec, names []string) (from string, ok bool, wh
 		// Auto-refresh would start an fsnotify watcher per sandbox; one
 		// scan at create is what a runtime needs.
 		cache, cerr := cdi.NewCache(cdi.WithSpecDirs(c.SpecDirs...), cdi.WithAutoRefresh(false))
-		var missing []string
+		var missing, files []string
 		for _, n := range names {
-			if cache.GetDevice(n) == nil {
+			if d := cache.GetDevice(n); d != nil {
+				files = append(files, d.GetSpec().GetPath())
+			} else {
 				missing = append(missing, n)
 			}
 		}
 		if len(missing) == 0 {
-			var files []string
-			for _, n := range names {
-				files = append(files, cache.GetDevice(n).GetSpec().GetPath())
-			}
 			slices.Sort(files)
 			if _, err := cache.InjectDevices(s, names...); err != nil {
 				return "", false, nil, fmt.Errorf("CDI: %w", err)
