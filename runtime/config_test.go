@@ -47,6 +47,7 @@ func TestParseConfigErrors(t *testing.T) {
 		{"not a flag", `runsc_flags = ["debug"]`, `c.toml: runsc_flags: "debug" is not a flag`},
 		{"bad dns upstream", "[egress]\ndns_upstream = \"dns.example\"\n", `c.toml: egress.dns_upstream: "dns.example" is not IP:port`},
 		{"relative CDI dir", "[gpu]\ncdi_spec_dirs = [\"/etc/cdi\", \"cdi\"]\n", `c.toml: gpu.cdi_spec_dirs[1]: "cdi" is not an absolute path`},
+		{"relative driver root", "[gpu]\ndriver_root = \"drivers\"\n", `c.toml: gpu.driver_root: "drivers" is not an absolute path`},
 		{"relative uplink", "[egress]\nuplink_netns = \"netns/x\"\n", `c.toml: egress.uplink_netns: "netns/x" is not an absolute path`},
 		{"unknown egress key", "[egress]\naudit = \"/x\"\n", "c.toml:2:1: egress.audit: unknown field"},
 		{"managed nvproxy flag", `runsc_flags = ["--nvproxy-driver-version=latest"]`, "c.toml: runsc_flags: --nvproxy-driver-version is set by openshell"},
