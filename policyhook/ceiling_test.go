@@ -103,7 +103,9 @@ func TestWidenings(t *testing.T) {
 		}},
 		{name: "no gpu, no egress", change: func(p *policy.Policy) { p.GPU, p.Network.Egress = nil, nil }},
 
-		{name: "read outside", change: func(p *policy.Policy) { p.Filesystem.ReadOnly = append(p.Filesystem.ReadOnly, pathRules("ro[3]", "/home")...) },
+		{name: "read outside", change: func(p *policy.Policy) {
+			p.Filesystem.ReadOnly = append(p.Filesystem.ReadOnly, pathRules("ro[3]", "/home")...)
+		},
 			want: "ro[3]: /home is not within any path the ceiling lets the sandbox read"},
 		{name: "read prefix is not a parent", change: func(p *policy.Policy) { p.Filesystem.ReadOnly = pathRules("ro[0]", "/usrx") },
 			want: "ro[0]: /usrx is not within"},
