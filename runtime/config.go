@@ -39,6 +39,22 @@ type Config struct {
 	DefaultPolicy string `toml:"default_policy"`
 	// PolicyDir holds the policies containers may name by annotation.
 	PolicyDir string `toml:"policy_dir"`
+	// PolicyPaths are the directories under which the io.openshell.policy
+	// annotation may name a policy by absolute path, checked after
+	// symlinks are resolved. Empty (the default): names only.
+	PolicyPaths []string `toml:"policy_paths"`
+	// AllowInlinePolicy lets the io.openshell.policy.inline annotation
+	// carry a policy's YAML. Off by default: whoever writes a pod spec
+	// would choose its sandbox.
+	AllowInlinePolicy bool `toml:"allow_inline_policy"`
+	// CeilingPolicy, when set, is a policy every annotation-chosen policy
+	// must lie within: a name in PolicyDir, an absolute path, or
+	// "builtin:default". The default_policy is not held to it.
+	CeilingPolicy string `toml:"ceiling_policy"`
+	// AllowedHooks are the OCI hook binaries (absolute paths) a
+	// container's spec may run on the host; every other hook is dropped.
+	// Empty (the default): none.
+	AllowedHooks []string `toml:"allowed_hooks"`
 	// RunscFlags are extra global runsc flags, e.g. ["--debug"].
 	RunscFlags []string `toml:"runsc_flags"`
 	// Egress configures the egress gateway of sandboxes whose policy
@@ -169,6 +185,22 @@ func (c *Config) validate() error {
 		if p != "" && !filepath.IsAbs(p) {
 			bad(field, "%q is not an absolute path", p)
 		}
+	}
+	for i, d := range c.PolicyPaths {
+		switch field := fmt.Sprintf("policy_paths[%d]", i); {
+		case !filepath.IsAbs(d):
+			bad(field, "%q is not an absolute path", d)
+		case filepath.Clean(d) == "/":
+			bad(field, "/ would let an annotation name any file on the host")
+		}
+	}
+	for i, h := range c.AllowedHooks {
+		if !filepath.IsAbs(h) || filepath.Clean(h) != h {
+			bad(fmt.Sprintf("allowed_hooks[%d]", i), "%q is not a clean absolute path", h)
+		}
+	}
+	if d := c.CeilingPolicy; d != "" && d != BuiltinPolicy && !filepath.IsAbs(d) && !validPolicyName(d) {
+		bad("ceiling_policy", "%q is neither %s, an absolute path nor a policy name", d, BuiltinPolicy)
 	}
 	for i, d := range c.GPU.CDISpecDirs {
 		if !filepath.IsAbs(d) {

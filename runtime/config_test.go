@@ -24,9 +24,16 @@ platform = "ptrace"
 default_policy = "agent"
 policy_dir = "/srv/policies"
 runsc_flags = ["--debug", "--debug-log=/tmp/runsc/"]
+policy_paths = ["/etc/openshell/extra"]
+allow_inline_policy = true
+ceiling_policy = "ceiling"
+allowed_hooks = ["/usr/bin/nvidia-container-runtime-hook"]
 `))
 	if err != nil {
 		t.Fatal(err)
+	}
+	if len(c.PolicyPaths) != 1 || !c.AllowInlinePolicy || c.CeilingPolicy != "ceiling" || len(c.AllowedHooks) != 1 {
+		t.Fatalf("parsed: %+v", c)
 	}
 	if c.Runsc != "/usr/local/bin/runsc" || c.Root != "/var/run/os" || c.PlatformOrDefault() != "ptrace" ||
 		c.DefaultPolicy != "agent" || c.PolicyDir != "/srv/policies" || len(c.RunscFlags) != 2 || c.File() != "c.toml" {
@@ -50,6 +57,12 @@ func TestParseConfigErrors(t *testing.T) {
 		{"relative driver root", "[gpu]\ndriver_root = \"drivers\"\n", `c.toml: gpu.driver_root: "drivers" is not an absolute path`},
 		{"relative uplink", "[egress]\nuplink_netns = \"netns/x\"\n", `c.toml: egress.uplink_netns: "netns/x" is not an absolute path`},
 		{"unknown egress key", "[egress]\naudit = \"/x\"\n", "c.toml:2:1: egress.audit: unknown field"},
+		{"relative policy path", `policy_paths = ["extra"]`, `c.toml: policy_paths[0]: "extra" is not an absolute path`},
+		{"root as policy path", `policy_paths = ["/etc", "//"]`, `c.toml: policy_paths[1]: / would let an annotation name any file on the host`},
+		{"relative hook", `allowed_hooks = ["nvidia-container-runtime-hook"]`, `c.toml: allowed_hooks[0]: "nvidia-container-runtime-hook" is not a clean absolute path`},
+		{"unclean hook", `allowed_hooks = ["/usr/bin/../bin/hook"]`, `c.toml: allowed_hooks[0]: "/usr/bin/../bin/hook" is not a clean absolute path`},
+		{"bad ceiling", `ceiling_policy = "../x"`, `c.toml: ceiling_policy: "../x" is neither builtin:default`},
+		{"inline not a bool", `allow_inline_policy = "yes"`, "c.toml:1:"},
 		{"managed nvproxy flag", `runsc_flags = ["--nvproxy-driver-version=latest"]`, "c.toml: runsc_flags: --nvproxy-driver-version is set by openshell"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -88,5 +101,16 @@ func TestDeployConfigParses(t *testing.T) {
 	}
 	if c.DefaultPolicy != BuiltinPolicy || c.PolicyDir != "/etc/openshell/policies" {
 		t.Fatalf("%+v", c)
+	}
+	// The shipped file keeps the secure defaults.
+	if len(c.PolicyPaths) != 0 || c.AllowInlinePolicy || c.CeilingPolicy != "" || len(c.AllowedHooks) != 0 {
+		t.Fatalf("the shipped config widens a default: %+v", c)
+	}
+}
+
+func TestDefaultsAreSecure(t *testing.T) {
+	c := DefaultConfig()
+	if len(c.PolicyPaths) != 0 || c.AllowInlinePolicy || len(c.AllowedHooks) != 0 {
+		t.Fatalf("defaults: %+v", c)
 	}
 }
