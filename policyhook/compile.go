@@ -70,6 +70,7 @@ type options struct {
 	devRoot string
 	noGPUs  bool
 	cdi     *nvproxy.CDI
+	hooks   []string
 }
 
 // Option configures Compile.
@@ -95,6 +96,11 @@ func WithDevRoot(dir string) Option { return func(o *options) { o.devRoot = dir 
 // WithCDI has a GPU policy's devices injected from CDI specs (or a
 // generated one) when no engine injected them.
 func WithCDI(c nvproxy.CDI) Option { return func(o *options) { o.cdi = &c } }
+
+// WithAllowedHooks names the OCI hook binaries the spec may keep (the
+// runtime configuration's allowed_hooks); without it every hook is
+// dropped. runsc runs hooks on the host as root, outside the sandbox.
+func WithAllowedHooks(paths []string) Option { return func(o *options) { o.hooks = paths } }
 
 // WithoutGPUDevices gives a GPU policy nvproxy but no host device nodes:
 // the runtime's driver_version = "latest", on a host with no GPU.
@@ -172,8 +178,18 @@ func Compile(p *policy.Policy, opts ...Option) (*Compiled, error) {
 	if p.GPU != nil {
 		gpu = nvproxy.NewExpose(nvproxy.Options{GPU: p.GPU, CDI: o.cdi, DevRoot: o.devRoot, NoHostDevices: o.noGPUs})
 	}
+	// Hooks are dropped after the GPU decision has seen the engine's
+	// (Docker's --gpus hook asks for GPUs), and after CDI injection, so
+	// that the hooks a CDI spec brings are held to the same list: runsc
+	// runs them all as root on the host. A dropped hook only narrows what
+	// runs, so it is a warning, not an error.
+	dropHooks := modifier.NewDropHooks(o.hooks, func(stage string, h specs.Hook) {
+		c.Warnings = append(c.Warnings, &policy.FieldError{File: "config.json", Field: "hooks." + stage,
+			Msg: fmt.Sprintf("dropped %s: a hook runs on the host as root, and only the runtime configuration's allowed_hooks are kept", h.Path)})
+	})
 	c.Modifiers = modifier.List{}.Append(
 		gpu,
+		dropHooks,
 		modifier.NewAnnotations(p.Name, p.Hash, string(p.Format)),
 		view,
 		tmp,

@@ -245,3 +245,75 @@ func BenchmarkApply(b *testing.B) {
 		}
 	}
 }
+
+// TestCompileDropsHooks: the engine's hooks run on the host as root, so
+// only the allowed ones are kept, each dropped one is a warning, and the
+// GPU decision still sees the engine's hooks before they go.
+func TestCompileDropsHooks(t *testing.T) {
+	const nvidia = "/usr/bin/nvidia-container-runtime-hook"
+	spec := func(t *testing.T) *specs.Spec {
+		s := spectest.Base(t)
+		s.Hooks = &specs.Hooks{
+			CreateRuntime: []specs.Hook{{Path: "/bin/sh", Args: []string{"sh", "-c", "id > /tmp/pwned"}}},
+			Poststop:      []specs.Hook{{Path: "/usr/local/bin/allowed"}},
+		}
+		return s
+	}
+	p := load(t, "../examples/seed.yaml")
+	for _, tc := range []struct {
+		name     string
+		allowed  []string
+		wantKept []string
+		wantWarn []string
+	}{
+		{name: "default drops all", wantWarn: []string{
+			"config.json: hooks.createRuntime: dropped /bin/sh: a hook runs on the host as root, and only the runtime configuration's allowed_hooks are kept",
+			"config.json: hooks.poststop: dropped /usr/local/bin/allowed",
+		}},
+		{name: "allowed kept", allowed: []string{"/usr/local/bin/allowed"}, wantKept: []string{"/usr/local/bin/allowed"},
+			wantWarn: []string{"hooks.createRuntime: dropped /bin/sh"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Compile(p, WithRootDir("/run/openshell/s/root"), WithBundle("/bundle"), WithAllowedHooks(tc.allowed))
+			if err != nil {
+				t.Fatal(err)
+			}
+			before := len(c.Warnings)
+			s := spec(t)
+			if err := c.Apply(s); err != nil {
+				t.Fatal(err)
+			}
+			var kept []string
+			if s.Hooks != nil {
+				for _, h := range slices.Concat(s.Hooks.CreateRuntime, s.Hooks.Poststop) {
+					kept = append(kept, h.Path)
+				}
+			}
+			if !slices.Equal(kept, tc.wantKept) {
+				t.Errorf("kept %v, want %v", kept, tc.wantKept)
+			}
+			got := warnings(c)[before:]
+			if len(got) != len(tc.wantWarn) {
+				t.Fatalf("warnings %q, want %d", got, len(tc.wantWarn))
+			}
+			for i, w := range tc.wantWarn {
+				if !strings.Contains(got[i], w) {
+					t.Errorf("warning %q lacks %q", got[i], w)
+				}
+			}
+		})
+	}
+
+	// A policy without GPUs refuses Docker's --gpus hook, even though the
+	// hook would be dropped: the GPU decision comes first.
+	c, err := Compile(p, WithRootDir("/run/openshell/s/root"), WithBundle("/bundle"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := spectest.Base(t)
+	//lint:ignore SA1019 what Docker --gpus still sends
+	s.Hooks = &specs.Hooks{Prestart: []specs.Hook{{Path: nvidia}}}
+	if err := c.Apply(s); err == nil || !strings.Contains(err.Error(), "hook "+nvidia) {
+		t.Fatalf("GPU request through a hook: %v", err)
+	}
+}
