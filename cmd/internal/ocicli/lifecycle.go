@@ -81,6 +81,10 @@ func (e *env) prepare(id, bundle string) (*runtime.Sandbox, *runtime.State, func
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("policy (%s): %w", src, err)
 	}
+	subcontainer, err := e.checkJoin(s.Annotations, p.Name, p.Hash)
+	if err != nil {
+		return nil, nil, nil, err
+	}
 	gpuFlags, gpuWarnings, err := runtime.GPUFlags(context.Background(), e.runsc.Path, e.cfg, p)
 	if err != nil {
 		return nil, nil, nil, err
@@ -101,7 +105,7 @@ func (e *env) prepare(id, bundle string) (*runtime.Sandbox, *runtime.State, func
 	}
 	c.RunscFlags = append(c.RunscFlags, gpuFlags...)
 	st := sb.NewState(bundle, src.String(), s.Process)
-	st.Subcontainer = isSubcontainer(s.Annotations)
+	st.Subcontainer = subcontainer
 	undo := func() {
 		if err := sb.Cleanup(); err != nil {
 			e.log.Error("remove state", "container", id, "error", err)
@@ -247,11 +251,67 @@ func cmdStart(ctx context.Context, e *env, args []string) error {
 	return nil
 }
 
+// The annotations with which CRI engines (containerd, CRI-O) have runsc
+// start a pod's later containers inside its first one's sandbox.
+const (
+	annotationContainerdType    = "io.kubernetes.cri.container-type"
+	annotationContainerdSandbox = "io.kubernetes.cri.sandbox-id"
+	annotationCRIOType          = "io.kubernetes.cri-o.ContainerType"
+	annotationCRIOSandbox       = "io.kubernetes.cri-o.SandboxID"
+)
+
 // isSubcontainer reports whether a spec is a pod's second (or later)
-// container, which runsc starts inside the pod's existing sandbox.
+// container, which runsc starts inside the pod's existing sandbox. It
+// reads the annotations exactly as runsc does (specutils.SpecContainerType:
+// containerd's first, whatever its value), so that we never check one
+// container type while runsc acts on another.
 func isSubcontainer(annotations map[string]string) bool {
-	return annotations["io.kubernetes.cri.container-type"] == "container" ||
-		annotations["io.kubernetes.cri-o.ContainerType"] == "container"
+	if t, ok := annotations[annotationContainerdType]; ok {
+		return t == "container"
+	}
+	return annotations[annotationCRIOType] == "container"
+}
+
+// sandboxToJoin is the sandbox a subcontainer joins, and the annotation
+// that named it, in runsc's order (specutils.SandboxID).
+func sandboxToJoin(annotations map[string]string) (id, key string) {
+	for _, k := range []string{annotationContainerdSandbox, annotationCRIOSandbox} {
+		if id, ok := annotations[k]; ok {
+			return id, k
+		}
+	}
+	return "", annotationContainerdSandbox
+}
+
+// checkJoin reports whether the container joins an existing sandbox, and
+// refuses the join unless that sandbox is one this runtime created (its
+// state is in ours), is a sandbox rather than a container that joined
+// one, and runs under the very same policy (by sha256) as the container.
+// A joined container shares its sandbox's network, egress gateway and
+// runsc flags, so any other policy could widen it. The annotations are
+// written by whoever writes the spec (with ctr or Docker, anyone), and
+// CRI engines set them from their own sandbox records, so a pod's
+// containers pass: they resolve the same annotations to the same policy.
+func (e *env) checkJoin(annotations map[string]string, name, hash string) (bool, error) {
+	if !isSubcontainer(annotations) {
+		return false, nil
+	}
+	id, key := sandboxToJoin(annotations)
+	if id == "" {
+		return false, fmt.Errorf("join sandbox: the container type annotation makes this a pod's container, but annotation %s names no sandbox", key)
+	}
+	_, st, err := runtime.Open(e.stateDir(), id)
+	switch {
+	case err != nil:
+		return false, fmt.Errorf("join sandbox %q (annotation %s): no sandbox of this runtime by that id: %w", id, key, err)
+	case st == nil:
+		return false, fmt.Errorf("join sandbox %q (annotation %s): it has no recorded policy yet", id, key)
+	case st.Subcontainer:
+		return false, fmt.Errorf("join sandbox %q (annotation %s): it is a container that joined a sandbox, not a sandbox", id, key)
+	case st.Policy.Hash != hash:
+		return false, fmt.Errorf("join sandbox %q (annotation %s): it runs policy %s (sha256 %s), this container policy %s (sha256 %s); a container joins only a sandbox with the same policy", id, key, st.Policy.Name, st.Policy.Hash, name, hash)
+	}
+	return true, nil
 }
 
 // spawnStdioHolder starts the container's proxy process for a pod's

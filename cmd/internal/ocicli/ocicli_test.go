@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"github.com/opencontainers/runtime-spec/specs-go/features"
+
+	"github.com/openshell/openshell/runtime"
 )
 
 // runMain runs openshell-runtime in-process with files for its streams
@@ -89,7 +91,9 @@ func TestCreateBadPolicyLeavesNothing(t *testing.T) {
 	t.Setenv("OPENSHELL_RUNSC", runsc)
 	root := filepath.Join(dir, "root")
 	log := filepath.Join(dir, "log.json")
-	code, _, errs := runMain(t, "--root", root, "--log", log, "--log-format", "json", "--config", "/nonexistent", "create", "--bundle", bundle, "c1")
+	cfg := filepath.Join(dir, "config.toml")
+	os.WriteFile(cfg, []byte("allow_inline_policy = true\n"), 0o600)
+	code, _, errs := runMain(t, "--root", root, "--log", log, "--log-format", "json", "--config", cfg, "create", "--bundle", bundle, "c1")
 	want := "<io.openshell.policy.inline>:3:33: sandbox.filesystem.allowed_writes[0]: / can never be writable"
 	if code != 1 || !strings.Contains(errs, want) {
 		t.Fatalf("exit %d, stderr %q", code, errs)
@@ -126,5 +130,90 @@ func TestTranslateShortFlags(t *testing.T) {
 		if got := strings.Join(translate(tc.sub, tc.in), " "); got != tc.want {
 			t.Errorf("%s %v: %q, want %q", tc.sub, tc.in, got, tc.want)
 		}
+	}
+}
+
+// TestCreateJoinNeedsOurSandbox: the CRI annotations that have runsc put
+// a container into another's sandbox (and its egress) are refused when
+// that sandbox is not one of ours; runsc is never called, nothing is left.
+func TestCreateJoinNeedsOurSandbox(t *testing.T) {
+	dir := t.TempDir()
+	bundle := filepath.Join(dir, "bundle")
+	os.MkdirAll(filepath.Join(bundle, "rootfs"), 0o755)
+	spec := `{"ociVersion":"1.0.2","root":{"path":"rootfs"},"process":{"args":["true"],"cwd":"/"},` +
+		`"annotations":{"io.kubernetes.cri.container-type":"container","io.kubernetes.cri.sandbox-id":"victim"}}`
+	os.WriteFile(filepath.Join(bundle, "config.json"), []byte(spec), 0o600)
+	runsc := filepath.Join(dir, "runsc")
+	called := filepath.Join(dir, "called")
+	os.WriteFile(runsc, []byte("#!/bin/sh\ntouch "+called+"\n"), 0o755)
+	t.Setenv("OPENSHELL_RUNSC", runsc)
+	root := filepath.Join(dir, "root")
+	code, _, errs := runMain(t, "--root", root, "--config", "/nonexistent", "create", "--bundle", bundle, "c1")
+	want := `join sandbox \"victim\" (annotation io.kubernetes.cri.sandbox-id): no sandbox of this runtime by that id`
+	if code != 1 || !strings.Contains(errs, want) {
+		t.Fatalf("exit %d, stderr %q", code, errs)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(root, "openshell")); len(ents) != 0 {
+		t.Fatalf("state left: %v", ents)
+	}
+	if _, err := os.Stat(called); err == nil {
+		t.Fatal("runsc was called")
+	}
+}
+
+func TestCheckJoin(t *testing.T) {
+	e := &env{g: global{root: t.TempDir()}}
+	save := func(id string, st *runtime.State) {
+		sb := &runtime.Sandbox{ID: id, Dir: filepath.Join(e.stateDir(), id)}
+		if err := os.MkdirAll(sb.Dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if st != nil {
+			if err := sb.SaveState(st); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	save("pod", &runtime.State{ID: "pod", Policy: runtime.PolicyRef{Name: "agent", Hash: "aaaa"}})
+	save("member", &runtime.State{ID: "member", Policy: runtime.PolicyRef{Name: "agent", Hash: "aaaa"}, Subcontainer: true})
+	save("preparing", nil)
+	join := func(id string) map[string]string {
+		return map[string]string{"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-id": id}
+	}
+	for _, tc := range []struct {
+		name        string
+		annotations map[string]string
+		hash        string
+		want        bool
+		wantErr     string
+	}{
+		{name: "no annotations", hash: "bbbb"},
+		{name: "a pod's sandbox", annotations: map[string]string{"io.kubernetes.cri.container-type": "sandbox"}, hash: "bbbb"},
+		{name: "same policy", annotations: join("pod"), hash: "aaaa", want: true},
+		{name: "CRI-O", annotations: map[string]string{"io.kubernetes.cri-o.ContainerType": "container", "io.kubernetes.cri-o.SandboxID": "pod"}, hash: "aaaa", want: true},
+		{name: "other policy", annotations: join("pod"), hash: "bbbb",
+			wantErr: `join sandbox "pod" (annotation io.kubernetes.cri.sandbox-id): it runs policy agent (sha256 aaaa), this container policy wide (sha256 bbbb); a container joins only a sandbox with the same policy`},
+		{name: "unknown sandbox", annotations: join("elsewhere"), hash: "aaaa", wantErr: "no sandbox of this runtime by that id"},
+		{name: "path as sandbox id", annotations: join("../pod"), hash: "aaaa", wantErr: "not a valid id"},
+		{name: "joined container", annotations: join("member"), hash: "aaaa", wantErr: "is a container that joined a sandbox"},
+		{name: "no state yet", annotations: join("preparing"), hash: "aaaa", wantErr: "has no recorded policy yet"},
+		{name: "no sandbox id", annotations: map[string]string{"io.kubernetes.cri.container-type": "container"}, hash: "aaaa",
+			wantErr: "annotation io.kubernetes.cri.sandbox-id names no sandbox"},
+		// runsc reads containerd's type first: a CRI-O "container" under a
+		// containerd "sandbox" is a new sandbox to runsc, and so to us.
+		{name: "containerd type wins", annotations: map[string]string{"io.kubernetes.cri.container-type": "sandbox", "io.kubernetes.cri-o.ContainerType": "container", "io.kubernetes.cri-o.SandboxID": "x"}, hash: "bbbb"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := e.checkJoin(tc.annotations, "wide", tc.hash)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error = %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Fatalf("join = %v, %v; want %v", got, err, tc.want)
+			}
+		})
 	}
 }
