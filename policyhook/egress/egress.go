@@ -16,7 +16,8 @@ import (
 // change the rules; a Matcher is never modified.
 type Matcher struct {
 	exact        map[string][]*policy.EgressRule
-	wild         map[string][]*policy.EgressRule // "*.example.com" under "example.com"
+	oneLabel     map[string][]*policy.EgressRule // "*.example.com" under "example.com"
+	anyDepth     map[string][]*policy.EgressRule // "**.example.com" under "example.com"
 	withIPs      []*policy.EgressRule            // rules that list allowed_ips
 	blockPrivate bool
 	dnsFiltering bool
@@ -26,17 +27,26 @@ type Matcher struct {
 func New(n policy.Network) *Matcher {
 	m := &Matcher{
 		exact:        map[string][]*policy.EgressRule{},
-		wild:         map[string][]*policy.EgressRule{},
+		oneLabel:     map[string][]*policy.EgressRule{},
+		anyDepth:     map[string][]*policy.EgressRule{},
 		blockPrivate: n.BlockPrivateRanges,
 		dnsFiltering: n.DNSFiltering,
 	}
 	for i := range n.Egress {
 		r := &n.Egress[i]
-		host := strings.TrimSuffix(strings.ToLower(r.Host), ".")
-		if rest, ok := strings.CutPrefix(host, "*."); ok {
-			m.wild[rest] = append(m.wild[rest], r)
-		} else {
-			m.exact[host] = append(m.exact[host], r)
+		// Validation stored r.Host normalised; a pattern that does not
+		// normalise (a Network built by hand) allows nothing.
+		pattern, err := policy.NormalizeHostPattern(r.Host)
+		if err != nil {
+			continue
+		}
+		switch base, w := policy.SplitHostPattern(pattern); w {
+		case policy.OneLabel:
+			m.oneLabel[base] = append(m.oneLabel[base], r)
+		case policy.AnyDepth:
+			m.anyDepth[base] = append(m.anyDepth[base], r)
+		default:
+			m.exact[base] = append(m.exact[base], r)
 		}
 		if len(r.AllowedIPs) > 0 {
 			m.withIPs = append(m.withIPs, r)
@@ -46,38 +56,55 @@ func New(n policy.Network) *Matcher {
 }
 
 // Empty reports whether no rule allows anything.
-func (m *Matcher) Empty() bool { return len(m.exact) == 0 && len(m.wild) == 0 }
+func (m *Matcher) Empty() bool {
+	return len(m.exact) == 0 && len(m.oneLabel) == 0 && len(m.anyDepth) == 0
+}
 
 // DNSFiltering reports whether the gateway's DNS answers only allowed names.
 func (m *Matcher) DNSFiltering() bool { return m.dnsFiltering }
 
-// Normalize lower-cases a host name and drops its trailing dot.
+// Normalize returns name in the form rules are matched in
+// (policy.NormalizeHost: ASCII, lower case, no trailing dot). A name that
+// is not a valid host name comes back lower-cased and without its
+// trailing dot, for messages only: Name and Match never match it.
 func Normalize(name string) string {
+	if n, err := policy.NormalizeHost(name); err == nil {
+		return n
+	}
 	return strings.TrimSuffix(strings.ToLower(name), ".")
 }
 
 // Name returns the rules whose host pattern covers name, on any port: the
 // DNS server answers a name when this is not empty. Exact rules come
-// first, then wildcards from the most specific suffix up.
+// first, then wildcards from the most specific suffix up ("*." only one
+// label above its domain, "**." at any depth), as policy.HostMatches
+// defines them. A name that does not normalise matches nothing.
 func (m *Matcher) Name(name string) []*policy.EgressRule {
-	name = Normalize(name)
-	if name == "" {
+	name, err := policy.NormalizeHost(name)
+	if err != nil {
 		return nil
 	}
 	out := m.exact[name]
-	for rest := name; ; {
+	add := func(rs []*policy.EgressRule) {
+		if len(rs) == 0 {
+			return
+		}
+		if out == nil {
+			out = rs
+		} else {
+			out = append(out[:len(out):len(out)], rs...)
+		}
+	}
+	for rest, first := name, true; ; first = false {
 		i := strings.IndexByte(rest, '.')
 		if i < 0 {
 			break
 		}
 		rest = rest[i+1:]
-		if rs := m.wild[rest]; len(rs) > 0 {
-			if out == nil {
-				out = rs
-			} else {
-				out = append(out[:len(out):len(out)], rs...)
-			}
+		if first {
+			add(m.oneLabel[rest])
 		}
+		add(m.anyDepth[rest])
 	}
 	return out
 }

@@ -16,6 +16,8 @@ func network() policy.Network {
 			{Field: "r1", Host: "*.example.org", Ports: []int{80, 443}},
 			{Field: "r2", Host: "internal.corp.test", Ports: []int{8080}, AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16")}},
 			{Field: "r3", Host: "api.example.com", Ports: []int{8443}},
+			{Field: "r4", Host: "**.example.net", Ports: []int{443}},
+			{Field: "r5", Host: "xn--bcher-kva.example", Ports: []int{443}},
 		},
 	}
 }
@@ -34,7 +36,16 @@ func TestMatch(t *testing.T) {
 		{"example.com", 443, ""},
 		{"evil-api.example.com", 443, ""},
 		{"a.example.org", 80, "r1"},
-		{"a.b.example.org", 443, "r1"},
+		// "*." is one label, as in NVIDIA OpenShell; "**." any depth.
+		{"a.b.example.org", 443, ""},
+		{"a.example.net", 443, "r4"},
+		{"a.b.c.example.net", 443, "r4"},
+		{"example.net", 443, ""},
+		{"Bücher.example", 443, "r5"},
+		{"XN--BCHER-KVA.example.", 443, "r5"},
+		{"api.example.com\x00", 443, ""},
+		{"api.example.com..", 443, ""},
+		{"*.example.org", 443, ""},
 		{"example.org", 443, ""},
 		{"exampleXorg", 443, ""},
 		{"data.evil.example", 443, ""},
@@ -51,6 +62,34 @@ func TestMatch(t *testing.T) {
 	}
 	if len(m.Name("api.example.com")) != 2 {
 		t.Errorf("Name(api.example.com) should list both rules")
+	}
+}
+
+// TestMatchAgreesWithPolicy checks the matcher's hash tables against the
+// definition in policy.HostMatches, for every pattern form and depth.
+func TestMatchAgreesWithPolicy(t *testing.T) {
+	patterns := []string{"example.com", "*.example.com", "**.example.com", "*.a.example.com", "**.b.example.com"}
+	names := []string{"example.com", "a.example.com", "b.example.com", "x.a.example.com", "x.y.a.example.com",
+		"x.b.example.com", "x.y.b.example.com", "aexample.com", "a.example.comm", "com"}
+	for _, pat := range patterns {
+		m := New(policy.Network{Egress: []policy.EgressRule{{Field: pat, Host: pat, Ports: []int{443}}}})
+		for _, name := range names {
+			got := m.Match(name, 443) != nil
+			if want := policy.HostMatches(pat, name); got != want {
+				t.Errorf("pattern %q, name %q: Match = %v, policy.HostMatches = %v", pat, name, got, want)
+			}
+		}
+	}
+}
+
+// TestNormalizeIdempotent: a normalised name normalises to itself, and
+// a name that is no host name is never matched by a rule.
+func TestNormalizeIdempotent(t *testing.T) {
+	for _, in := range []string{"API.Example.COM.", "Bücher.example", "xn--bcher-kva.example", "a\x00b.com", "a b.com", "-a.com"} {
+		once := Normalize(in)
+		if twice := Normalize(once); twice != once {
+			t.Errorf("Normalize(%q) = %q, Normalize of that = %q", in, once, twice)
+		}
 	}
 }
 
@@ -145,13 +184,32 @@ func TestHostIP(t *testing.T) {
 }
 
 func FuzzHostIP(f *testing.F) {
-	for _, s := range []string{"2852039166", "0xa9fea9fe", "0251.0376.0251.0376", "[::1]", "a.b"} {
+	for _, s := range []string{"2852039166", "0xa9fea9fe", "0251.0376.0251.0376", "[::1]", "a.b",
+		"Bücher.example.", "xn--bcher-kva.example", "a\u3002b", "ｅｘａｍｐｌｅ.com", "a..b", "a\x00.b"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
 		a, ok := HostIP(s)
 		if ok && !a.IsValid() {
 			t.Fatalf("HostIP(%q) returned an invalid address", s)
+		}
+		// The name side of the same input: normalisation is idempotent,
+		// its result is a plain ASCII host name, and an IP never
+		// normalises into a name a rule could match.
+		n, err := policy.NormalizeHost(s)
+		if err != nil {
+			return
+		}
+		if again, err := policy.NormalizeHost(n); err != nil || again != n {
+			t.Fatalf("NormalizeHost(%q) = %q, but NormalizeHost(%q) = %q, %v", s, n, n, again, err)
+		}
+		for i := 0; i < len(n); i++ {
+			if c := n[i]; c >= 0x80 || c <= ' ' || c == 0x7f || 'A' <= c && c <= 'Z' {
+				t.Fatalf("NormalizeHost(%q) = %q holds byte %#x", s, n, c)
+			}
+		}
+		if len(n) > 253 {
+			t.Fatalf("NormalizeHost(%q) is %d bytes long", s, len(n))
 		}
 	})
 }

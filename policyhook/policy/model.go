@@ -135,7 +135,7 @@ type EgressRule struct {
 	Group string // the network_policies key (OpenShell); "" for the seed format
 	Name  string
 
-	Host        string // lower case; may start with "*." to match subdomains
+	Host        string // NormalizeHostPattern's form; "*." one label, "**." any depth
 	Ports       []int
 	Protocol    string // "" (plain TCP) or "rest"
 	TLS         string

@@ -235,11 +235,15 @@ func validateNetwork(n *Network, s *errSink) {
 	seen := map[key]string{}
 	for i := range n.Egress {
 		r := &n.Egress[i]
-		if msg := checkHost(r.Host); msg != "" {
-			s.addf(r.Field+".host", "%s", msg)
+		host, err := NormalizeHostPattern(r.Host)
+		if err != nil {
+			s.addf(r.Field+".host", "%s", err)
 		}
-		r.Host = strings.TrimSuffix(strings.ToLower(r.Host), ".")
+		r.Host = host
 		for _, p := range r.Ports {
+			if err != nil {
+				break
+			}
 			k := key{r.Group, r.Host, p}
 			if prev, dup := seen[k]; dup {
 				s.addf(r.Field, "%s:%d duplicates %s", r.Host, p, prev)
