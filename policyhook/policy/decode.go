@@ -11,9 +11,98 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
-// maxNodes bounds the work of one decode. Aliases can make a small file
-// expand into a huge tree ("billion laughs"); a policy never needs this many.
+// maxNodes bounds the work of one decode; a policy never needs this many.
+// (Aliases, which could make a small file expand into a huge tree, are
+// refused and never followed.)
 const maxNodes = 100_000
+
+// Bounds on what one policy may list, so that validating, compiling and
+// matching it stays fast (all of it is linear in these) and a hostile
+// policy cannot make a runtime hook or a gateway slow. Each is far above
+// any real policy; docs/policy.md lists them.
+const (
+	// MaxPaths bounds each filesystem list and all of them together.
+	MaxPaths = 4096
+	// MaxEgressRules bounds the egress rules (one host each): each of
+	// allowed_egress, an OpenShell policy's endpoints, and its
+	// network_policies, and all rules together.
+	MaxEgressRules = 4096
+	// MaxPorts bounds the ports of one rule.
+	MaxPorts = 1024
+	// MaxSyscalls bounds allowed_syscalls.
+	MaxSyscalls = 1024
+	// MaxListItems bounds every other list and mapping (allowed_ips,
+	// rules, binaries, environment, GPU devices).
+	MaxListItems = 1024
+)
+
+// listBounds gives the bound of a list or mapping by its key.
+var listBounds = map[string]int{
+	"system_paths":     MaxPaths,
+	"allowed_reads":    MaxPaths,
+	"allowed_writes":   MaxPaths,
+	"read_only":        MaxPaths,
+	"read_write":       MaxPaths,
+	"allowed_egress":   MaxEgressRules,
+	"endpoints":        MaxEgressRules,
+	"network_policies": MaxEgressRules,
+	"ports":            MaxPorts,
+	"allowed_syscalls": MaxSyscalls,
+}
+
+func boundOf(field string) int {
+	if b, ok := listBounds[field[strings.LastIndexByte(field, '.')+1:]]; ok {
+		return b
+	}
+	return MaxListItems
+}
+
+// tooMany reports, once, a list or mapping n with more than its bound of
+// entries; its entries are then not looked at.
+func (d *decoder) tooMany(n *yaml.Node, field string, entries int) bool {
+	if bound := boundOf(field); entries > bound {
+		d.sink.addAt(posOf(n), field, "has %d entries; at most %d are allowed", entries, bound)
+		d.incomplete = true
+		return true
+	}
+	return false
+}
+
+const noAliases = "YAML anchors, aliases and merge keys are not allowed in a policy; write the value out"
+
+// refuseAliases reports an anchor or alias at n. Aliases are never
+// followed, so an error behind one is reported once, and a small file
+// cannot expand into a huge tree ("billion laughs").
+func (d *decoder) refuseAliases(n *yaml.Node, field string) bool {
+	switch {
+	case n.Kind == yaml.AliasNode:
+		d.sink.addAt(posOf(n), field, "is an alias (*%s): %s", n.Value, noAliases)
+	case n.Anchor != "":
+		d.sink.addAt(posOf(n), field, "has an anchor (&%s): %s", n.Anchor, noAliases)
+	default:
+		return false
+	}
+	d.incomplete = true
+	return true
+}
+
+// badKey reports a mapping key that is an alias, a merge key ("<<",
+// which would otherwise become a field or a policy named "<<") or not a
+// scalar.
+func (d *decoder) badKey(k *yaml.Node, field string) bool {
+	switch {
+	case k.Kind == yaml.AliasNode || k.Anchor != "":
+		return d.refuseAliases(k, field)
+	case k.Kind == yaml.ScalarNode && k.Tag == "!!merge":
+		d.sink.addAt(posOf(k), field, "is a merge key (<<): %s", noAliases)
+		d.incomplete = true
+		return true
+	case k.Kind != yaml.ScalarNode:
+		d.wrongType(k, field, "a plain key")
+		return true
+	}
+	return false
+}
 
 // Unsupported marks a field that other tools' policies use and that openshell
 // recognises but cannot enforce. Its struct tag `unsupported:"why"` is the
@@ -30,6 +119,10 @@ var unsupportedType = reflect.TypeFor[Unsupported]()
 type decoder struct {
 	sink  *errSink
 	nodes int
+	// incomplete is set when an anchor, alias, merge key or a list over
+	// its bound was refused: what it stood for is missing, so validating
+	// the rest would only report that again.
+	incomplete bool
 }
 
 func newDecoder(sink *errSink) *decoder {
@@ -57,10 +150,10 @@ func (d *decoder) decode(n *yaml.Node, field string, v reflect.Value) {
 		}
 		return
 	}
-	for n.Kind == yaml.AliasNode {
-		n = n.Alias
-	}
 	d.sink.pos[field] = posOf(n)
+	if d.refuseAliases(n, field) {
+		return
+	}
 	if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
 		return // an empty value leaves the field at its default
 	}
@@ -136,6 +229,9 @@ func (d *decoder) decodeStruct(n *yaml.Node, field string, v reflect.Value) {
 		k, val := n.Content[i], n.Content[i+1]
 		key := k.Value
 		kf := join(field, key)
+		if d.badKey(k, kf) {
+			continue
+		}
 		if seen[key] {
 			d.sink.addAt(posOf(k), kf, "appears more than once")
 			continue
@@ -166,6 +262,9 @@ func (d *decoder) decodeSlice(n *yaml.Node, field string, v reflect.Value) {
 		d.wrongType(n, field, "a list")
 		return
 	}
+	if d.tooMany(n, field, len(n.Content)) {
+		return
+	}
 	s := reflect.MakeSlice(v.Type(), len(n.Content), len(n.Content))
 	for i, item := range n.Content {
 		d.decode(item, fmt.Sprintf("%s[%d]", field, i), s.Index(i))
@@ -181,13 +280,19 @@ func (d *decoder) decodeMap(n *yaml.Node, field string, v reflect.Value) {
 	if v.Type().Key().Kind() != reflect.String {
 		panic("policy: decoder supports only string-keyed maps")
 	}
+	if d.tooMany(n, field, len(n.Content)/2) {
+		return
+	}
 	m := reflect.MakeMap(v.Type())
 	seen := map[string]bool{}
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, val := n.Content[i], n.Content[i+1]
 		kf := join(field, k.Value)
-		if k.Kind != yaml.ScalarNode {
-			d.wrongType(k, kf, "a plain key")
+		if d.badKey(k, kf) {
+			continue
+		}
+		if hasControl(k.Value) {
+			d.sink.addAt(posOf(k), kf, "the key %q contains a control character", k.Value)
 			continue
 		}
 		if seen[k.Value] {

@@ -126,11 +126,16 @@ func fromOpenShell(f *osFile, s *errSink) *Policy {
 		name := np.Name
 		if name == "" {
 			name = key
+		} else if hasControl(name) {
+			s.addf(gf+".name", "%q contains a control character", name)
 		}
 		var bins []string
 		for i, b := range np.Binaries {
-			if !strings.HasPrefix(b.Path, "/") {
-				s.addf(fmt.Sprintf("%s.binaries[%d].path", gf, i), "%q is not an absolute path", b.Path)
+			switch f := fmt.Sprintf("%s.binaries[%d].path", gf, i); {
+			case hasControl(b.Path):
+				s.addf(f, "%q contains a control character", b.Path)
+			case !strings.HasPrefix(b.Path, "/"):
+				s.addf(f, "%q is not an absolute path", b.Path)
 			}
 			bins = append(bins, b.Path)
 		}

@@ -58,11 +58,15 @@ func Parse(file string, data []byte) (*Policy, error) {
 	switch format := detect(root, s); format {
 	case FormatSeed:
 		var f seedFile
-		d.decode(root, "", reflectValue(&f))
+		if d.decode(root, "", reflectValue(&f)); d.incomplete {
+			return nil, s.err()
+		}
 		p = fromSeed(&f, s)
 	case FormatOpenShellV1:
 		var f osFile
-		d.decode(root, "", reflectValue(&f))
+		if d.decode(root, "", reflectValue(&f)); d.incomplete {
+			return nil, s.err()
+		}
 		p = fromOpenShell(&f, s)
 	default:
 		return nil, s.err()
@@ -74,7 +78,7 @@ func Parse(file string, data []byte) (*Policy, error) {
 	sum := sha256.Sum256(data)
 	p.File = file
 	p.Hash = hex.EncodeToString(sum[:])
-	p.Warnings = s.warns.sorted()
+	p.Warnings = s.warns.sorted().capped()
 	p.pos = s.pos
 	return p, nil
 }
@@ -139,6 +143,9 @@ func detect(root *yaml.Node, s *errSink) Format {
 		}
 		v := root.Content[i+1]
 		switch {
+		case v.Kind == yaml.AliasNode || v.Anchor != "":
+			s.addAt(posOf(v), "version", "%s", noAliases)
+			return ""
 		case v.Kind == yaml.ScalarNode && v.Tag == "!!str" && v.Value == "1.0",
 			v.Kind == yaml.ScalarNode && v.Tag == "!!float" && v.Value == "1.0":
 			return FormatSeed

@@ -18,6 +18,12 @@ const (
 	maxCPUCoresLimit  = 1024
 )
 
+// writableDevNull may be listed writable although it lies under /dev:
+// NVIDIA OpenShell's own default policy lists it in read_write, and
+// gVisor's /dev/null is its own device that discards writes, whatever the
+// policy says (the mount view never binds a kernel path from the host).
+const writableDevNull = "/dev/null"
+
 // kernelPaths are provided by gVisor's own kernel (its procfs, sysfs and
 // devices), not by the image, so listing them grants nothing from the host.
 var kernelPaths = []string{"/dev", "/proc", "/sys"}
@@ -37,6 +43,9 @@ var envNameRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 // validate checks the whole model, adding every problem to s. It may
 // normalise values (host names to lower case).
 func validate(p *Policy, s *errSink) {
+	if hasControl(p.Name) {
+		s.addf("name", "%q contains a control character", p.Name)
+	}
 	validateFilesystem(&p.Filesystem, s)
 	validateProcess(&p.Process, s)
 	validateResources(p, s)
@@ -119,6 +128,9 @@ func validateFilesystem(fs *Filesystem, s *errSink) {
 		case r.Path == "":
 			s.addf(r.Field, "is empty")
 			return
+		case hasControl(r.Path):
+			s.addf(r.Field, "%q contains a control character", r.Path)
+			return
 		case !strings.HasPrefix(r.Path, "/"):
 			s.addf(r.Field, "%q is not an absolute path", r.Path)
 			return
@@ -131,6 +143,9 @@ func validateFilesystem(fs *Filesystem, s *errSink) {
 		case writable && r.Path == "/":
 			s.addf(r.Field, "/ can never be writable")
 			return
+		case writable && IsKernelPath(r.Path) && r.Path != writableDevNull:
+			s.addf(r.Field, "%s is under /proc, /sys or /dev, which can never be writable", r.Path)
+			return
 		}
 		// A path may be both readable and writable (writes win, as in the
 		// seed example's /tmp), and may repeat a system path; only a repeat
@@ -141,6 +156,18 @@ func validateFilesystem(fs *Filesystem, s *errSink) {
 			return
 		}
 		seen[key] = r.Field
+	}
+	if n := len(fs.ReadOnly) + len(fs.ReadWrite); n > MaxPaths {
+		// Each list is bounded by the decoder; this is all of them
+		// together, reported where the bound is crossed.
+		over := fs.ReadWrite[0]
+		if len(fs.ReadOnly) > MaxPaths {
+			over = fs.ReadOnly[MaxPaths]
+		} else if len(fs.ReadOnly) < MaxPaths {
+			over = fs.ReadWrite[MaxPaths-len(fs.ReadOnly)]
+		}
+		s.addf(over.Field, "the policy lists %d paths in all; at most %d are allowed", n, MaxPaths)
+		return
 	}
 	for _, r := range fs.ReadOnly {
 		check(r, false)
@@ -232,6 +259,12 @@ func validateNetwork(n *Network, s *errSink) {
 		group, host string
 		port        int
 	}
+	if len(n.Egress) > MaxEgressRules {
+		// Each list is bounded by the decoder; this is all of them
+		// together, reported where the bound is crossed.
+		s.addf(n.Egress[MaxEgressRules].Field, "the policy has %d egress rules in all; at most %d are allowed", len(n.Egress), MaxEgressRules)
+		return
+	}
 	seen := map[key]string{}
 	for i := range n.Egress {
 		r := &n.Egress[i]
@@ -263,7 +296,10 @@ func validateNetwork(n *Network, s *errSink) {
 			if !slices.Contains(httpMethods, strings.ToUpper(h.Method)) {
 				s.addf(f+".method", "%q is not an HTTP method", h.Method)
 			}
-			if !strings.HasPrefix(h.Path, "/") && h.Path != "*" && h.Path != "**" {
+			switch {
+			case hasControl(h.Path):
+				s.addf(f+".path", "%q contains a control character", h.Path)
+			case !strings.HasPrefix(h.Path, "/") && h.Path != "*" && h.Path != "**":
 				s.addf(f+".path", "%q must start with /", h.Path)
 			}
 		}
