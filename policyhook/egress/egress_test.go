@@ -3,6 +3,7 @@ package egress
 import (
 	"fmt"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/openshell/openshell/policyhook/policy"
@@ -210,6 +211,20 @@ func FuzzHostIP(f *testing.F) {
 		}
 		if len(n) > 253 {
 			t.Fatalf("NormalizeHost(%q) is %d bytes long", s, len(n))
+		}
+		// A rule for the name matches the name, in every spelling that
+		// normalises to it, and one label above it "*." matches too.
+		m := New(policy.Network{Egress: []policy.EgressRule{{Host: n, Ports: []int{443}}}})
+		if m.Match(s, 443) == nil || m.Match(n, 443) == nil {
+			t.Fatalf("a rule for %q does not match %q", n, s)
+		}
+		if _, parent, ok := strings.Cut(n, "."); ok && strings.Contains(parent, ".") {
+			if p, err := policy.NormalizeHostPattern("*." + parent); err == nil {
+				m := New(policy.Network{Egress: []policy.EgressRule{{Host: p, Ports: []int{443}}}})
+				if m.Match(s, 443) == nil || !policy.HostMatches(p, n) {
+					t.Fatalf("%q does not match %q", p, s)
+				}
+			}
 		}
 	})
 }

@@ -5,7 +5,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-	"unicode"
 )
 
 func seedPaths(body string) string {
@@ -97,7 +96,7 @@ func TestErrorsEscapeControlCharacters(t *testing.T) {
 		msg := list.Error()
 		for _, e := range list {
 			for _, s := range []string{e.File, e.Field, e.Msg} {
-				if i := strings.IndexFunc(s, notPrintable); i >= 0 {
+				if i := strings.IndexFunc(s, unprintable); i >= 0 {
 					t.Errorf("%q holds %q", s, s[i:])
 				}
 			}
@@ -114,8 +113,6 @@ func TestErrorsEscapeControlCharacters(t *testing.T) {
 		t.Errorf("file name not escaped: %q", err)
 	}
 }
-
-func notPrintable(r rune) bool { return r != ' ' && !unicode.IsPrint(r) }
 
 // boundPolicy is a seed policy with paths filesystem paths in all (the
 // six default system paths included) and rules egress rules.
