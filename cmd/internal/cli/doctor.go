@@ -105,11 +105,15 @@ func doctorChecks(ctx context.Context, h host, configPath, runscFlag string, smo
 	}
 
 	plat := cfg.PlatformOrDefault()
-	if _, err := os.Stat(filepath.Join(h.devRoot, "kvm")); err == nil {
+	_, kvmErr := os.Stat(filepath.Join(h.devRoot, "kvm"))
+	switch {
+	case kvmErr == nil && plat != "kvm":
+		add("ok", "platform", "%s (/dev/kvm present: set platform = \"kvm\" to use it once `doctor --smoke` passes with it)", plat)
+	case kvmErr == nil:
 		add("ok", "platform", "%s (/dev/kvm present)", plat)
-	} else if plat == "kvm" {
+	case plat == "kvm":
 		add("FAIL", "platform", "kvm configured but /dev/kvm is absent")
-	} else {
+	default:
 		add("ok", "platform", "%s (no /dev/kvm)", plat)
 	}
 

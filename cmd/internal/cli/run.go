@@ -35,7 +35,7 @@ func runRun(ctx context.Context, s streams, args []string) int {
 	workdir := fs.String("workdir", "/", "the working directory inside the sandbox")
 	runscPath := fs.String("runsc", "", "the runsc binary (default: the configuration's, $OPENSHELL_RUNSC, bin/runsc beside openshell, or runsc on PATH)")
 	stateDir := fs.String("state-dir", "", "where sandbox state is kept (default: the configuration's root, /run/openshell)")
-	plat := fs.String("platform", "", "runsc platform (default: the configuration's, else kvm where /dev/kvm exists, else systrap)")
+	plat := fs.String("platform", "", "runsc platform (default: the configuration's, else systrap)")
 	config := fs.String("config", runtime.DefaultConfigPath, "the runtime configuration")
 	var env multiFlag
 	fs.Var(&env, "e", "set an environment variable in the sandbox (K=V; repeatable)")
