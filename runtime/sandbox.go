@@ -16,7 +16,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -175,31 +174,10 @@ func Prepare(o PrepareOptions) (sb *Sandbox, err error) {
 	if err := o.Spec.Modify(c.Modifiers); err != nil {
 		return sb, fmt.Errorf("apply policy %s: %w", c.Policy.File, err)
 	}
-	sb.Pruned = pruneMissing(s, image)
+	if sb.Pruned, err = sb.stageBinds(s, image); err != nil {
+		return sb, err
+	}
 	return sb, o.Spec.Flush(filepath.Join(sb.Bundle, "config.json"))
-}
-
-// pruneMissing drops bind mounts whose source is not in the image (a policy
-// may list /lib64 where the image has none) and credential masks over
-// files the image does not have: runsc would otherwise fail to start, or
-// create the missing mount point on the host.
-func pruneMissing(spec *specs.Spec, image string) []string {
-	var pruned []string
-	spec.Mounts = slices.DeleteFunc(spec.Mounts, func(m specs.Mount) bool {
-		if m.Type != "bind" {
-			return false
-		}
-		src := m.Source
-		if src == "/dev/null" {
-			src = filepath.Join(image, m.Destination)
-		}
-		if _, err := os.Stat(src); err != nil {
-			pruned = append(pruned, m.Destination)
-			return true
-		}
-		return false
-	})
-	return pruned
 }
 
 // Remove ends what is left of a sandbox run in the foreground: runsc's
@@ -227,6 +205,9 @@ func (sb *Sandbox) Remove(ctx context.Context, r *runsc.Runsc) error {
 // removal into deleting the host's files.
 func (sb *Sandbox) Cleanup() error {
 	if err := sb.removeEgress(); err != nil {
+		return err
+	}
+	if err := sb.unstageBinds(); err != nil {
 		return err
 	}
 	mounted, err := mountsBelow(sb.Dir)

@@ -1,0 +1,128 @@
+package runtime
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+
+	"github.com/openshell/openshell/runtime/inroot"
+)
+
+// bindsDir holds, below a sandbox's state directory, one mount per path
+// the policy takes from the image: the object that was resolved inside
+// the image, which is what runsc then binds.
+const bindsDir = "binds"
+
+// stageBinds resolves the source of every bind the policy takes from the
+// image inside the image, and hands runsc a mount of exactly the object
+// that was resolved. runsc follows symlinks in a source on the host, so
+// an image's /lib64 -> / (or a link an agent planted in its workspace for
+// a later sandbox) would otherwise bind the host's root.
+//
+// A bind is the policy's when its source is the image path of its
+// destination; an engine's volumes come from elsewhere and are its own.
+// Sources missing from the image are dropped and returned (a policy may
+// list /lib64 where the image has none), as are credential masks over
+// files the image does not have. A source that leaves the image is an
+// error: nothing starts.
+func (sb *Sandbox) stageBinds(s *specs.Spec, image string) (pruned []string, err error) {
+	opts := inroot.Options{RootOwnedLinksOnly: image == "/"}
+	n := 0
+	kept := s.Mounts[:0]
+	for _, m := range s.Mounts {
+		if m.Type != "bind" {
+			kept = append(kept, m)
+			continue
+		}
+		switch m.Source {
+		case "/dev/null":
+			// A credential mask: only over a file the image has.
+			f, err := inroot.Open(image, m.Destination, opts)
+			if err != nil {
+				if errors.Is(err, fs.ErrNotExist) {
+					pruned = append(pruned, m.Destination)
+					continue
+				}
+				return nil, fmt.Errorf("mask %s: %w", m.Destination, err)
+			}
+			f.Close()
+		case filepath.Join(image, m.Destination):
+			f, err := inroot.Open(image, m.Destination, opts)
+			if err != nil {
+				if errors.Is(err, fs.ErrNotExist) {
+					pruned = append(pruned, m.Destination)
+					continue
+				}
+				return nil, fmt.Errorf("policy path %s: %w", m.Destination, err)
+			}
+			target, err := sb.mountStaged(f, n)
+			f.Close()
+			if err != nil {
+				return nil, fmt.Errorf("policy path %s: %w", m.Destination, err)
+			}
+			n++
+			m.Source = target
+		}
+		kept = append(kept, m)
+	}
+	s.Mounts = kept
+	return pruned, nil
+}
+
+// mountStaged bind-mounts the object f holds at binds/<n>. The binds
+// directory is a private mount of its own, so nothing staged there
+// propagates to the host's other mount namespaces.
+func (sb *Sandbox) mountStaged(f *os.File, n int) (string, error) {
+	dir := filepath.Join(sb.Dir, bindsDir)
+	if n == 0 {
+		if err := os.Mkdir(dir, 0o711); err != nil {
+			return "", fmt.Errorf("create %s: %w", dir, err)
+		}
+		if err := unix.Mount(dir, dir, "", unix.MS_BIND, ""); err != nil {
+			return "", fmt.Errorf("mount %s: %w", dir, err)
+		}
+		if err := unix.Mount("", dir, "", unix.MS_PRIVATE, ""); err != nil {
+			return "", fmt.Errorf("make %s private: %w", dir, err)
+		}
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return "", fmt.Errorf("stat: %w", err)
+	}
+	target := filepath.Join(dir, strconv.Itoa(n))
+	if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+		if err := os.Mkdir(target, 0o700); err != nil {
+			return "", fmt.Errorf("create mount point: %w", err)
+		}
+	} else if err := os.WriteFile(target, nil, 0o600); err != nil {
+		return "", fmt.Errorf("create mount point: %w", err)
+	}
+	if err := unix.Mount(inroot.ProcPath(f), target, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return "", fmt.Errorf("bind the resolved object: %w", err)
+	}
+	return target, nil
+}
+
+// unstageBinds unmounts what stageBinds mounted. Detaching the binds
+// directory's own mount takes every staged mount below it along.
+func (sb *Sandbox) unstageBinds() error {
+	dir := filepath.Join(sb.Dir, bindsDir)
+	mounted, err := mountsBelow(dir)
+	if err != nil {
+		return err
+	}
+	if !slices.Contains(mounted, dir) {
+		return nil
+	}
+	if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
+		return fmt.Errorf("unmount %s: %w", dir, err)
+	}
+	return nil
+}
