@@ -87,6 +87,9 @@ func CompilePolicy(p *policy.Policy, cfg *Config) CompileFunc {
 			policyhook.WithRootDir(rootDir), policyhook.WithBundle(bundle), policyhook.WithUsers(policyhook.UsersInRoot(image)),
 			policyhook.WithGateway(gatewayNetwork(filepath.Dir(rootDir))),
 		}
+		if cfg != nil {
+			opts = append(opts, policyhook.WithAllowedHooks(cfg.AllowedHooks))
+		}
 		if cfg != nil && cfg.GPU.DriverVersion == nvproxy.DriverLatest {
 			opts = append(opts, policyhook.WithoutGPUDevices())
 		}

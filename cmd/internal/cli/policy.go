@@ -16,6 +16,7 @@ import (
 
 	"github.com/openshell/openshell/policyhook"
 	"github.com/openshell/openshell/policyhook/policy"
+	"github.com/openshell/openshell/runtime"
 )
 
 // dryRunRoot stands in for the per-sandbox root directory the runtime
@@ -91,12 +92,18 @@ func runCompile(_ context.Context, s streams, args []string) int {
 	fs := newFlags(s, "policy compile", "policy compile FILE [--spec config.json] [--json]")
 	specFile := fs.String("spec", "", "an OCI config.json to apply the policy to (default: a default spec on the host's root)")
 	asJSON := fs.Bool("json", false, "print the resulting spec and flags as JSON instead of a diff")
+	config := fs.String("config", runtime.DefaultConfigPath, "the runtime configuration (its allowed_hooks)")
 	if err := fs.Parse(reorder(args)); err != nil {
 		return exitUsage
 	}
 	if fs.NArg() != 1 {
 		fs.Usage()
 		return exitUsage
+	}
+	cfg, err := runtime.LoadConfig(*config)
+	if err != nil {
+		fmt.Fprintf(s.err, "openshell: %s\n", err)
+		return exitFailed
 	}
 	p, err := policy.Load(fs.Arg(0))
 	if err != nil {
@@ -112,7 +119,8 @@ func runCompile(_ context.Context, s streams, args []string) int {
 	if !filepath.IsAbs(image) {
 		image = filepath.Join(bundle, image)
 	}
-	c, err := policyhook.Compile(p, policyhook.WithRootDir(dryRunRoot), policyhook.WithBundle(bundle), policyhook.WithUsers(policyhook.UsersInRoot(image)))
+	c, err := policyhook.Compile(p, policyhook.WithRootDir(dryRunRoot), policyhook.WithBundle(bundle), policyhook.WithUsers(policyhook.UsersInRoot(image)),
+		policyhook.WithAllowedHooks(cfg.AllowedHooks))
 	if err != nil {
 		fmt.Fprintf(s.err, "openshell: %s\n", err)
 		return exitFailed
