@@ -266,6 +266,10 @@ func resolveUser(pr policy.Process, users UserLookup) (uid, gid uint32, err erro
 // defaults to the same number.
 func lookupID(id, field string, lookup func(string) (uint32, uint32, error)) (uint32, uint32, error) {
 	if n, err := strconv.ParseUint(id, 10, 32); err == nil {
+		// Validation refuses these; a compiled policy never holds them.
+		if n == 0 || n > policy.MaxID {
+			return 0, 0, fmt.Errorf("%s: %q is root or out of range, and the sandbox never runs as root", field, id)
+		}
 		return uint32(n), uint32(n), nil
 	}
 	a, b, err := lookup(id)

@@ -188,11 +188,11 @@ func validateProcess(pr *Process, s *errSink) {
 	if pr.MaxProcesses < 0 || pr.MaxProcesses > maxProcessesLimit {
 		s.addf(pf+".max_processes", "%d is out of range (1-%d)", pr.MaxProcesses, maxProcessesLimit)
 	}
-	if isRoot(pr.User) {
-		s.addf(pr.UserField, "the sandbox never runs as root; name an unprivileged user")
+	if msg := checkID(pr.User, "user"); msg != "" {
+		s.addf(pr.UserField, "%s", msg)
 	}
-	if isRoot(pr.Group) {
-		s.addf(pr.GroupField, "the sandbox never runs with group root; name an unprivileged group")
+	if msg := checkID(pr.Group, "group"); msg != "" {
+		s.addf(pr.GroupField, "%s", msg)
 	}
 	sc := pr.Seccomp
 	if sc == nil {
@@ -225,7 +225,41 @@ func validateProcess(pr *Process, s *errSink) {
 	}
 }
 
-func isRoot(id string) bool { return id == "0" || id == "root" }
+// MaxID is the largest uid or gid a sandbox may run as: 4294967295 is
+// (uid_t)-1, which the kernel's calls take as "unchanged".
+const MaxID = 4294967294
+
+// checkID says what is wrong with a run_as_user or run_as_group, or "".
+// A number is read the one way the kernel would and written the one way
+// the policy must: "00", "0000" and YAML's 000 are root too, so leading
+// zeros are refused rather than compared as strings.
+func checkID(id, what string) string {
+	if id == "" {
+		return ""
+	}
+	if isRoot(id) {
+		return fmt.Sprintf("the sandbox never runs with %s root (0 in any spelling); name an unprivileged %s", what, what)
+	}
+	if strings.Trim(id, "0123456789") != "" {
+		return "" // a name, looked up in the image when the policy is compiled
+	}
+	n, err := strconv.ParseUint(id, 10, 64)
+	switch {
+	case err != nil || n > MaxID:
+		return fmt.Sprintf("%s id %s is out of range (1-%d)", what, id, uint64(MaxID))
+	case strconv.FormatUint(n, 10) != id:
+		return fmt.Sprintf("%s id %q: write it without leading zeros (%d)", what, id, n)
+	}
+	return ""
+}
+
+// isRoot reports whether id names uid or gid 0, however it is spelt.
+func isRoot(id string) bool {
+	if id == "root" {
+		return true
+	}
+	return id != "" && strings.Trim(id, "0") == ""
+}
 
 func validateResources(p *Policy, s *errSink) {
 	const rf = "sandbox.resources"
