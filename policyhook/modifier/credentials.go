@@ -1,6 +1,7 @@
 package modifier
 
 import (
+	"path"
 	"slices"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -16,7 +17,9 @@ type maskCredentials struct{ files []string }
 var _ SpecModifier = (*maskCredentials)(nil)
 
 // NewMaskCredentials hides files (CredentialFiles when nil) that a bind
-// mount would otherwise show. It must run after the mount view is set.
+// mount would otherwise show, listed by the policy or not: a mount at the
+// file itself is replaced by the mask. It must run after the mount view
+// is set.
 func NewMaskCredentials(files []string) SpecModifier {
 	if files == nil {
 		files = CredentialFiles
@@ -26,14 +29,13 @@ func NewMaskCredentials(files []string) SpecModifier {
 
 func (c *maskCredentials) Modify(s *specs.Spec) error {
 	for _, f := range c.files {
-		visible, covered := false, false
-		for _, m := range s.Mounts {
-			visible = visible || (m.Type == "bind" && within(f, m.Destination))
-			covered = covered || m.Destination == f
-		}
-		if !visible || covered {
+		visible := slices.ContainsFunc(s.Mounts, func(m specs.Mount) bool {
+			return m.Type == "bind" && within(f, m.Destination)
+		})
+		if !visible {
 			continue
 		}
+		s.Mounts = slices.DeleteFunc(s.Mounts, func(m specs.Mount) bool { return path.Clean(m.Destination) == f })
 		s.Mounts = append(s.Mounts, specs.Mount{
 			Destination: f,
 			Type:        "bind",

@@ -13,12 +13,24 @@ import (
 	"github.com/openshell/openshell/policyhook/policy"
 )
 
-// kernelMounts are the filesystems gVisor provides itself. They are kept
-// from the engine's spec; sysfs and cgroupfs are forced read-only.
-var kernelMounts = map[string]bool{
-	"/proc": true, "/dev": true, "/dev/pts": true, "/dev/shm": true,
-	"/dev/mqueue": true, "/sys": true, "/sys/fs/cgroup": true,
+// kernelMounts are the filesystems gVisor provides itself, by the one
+// type each may have. An engine's mount there is kept only as that kernel
+// filesystem (sysfs and cgroupfs forced read-only); anything else at a
+// kernel path, a bind of the host's /proc, /sys or /dev above all, is not
+// a kernel mount but a host directory, and the policy never shows those.
+var kernelMounts = map[string][]string{
+	"/proc":          {"proc"},
+	"/dev":           {"tmpfs"},
+	"/dev/pts":       {"devpts"},
+	"/dev/shm":       {"tmpfs"},
+	"/dev/mqueue":    {"mqueue"},
+	"/sys":           {"sysfs"},
+	"/sys/fs/cgroup": {"cgroup", "cgroup2"},
 }
+
+// shmSizeMB bounds the private /dev/shm that replaces an engine's bind
+// there (the CRI shares its pod's /dev/shm by a bind of a host tmpfs).
+const shmSizeMB = 64
 
 // ViewOptions place the sandbox's mount view.
 type ViewOptions struct {
@@ -48,13 +60,14 @@ func NewRootView(fs policy.Filesystem, opts ViewOptions) (SpecModifier, error) {
 		return nil, fmt.Errorf("filesystem view: root directory %q is not an absolute path", opts.RootDir)
 	}
 	v := &rootView{workdirRW: fs.IncludeWorkdir, opts: opts}
-	rw := map[string]bool{}
+	seen := map[string]bool{}
 	for _, r := range fs.ReadWrite {
-		rw[r.Path] = true
+		seen[r.Path] = true
 		v.readWrite = append(v.readWrite, r.Path)
 	}
 	for _, r := range fs.ReadOnly {
-		if !rw[r.Path] && !slices.Contains(v.readOnly, r.Path) {
+		if !seen[r.Path] {
+			seen[r.Path] = true
 			v.readOnly = append(v.readOnly, r.Path)
 		}
 	}
@@ -93,24 +106,37 @@ func (v *rootView) Modify(s *specs.Spec) error {
 	}
 
 	var kernel, binds []specs.Mount
+	// One kernel filesystem per kernel path: a later one replaces it.
+	addKernel := func(m specs.Mount) {
+		kernel = append(slices.DeleteFunc(kernel, func(k specs.Mount) bool { return path.Clean(k.Destination) == path.Clean(m.Destination) }), m)
+	}
 	engine := map[string]bool{}
 	for _, m := range s.Mounts {
 		dest := path.Clean(m.Destination)
-		if kernelMounts[dest] {
-			if strings.HasPrefix(dest, "/sys") {
-				m.Options = setRO(m.Options, true)
+		if types, ok := kernelMounts[dest]; ok {
+			switch {
+			case slices.Contains(types, m.Type):
+				if strings.HasPrefix(dest, "/sys") {
+					m.Options = setRO(m.Options, true)
+				}
+				addKernel(m)
+			case dest == "/dev/shm":
+				addKernel(specs.Mount{
+					Destination: dest, Type: "tmpfs", Source: "shm",
+					Options: []string{"nosuid", "nodev", "noexec", "mode=1777", fmt.Sprintf("size=%dm", shmSizeMB)},
+				})
 			}
-			kernel = append(kernel, m)
 			continue
 		}
 		// An engine mount (a volume, Docker's /etc/hosts) stays only where
 		// the policy lets the sandbox see that path, and is writable only
-		// where the policy allows writes.
+		// where the policy allows writes and the engine did not ask for
+		// read-only: the policy only ever narrows.
 		ok, rw := allowed(dest)
 		if !ok || policy.IsKernelPath(dest) {
 			continue
 		}
-		m.Options = setRO(m.Options, !rw)
+		m.Options = setRO(m.Options, !rw || slices.Contains(m.Options, "ro"))
 		binds = append(binds, m)
 		engine[dest] = true
 	}

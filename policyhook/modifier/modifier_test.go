@@ -82,6 +82,25 @@ func TestRootView(t *testing.T) {
 		{name: "engine-mounts-filtered", base: spectest.Engine, mod: view(policy.Filesystem{
 			ReadOnly: rules("/etc", "/workspace")})},
 		{name: "nothing-listed", mod: view(policy.Filesystem{})},
+		// Binds of host directories at kernel paths are host directories,
+		// not kernel filesystems: dropped, and /dev/shm gets a private
+		// tmpfs. The kernel types at the same paths are kept.
+		{name: "binds-at-kernel-paths", base: func(t testing.TB) *specs.Spec {
+			s := spectest.Base(t)
+			for _, d := range []string{"/proc", "/sys", "/dev", "/dev/shm", "/dev/mqueue", "/dev/pts", "/sys/fs/cgroup"} {
+				s.Mounts = append(s.Mounts, specs.Mount{Destination: d, Type: "bind", Source: "/host" + d, Options: []string{"rbind", "rw"}})
+			}
+			return s
+		}, mod: view(policy.Filesystem{ReadOnly: rules("/usr"), ReadWrite: rules("/tmp")})},
+		// A volume the engine mounts read-only (readOnly: true, -v a:b:ro)
+		// stays read-only under a writable policy path.
+		{name: "engine-read-only-stays", base: func(t testing.TB) *specs.Spec {
+			s := spectest.Base(t)
+			s.Mounts = append(s.Mounts,
+				specs.Mount{Destination: "/tmp/cfg", Type: "bind", Source: "/srv/cfg", Options: []string{"rbind", "ro"}},
+				specs.Mount{Destination: "/tmp/data", Type: "bind", Source: "/srv/data", Options: []string{"rbind", "rw"}})
+			return s
+		}, mod: view(policy.Filesystem{ReadWrite: rules("/tmp")})},
 		{name: "relative-root-dir", mod: func() (SpecModifier, error) {
 			return NewRootView(policy.Filesystem{}, ViewOptions{RootDir: "root"})
 		}, wantErr: `root directory "root" is not an absolute path`},
@@ -120,6 +139,12 @@ func TestMaskCredentials(t *testing.T) {
 	run(t, []tcase{
 		{name: "etc-visible", base: withEtc, mod: ok(NewMaskCredentials(nil))},
 		{name: "etc-not-visible", mod: ok(NewMaskCredentials(nil))},
+		// A policy that lists /etc/shadow itself still gets the mask.
+		{name: "listed-file-masked", base: func(t testing.TB) *specs.Spec {
+			s := withEtc(t)
+			s.Mounts = append(s.Mounts, specs.Mount{Destination: "/etc/shadow", Type: "bind", Source: "/img/etc/shadow", Options: []string{"rbind", "ro"}})
+			return s
+		}, mod: ok(NewMaskCredentials([]string{"/etc/shadow"}))},
 		{name: "already-covered", base: func(t testing.TB) *specs.Spec {
 			s := withEtc(t)
 			s.Mounts = append(s.Mounts, specs.Mount{Destination: "/etc/shadow", Type: "bind", Source: "/dev/null"})
