@@ -188,15 +188,13 @@ func (r *Runsc) State(ctx context.Context, id string) (*State, error) {
 func (r *Runsc) Passthrough(ctx context.Context, stdio Stdio, sub string, args ...string) (int, error) {
 	cmd := r.Command(ctx, sub, args...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdio.In, stdio.Out, stdio.Err
-	err := cmd.Run()
-	var exit *exec.ExitError
-	switch {
-	case err == nil:
-		return 0, nil
-	case errors.As(err, &exit):
-		return exit.ExitCode(), nil
+	// runsc exec ends itself with the signal that ended the process in
+	// the sandbox: a SIGTERM'd exec reports 143, as a shell would.
+	code, err := exitStatus(cmd.Run())
+	if err != nil {
+		return -1, fmt.Errorf("runsc %s: %w", sub, err)
 	}
-	return -1, fmt.Errorf("runsc %s: %w", sub, err)
+	return code, nil
 }
 
 // withStdio runs runsc with the caller's stdio, which the sandbox

@@ -100,9 +100,13 @@ func TestExitStatus(t *testing.T) {
 			t.Errorf("%q: code %d err %v, want %d", do, code, err, want)
 		}
 	}
-	t.Setenv("FAKE_RUNSC_DO", "exit3")
-	if code, err := r.Passthrough(context.Background(), Stdio{}, "state", "c1"); err != nil || code != 3 {
-		t.Errorf("passthrough: %d %v", code, err)
+	// An exec's status comes through Passthrough: a SIGTERM'd exec is
+	// 143, not a generic kill.
+	for do, want := range map[string]int{"exit3": 3, "signal": 128 + int(syscall.SIGTERM)} {
+		t.Setenv("FAKE_RUNSC_DO", do)
+		if code, err := r.Passthrough(context.Background(), Stdio{}, "exec", "c1"); err != nil || code != want {
+			t.Errorf("passthrough %q: %d %v, want %d", do, code, err, want)
+		}
 	}
 }
 
