@@ -117,8 +117,10 @@ func newContainerd(bin, ctrBin string) (*containerd, error) {
 	}
 	c := &containerd{dir: dir, sock: filepath.Join(dir, "containerd.sock"), ctr: ctrBin}
 	// The CRI is on, with the runtime handler "openshell" as
-	// deploy/containerd/openshell.toml has it; pods use the node's network,
-	// so no CNI is needed, and the pause image is the tests' own.
+	// deploy/containerd/openshell.toml has it, and openshell's
+	// configuration as its options: the CRI tests give pods their policy
+	// inline. Pods use the node's network, so no CNI is needed, and the
+	// pause image is the tests' own.
 	config := containerdConfig(dir, c.sock) + fmt.Sprintf(`[plugins."io.containerd.cri.v1.images".pinned_images]
   sandbox = %q
 [plugins."io.containerd.cri.v1.runtime"]
@@ -127,9 +129,16 @@ func newContainerd(bin, ctrBin string) (*containerd, error) {
     runtime_type = "io.openshell.v1"
     pod_annotations = ["io.openshell.*"]
     container_annotations = ["io.openshell.*"]
-`, pauseImage)
-	if err := os.WriteFile(filepath.Join(dir, "config.toml"), []byte(config), 0o600); err != nil {
-		return nil, err
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.openshell.options]
+      ConfigPath = %q
+`, pauseImage, filepath.Join(dir, "openshell.toml"))
+	for name, data := range map[string]string{
+		"config.toml":    config,
+		"openshell.toml": "allow_inline_policy = true\n",
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o600); err != nil {
+			return nil, err
+		}
 	}
 	c.cmd = exec.Command(bin, "--config", filepath.Join(dir, "config.toml"))
 	c.cmd.Env = append(os.Environ(), "PATH="+binDir+":"+os.Getenv("PATH"))
@@ -298,10 +307,22 @@ func (c *containerd) ctrRun(t *testing.T, args ...string) result {
 	return r
 }
 
-// runOpenshell is ctr run --rm through io.openshell.v1.
+// runOpenshell is ctr run --rm through io.openshell.v1, with the
+// runtime's default configuration.
 func (c *containerd) runOpenshell(t *testing.T, id string, annotations []string, cmd ...string) result {
 	t.Helper()
+	return c.runOpenshellWith(t, "", id, annotations, cmd...)
+}
+
+// runOpenshellWith is runOpenshell with the runtime configuration file
+// config, given as the runtime's options (ctr --runtime-config-path), as
+// the CRI gives its ConfigPath; "" gives none.
+func (c *containerd) runOpenshellWith(t *testing.T, config, id string, annotations []string, cmd ...string) result {
+	t.Helper()
 	args := []string{"run", "--rm", "--runtime", "io.openshell.v1"}
+	if config != "" {
+		args = append(args, "--runtime-config-path", config)
+	}
 	for _, a := range annotations {
 		args = append(args, "--annotation", a)
 	}
@@ -371,21 +392,30 @@ func TestCtrRun(t *testing.T) {
 	c.assertClean(t)
 }
 
+// TestCtrPolicyAnnotation: a policy file named by absolute path in the
+// annotation, in a directory the configuration's policy_paths lists,
+// reaches the sandbox through the shim.
 func TestCtrPolicyAnnotation(t *testing.T) {
 	c := startContainerd(t)
 	pf := writePolicy(t, permissive+"  process: {allow_exec: false, max_processes: 16}\n")
-	r := c.runOpenshell(t, "annot", []string{"io.openshell.policy=" + pf}, "/bin/sh", "-c", "echo entrypoint-ran; /bin/ls / && echo LS-RAN")
+	cfg := writeConfig(t, fmt.Sprintf("policy_paths = [%q]\n", filepath.Dir(pf)))
+	r := c.runOpenshellWith(t, cfg, "annot", []string{"io.openshell.policy=" + pf}, "/bin/sh", "-c", "echo entrypoint-ran; /bin/ls / && echo LS-RAN")
 	if !strings.Contains(r.stdout, "entrypoint-ran") || strings.Contains(r.stdout, "LS-RAN") || !strings.Contains(r.stderr, "Operation not permitted") {
 		t.Errorf("allow_exec false through the shim: stdout %q stderr %q", r.stdout, r.stderr)
 	}
 	c.assertClean(t)
 }
 
+// TestCtrBadPolicyLeavesNothing: an annotation-chosen policy file that
+// does not validate is refused through the shim, naming its places but
+// not its messages, and nothing is left.
 func TestCtrBadPolicyLeavesNothing(t *testing.T) {
 	c := startContainerd(t)
 	broken, _ := filepath.Abs("../policyhook/policy/testdata/broken.yaml")
-	r := c.runOpenshell(t, "bad", []string{"io.openshell.policy=" + broken}, "/bin/true")
-	if r.code == 0 || !strings.Contains(r.stderr, broken+":5:22: sandbox.filesystem.allowed_writes[0]: / can never be writable") {
+	cfg := writeConfig(t, fmt.Sprintf("policy_paths = [%q]\n", filepath.Dir(broken)))
+	r := c.runOpenshellWith(t, cfg, "bad", []string{"io.openshell.policy=" + broken}, "/bin/true")
+	if r.code == 0 || !strings.Contains(r.stderr, "policy "+broken+" does not validate (") || !strings.Contains(r.stderr, broken+":5:22") ||
+		!strings.Contains(r.stderr, "the messages are withheld") || strings.Contains(r.stderr, "can never be writable") {
 		t.Errorf("exit %d: %s", r.code, r.stderr)
 	}
 	c.assertClean(t)

@@ -62,7 +62,8 @@ func newEgressEnv(t *testing.T) *egressEnv {
 		}
 	})
 	e := &egressEnv{net: n, config: filepath.Join(dir, "config.toml"), audit: filepath.Join(dir, "audit"), root: root}
-	cfg := fmt.Sprintf("[egress]\ndns_upstream = %q\nuplink_netns = %q\naudit_dir = %q\n", n.DNS.String(), n.Netns, e.audit)
+	// The engine tests give their containers the policy inline.
+	cfg := fmt.Sprintf("allow_inline_policy = true\n[egress]\ndns_upstream = %q\nuplink_netns = %q\naudit_dir = %q\n", n.DNS.String(), n.Netns, e.audit)
 	if err := os.WriteFile(e.config, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -537,7 +538,7 @@ for url in ["http://allowed.test/", "http://denied.test/"]:
 func TestEgressFromEngineNamespace(t *testing.T) {
 	e := newEgressEnv(t)
 	cfg := filepath.Join(t.TempDir(), "config.toml")
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("[egress]\naudit_dir = %q\n", e.audit)), 0o644); err != nil {
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("allow_inline_policy = true\n[egress]\naudit_dir = %q\n", e.audit)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	resolv := filepath.Join(t.TempDir(), "resolv.conf")

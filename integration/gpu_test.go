@@ -25,11 +25,7 @@ sandbox:
 // its contents.
 func runWithConfig(t *testing.T, configTOML, policyYAML string, cmd ...string) result {
 	t.Helper()
-	cfg := filepath.Join(t.TempDir(), "config.toml")
-	if err := os.WriteFile(cfg, []byte(configTOML), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return sandboxWithConfig(t, cfg, policyYAML, cmd...)
+	return sandboxWithConfig(t, writeConfig(t, configTOML), policyYAML, cmd...)
 }
 
 // TestGPUPolicyBootsWithoutGPU: on a host with no GPU (CI), a GPU policy

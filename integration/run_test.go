@@ -1,6 +1,7 @@
 // Package integration runs openshell against real runsc sandboxes. The
 // tests need root and runsc ($OPENSHELL_RUNSC, or bin/runsc from
-// `make runsc`); without them they skip and say why.
+// `make runsc`); without them the run fails and says why, unless
+// OPENSHELL_ALLOW_SKIP=1 lets every test skip instead.
 package integration
 
 import (
@@ -26,7 +27,20 @@ var (
 	runscBin     string
 	stateDir     string // shared: runsc keeps a bind-mounted null-netns in its root
 	skipReason   string
+	// runtimeConfig is openshell-runtime's --config in these tests: the
+	// tests give a bundle its policy inline, which the runtime refuses
+	// unless the configuration allows it.
+	runtimeConfig string
 )
+
+// noConfig is a configuration file that does not exist: the runtime's
+// defaults, as on a host without /etc/openshell/config.toml.
+const noConfig = "/nonexistent/config.toml"
+
+// allowSkipEnv lets a run without root or runsc skip every test instead
+// of failing; without it such a run fails, so that a green `make
+// integration` means the sandboxes ran.
+const allowSkipEnv = "OPENSHELL_ALLOW_SKIP"
 
 func TestMain(m *testing.M) {
 	os.Exit(setup(m))
@@ -73,9 +87,17 @@ func setup(m *testing.M) int {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
+		runtimeConfig = filepath.Join(dir, "runtime.toml")
+		if err := os.WriteFile(runtimeConfig, []byte("allow_inline_policy = true\n"), 0o644); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
 		defer stopEngines()
-	} else {
+	} else if os.Getenv(allowSkipEnv) == "1" {
 		fmt.Println("SKIP integration:", skipReason)
+	} else {
+		fmt.Fprintf(os.Stderr, "FAIL integration: %s\n(set %s=1 to let every integration test skip instead)\n", skipReason, allowSkipEnv)
+		return 1
 	}
 	return m.Run()
 }
@@ -95,11 +117,22 @@ func writePolicy(t *testing.T, policyYAML string) string {
 	return pf
 }
 
+// writeConfig writes a runtime configuration into a fresh temporary
+// directory.
+func writeConfig(t *testing.T, configTOML string) string {
+	t.Helper()
+	cfg := filepath.Join(t.TempDir(), "config.toml")
+	if err := os.WriteFile(cfg, []byte(configTOML), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
 // sandbox runs `openshell run` with the policy body under the shared state
 // dir, and checks afterwards that nothing was left behind.
 func sandbox(t *testing.T, policyYAML string, cmd ...string) result {
 	t.Helper()
-	return sandboxWithConfig(t, "/nonexistent/config.toml", policyYAML, cmd...)
+	return sandboxWithConfig(t, noConfig, policyYAML, cmd...)
 }
 
 // sandboxWithConfig is sandbox with a runtime configuration file.

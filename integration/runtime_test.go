@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -63,9 +64,16 @@ func inline(policyYAML string) map[string]string {
 	return map[string]string{"io.openshell.policy.inline": policyYAML}
 }
 
-// ort runs openshell-runtime as an engine would: its streams are files
-// (the sandbox inherits them), its log is JSON.
+// ort runs openshell-runtime as an engine would, with the tests'
+// configuration (inline policies allowed): its streams are files (the
+// sandbox inherits them), its log is JSON.
 func ort(t *testing.T, args ...string) result {
+	t.Helper()
+	return ortWith(t, runtimeConfig, args...)
+}
+
+// ortWith is ort with the runtime configuration file config.
+func ortWith(t *testing.T, config string, args ...string) result {
 	t.Helper()
 	dir := t.TempDir()
 	out, err := os.Create(filepath.Join(dir, "stdout"))
@@ -78,7 +86,7 @@ func ort(t *testing.T, args ...string) result {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	global := []string{"--root", runtimeRoot(), "--config", "/nonexistent/config.toml", "--log", filepath.Join(dir, "log.json"), "--log-format", "json"}
+	global := []string{"--root", runtimeRoot(), "--config", config, "--log", filepath.Join(dir, "log.json"), "--log-format", "json"}
 	c := exec.CommandContext(ctx, runtimeBin, append(global, args...)...)
 	c.Stdout, c.Stderr = out, errf
 	c.Env = append(os.Environ(), "OPENSHELL_RUNSC="+runscBin)
@@ -234,27 +242,54 @@ func TestRuntimeExecRefusedWithoutAllowExec(t *testing.T) {
 	assertRuntimeClean(t)
 }
 
+// TestRuntimeBadPolicyLeavesNothing: a policy that is invalid, missing,
+// named twice or chosen where the configuration does not allow it stops
+// create before anything is made. The configuration lets annotations name
+// files under broken.yaml's directory and carry inline policies; the
+// defaults (no configuration) allow neither.
 func TestRuntimeBadPolicyLeavesNothing(t *testing.T) {
 	broken, err := filepath.Abs("../policyhook/policy/testdata/broken.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	for name, ann := range map[string]map[string]string{
-		"invalid file": {"io.openshell.policy": broken},
-		"missing name": {"io.openshell.policy": "no-such-policy"},
-		"invalid YAML": inline("version: \"1.0\"\nsandbox: [\n"),
-		"both named":   {"io.openshell.policy": broken, "io.openshell.policy.inline": permissive},
+	allowing := writeConfig(t, fmt.Sprintf("allow_inline_policy = true\npolicy_paths = [%q]\n", filepath.Dir(broken)))
+	for name, tc := range map[string]struct {
+		config string
+		ann    map[string]string
+		want   []string // in stderr
+		unwant string   // not in stderr
+	}{
+		// The file's messages are withheld (an annotation chose it), its
+		// places are not.
+		"invalid file": {allowing, map[string]string{"io.openshell.policy": broken}, []string{
+			"annotation io.openshell.policy: policy " + broken + " does not validate (",
+			broken + ":5:22", "the messages are withheld",
+		}, "can never be writable"},
+		"missing name": {allowing, map[string]string{"io.openshell.policy": "no-such-policy"}, nil, ""},
+		"invalid YAML": {allowing, inline("version: \"1.0\"\nsandbox: [\n"), nil, ""},
+		"both named":   {allowing, map[string]string{"io.openshell.policy": broken, "io.openshell.policy.inline": permissive}, nil, ""},
+		"path not in policy_paths": {noConfig, map[string]string{"io.openshell.policy": broken}, []string{
+			`refuse policy path "` + broken + `"`,
+		}, "can never be writable"},
+		"inline not allowed": {noConfig, inline(permissive), []string{
+			"inline policies are refused unless the runtime configuration sets allow_inline_policy = true",
+		}, ""},
 	} {
 		t.Run(name, func(t *testing.T) {
-			bundle := busyboxBundle(t, ann, "/bin/true")
+			bundle := busyboxBundle(t, tc.ann, "/bin/true")
 			before, _ := os.ReadFile(filepath.Join(bundle, "config.json"))
-			r := ort(t, "create", "--bundle", bundle, "bad")
+			r := ortWith(t, tc.config, "create", "--bundle", bundle, "bad")
 			if r.code == 0 {
-				ort(t, "delete", "--force", "bad")
+				ortWith(t, tc.config, "delete", "--force", "bad")
 				t.Fatal("create succeeded")
 			}
-			if name == "invalid file" && !strings.Contains(r.stderr, broken+":5:22: sandbox.filesystem.allowed_writes[0]: / can never be writable") {
-				t.Errorf("message: %s", r.stderr)
+			for _, want := range tc.want {
+				if !strings.Contains(r.stderr, want) {
+					t.Errorf("message lacks %q: %s", want, r.stderr)
+				}
+			}
+			if tc.unwant != "" && strings.Contains(r.stderr, tc.unwant) {
+				t.Errorf("message has %q: %s", tc.unwant, r.stderr)
 			}
 			after, _ := os.ReadFile(filepath.Join(bundle, "config.json"))
 			if string(before) != string(after) {
