@@ -111,18 +111,14 @@ func (sb *Sandbox) startGateway(o GatewayOptions) (Owner, string, error) {
 	audit := filepath.Join(auditDir, sb.ID+".jsonl")
 	// The engine's network is the container's identity on the network
 	// (a pod's CNI namespace, Docker's bridge): the gateway dials from
-	// there, and asks the resolver the engine gave it, so cluster policy
-	// and DNS still apply. The sandbox itself stays behind the gateway.
+	// there, so cluster network policy still applies. Its resolver is the
+	// operator's (dns_upstream) or the node's own /etc/resolv.conf, never
+	// the resolv.conf the engine wrote for the container: a pod's
+	// dnsConfig or docker --dns would choose the resolver that turns an
+	// allowed name into any address. The sandbox stays behind the gateway.
 	uplink, upstream := o.Config.Egress.UplinkNetns, o.Config.Egress.DNSUpstream
 	if sb.Engine.Netns != "" {
 		uplink = sb.Engine.Netns
-	}
-	if upstream == "" && sb.Engine.ResolvConf != "" {
-		u, err := egress.SystemResolver(sb.Engine.ResolvConf)
-		if err != nil {
-			return Owner{}, "", fmt.Errorf("egress gateway: the engine's resolv.conf: %w", err)
-		}
-		upstream = u
 	}
 	pid, err := egress.Start(egress.StartOptions{
 		Command: o.Command,

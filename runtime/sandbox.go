@@ -42,11 +42,11 @@ type Sandbox struct {
 }
 
 // EngineNetwork is the network an engine gave a container: a CNI
-// namespace under Kubernetes, Docker's bridge namespace, and the
-// resolv.conf it wrote.
+// namespace under Kubernetes, Docker's bridge namespace. The resolv.conf
+// the engine wrote is the pod author's (dnsConfig, --dns) and is never
+// read.
 type EngineNetwork struct {
-	Netns      string // the spec's network namespace path; "" for a new one
-	ResolvConf string // the host file the engine mounts at /etc/resolv.conf
+	Netns string // the spec's network namespace path; "" for a new one
 }
 
 func engineNetwork(s *specs.Spec) EngineNetwork {
@@ -56,11 +56,6 @@ func engineNetwork(s *specs.Spec) EngineNetwork {
 			if ns.Type == specs.NetworkNamespace {
 				n.Netns = ns.Path
 			}
-		}
-	}
-	for _, m := range s.Mounts {
-		if m.Destination == "/etc/resolv.conf" && m.Type == "bind" && filepath.IsAbs(m.Source) {
-			n.ResolvConf = m.Source
 		}
 	}
 	return n
