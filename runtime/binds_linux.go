@@ -126,3 +126,44 @@ func (sb *Sandbox) unstageBinds() error {
 	}
 	return nil
 }
+
+// checkPolicyNotWritable refuses a policy file that the sandbox could
+// rewrite: one inside (or bound as) any of its writable binds. The
+// gateway reloads the file it was started with, so an agent that edits a
+// repository's .openshell/policy.yaml would otherwise grant itself egress.
+// Directories are compared as objects (device and inode), so no link or
+// second path to the same directory hides it. A policy that is no file
+// (inline, built in) has nothing to check.
+func checkPolicyNotWritable(s *specs.Spec, file string) error {
+	if !filepath.IsAbs(file) {
+		return nil
+	}
+	real, err := filepath.EvalSymlinks(file)
+	if err != nil {
+		return fmt.Errorf("policy %s: %w", file, err)
+	}
+	var chain []os.FileInfo
+	for p := real; ; p = filepath.Dir(p) {
+		if st, err := os.Stat(p); err == nil {
+			chain = append(chain, st)
+		}
+		if p == "/" {
+			break
+		}
+	}
+	for _, m := range s.Mounts {
+		if m.Type != "bind" || slices.Contains(m.Options, "ro") {
+			continue
+		}
+		src, err := os.Stat(m.Source)
+		if err != nil {
+			continue
+		}
+		for _, st := range chain {
+			if os.SameFile(st, src) {
+				return fmt.Errorf("policy %s lies in %s, which the sandbox can write: the agent could rewrite its own rules; keep the policy where the sandbox cannot write (e.g. /etc/openshell/policies)", file, m.Destination)
+			}
+		}
+	}
+	return nil
+}

@@ -175,6 +175,9 @@ func Prepare(o PrepareOptions) (sb *Sandbox, err error) {
 	if sb.Pruned, err = sb.stageBinds(s, image); err != nil {
 		return sb, err
 	}
+	if err := checkPolicyNotWritable(s, c.Policy.File); err != nil {
+		return sb, err
+	}
 	return sb, o.Spec.Flush(filepath.Join(sb.Bundle, "config.json"))
 }
 
