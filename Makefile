@@ -10,7 +10,8 @@
 #   make critest      build cri-tools' critest and the CNI plugins into bin/ (CRI conformance, per spec vs runc)
 #   make install      copy the binaries and runsc to $(PREFIX)/bin
 #   make unit         unit tests only
-#   make integration  real runsc sandboxes (root; alias: root-test)
+#   make integration  real runsc sandboxes (root; alias: root-test); includes the attack corpus
+#   make attack       the attack corpus alone: each escape tried for real on runsc, with its verdict (root)
 #   make deps         install the Debian packages the tests use (busybox-static, runc)
 #   make bench        Go benchmarks, then whole sandboxes timed against runsc and runc (root)
 #   make fuzz         fuzz the policy parser (FUZZTIME=10m)
@@ -53,7 +54,7 @@ UNIT_PKGS      = $(shell $(GO) list ./... | grep -v /integration)
 # (20.10) the engine tests start.
 DEB_PKGS      := busybox-static debootstrap runc docker.io gcc libc6-dev
 
-.PHONY: all run build shim runsc containerd crictl critest cni dockerd install deps conformance gpu-check test unit integration root-test bench fuzz lint clean
+.PHONY: attack all run build shim runsc containerd crictl critest cni dockerd install deps conformance gpu-check test unit integration root-test bench fuzz lint clean
 
 all: build runsc
 
@@ -146,6 +147,11 @@ unit:
 
 integration root-test: build runsc containerd crictl critest cni dockerd deps
 	OPENSHELL_BIN=$(BIN) OPENSHELL_RUNSC=$(BIN)/runsc $(GO) test -count=1 -v -timeout 60m ./integration/
+
+# The attack corpus (integration/attack*_test.go) also runs in make
+# integration; this runs it alone and prints each case's verdict.
+attack: build runsc deps
+	OPENSHELL_BIN=$(BIN) OPENSHELL_RUNSC=$(BIN)/runsc $(GO) test -count=1 -v -timeout 20m -run '^TestAttack$$' ./integration/
 
 bench: build runsc containerd deps
 	$(GO) test -run '^$$' -bench . -benchmem ./policyhook/...
