@@ -14,7 +14,6 @@ const (
 	sockRaw  = 3  // SOCK_RAW
 	sockMask = 15 // the type bits of socket(2)'s second argument (SOCK_TYPE_MASK)
 	afPacket = 17 // AF_PACKET
-	enosys   = 38 // what a kernel without the syscall says: libcs fall back
 )
 
 // cloneNamespaceFlags are clone(2)'s flags that make new namespaces;
@@ -57,7 +56,10 @@ func narrowing() []specs.LinuxSyscall {
 	rules := []specs.LinuxSyscall{
 		deny("socket", specs.LinuxSeccompArg{Index: 1, Value: sockMask, ValueTwo: sockRaw, Op: specs.OpMaskedEqual}),
 		deny("socket", specs.LinuxSeccompArg{Index: 0, Value: afPacket, Op: specs.OpEqualTo}),
-		{Names: []string{"clone3", "openat2"}, Action: specs.ActErrno, ErrnoRet: ptr(uint(enosys))},
+		// runsc's ERRNO is always EPERM, on which glibc's pthread_create
+		// gives up; TRACE with no tracer (ptrace is always denied, so
+		// there never is one) answers ENOSYS, on which it falls back.
+		{Names: []string{"clone3", "openat2"}, Action: specs.ActTrace},
 	}
 	for _, f := range cloneNamespaceFlags {
 		rules = append(rules, deny("clone", specs.LinuxSeccompArg{Index: 0, Value: f, ValueTwo: f, Op: specs.OpMaskedEqual}))
