@@ -143,6 +143,8 @@ func engineAttacks() []attackCase {
 		attack:  "a read-only volume (readOnly: true, -v src:dst:ro) at /tmp/cfg, under the policy's writable /tmp: rewrite it",
 		defence: "an engine's ro stays ro: the policy only narrows",
 		run: func(t *testing.T, e *attackEnv) (bool, string) {
+			// Writable by anyone on the host: only the ro stands in the way.
+			os.Chmod(filepath.Join(e.host, "data"), 0o777)
 			r := e.engineRun(t, runtimeConfig, pol, func(s *specs.Spec) {
 				s.Mounts = append(s.Mounts, specMount("/tmp/cfg", filepath.Join(e.host, "data"), "ro"))
 			}, "/bin/attacker", "write", "/tmp/cfg/pwned")
@@ -269,7 +271,7 @@ func policyChoiceAttacks() []attackCase {
 			defence: "paths only under policy_paths, and an annotation-chosen file's errors show places, not content",
 			run: func(t *testing.T, e *attackEnv) (bool, string) {
 				f := filepath.Join(e.host, "credentials")
-				os.WriteFile(f, []byte(e.secret+": x\n"), 0o600)
+				os.WriteFile(f, []byte("version: \"1.0\"\nsandbox: {}\n"+e.secret+": x\n"), 0o600)
 				return refused(e.engineRun(t, strict, map[string]string{"io.openshell.policy": f}, nil, "/bin/true"), e.secret)
 			}},
 		{area: "policy-choice", name: "annotation-own-file",
