@@ -468,6 +468,12 @@ func TestCtrExecKillDelete(t *testing.T) {
 		select {
 		case <-waited:
 			t.Logf("exec ended %s after SIG%s", time.Since(start).Round(time.Millisecond), tc.sig)
+			// The exec's status is the signal's, as a shell reports it:
+			// a SIGTERM'd exec is 143, not a generic kill.
+			want := map[string]int{"TERM": 143, "KILL": 137}[tc.sig]
+			if code := bg.ProcessState.ExitCode(); code != want {
+				t.Errorf("exec %s after SIG%s: exit %d, want %d", tc.id, tc.sig, code, want)
+			}
 		case <-time.After(20 * time.Second):
 			t.Errorf("exec %s still running 20s after SIG%s", tc.id, tc.sig)
 		}

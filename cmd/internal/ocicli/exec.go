@@ -1,7 +1,6 @@
 package ocicli
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -11,6 +10,7 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -183,41 +183,48 @@ func (e *env) execSupervised(id, processFile, pidFile string) error {
 	if err != nil {
 		return fmt.Errorf("exec: %w", err)
 	}
-	if err := cmd.Start(); err != nil {
+	// The supervisor writes one byte on this pipe once the process runs
+	// in the sandbox, and closes it unwritten if it ends without having
+	// started it. Polling runsc's pid file instead lost a quick exec: the
+	// supervisor had removed the file before the poll saw it, and the
+	// exec's own exit status was taken for a failure to start.
+	started, startedW, err := os.Pipe()
+	if err != nil {
 		os.Remove(processFile)
 		return fmt.Errorf("exec: %w", err)
 	}
-	// runsc writes the process's pid in the sandbox once it runs: only
-	// then has the exec started, as engines take a returned exec to mean.
-	// The supervisor is never reaped here once it has: when this process
-	// exits it passes to the engine's shim (a subreaper), which must get
-	// its exit status, even if it has already ended.
-	for {
-		if data, _ := os.ReadFile(internal); len(bytes.TrimSpace(data)) > 0 {
-			if pidFile != "" {
-				if err := os.WriteFile(pidFile, []byte(strconv.Itoa(cmd.Process.Pid)), 0o644); err != nil {
-					_ = cmd.Process.Signal(syscall.SIGKILL)
-					return fmt.Errorf("exec: %w", err)
-				}
-			}
-			return cmd.Process.Release()
-		}
-		var info unix.Siginfo
-		if err := unix.Waitid(unix.P_PID, cmd.Process.Pid, &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil); err != nil {
-			return fmt.Errorf("exec %s: %w", id, err)
-		}
-		if info.Signo == int32(syscall.SIGCHLD) {
-			// It ended without starting the process: reap it for its
-			// status, which is runsc's (its error is in --log).
-			err := cmd.Wait()
-			var exit *exec.ExitError
-			if errors.As(err, &exit) {
-				return exitError(exit.ExitCode())
-			}
-			return fmt.Errorf("exec %s: the supervisor ended before the process started: %v", id, err)
-		}
-		time.Sleep(2 * time.Millisecond)
+	cmd.ExtraFiles = []*os.File{startedW}
+	err = cmd.Start()
+	startedW.Close()
+	if err != nil {
+		started.Close()
+		os.Remove(processFile)
+		return fmt.Errorf("exec: %w", err)
 	}
+	var b [1]byte
+	n, _ := started.Read(b[:])
+	started.Close()
+	if n == 1 {
+		// Only then has the exec started, as engines take a returned
+		// exec to mean. The supervisor is never reaped here: when this
+		// process exits it passes to the engine's shim (a subreaper),
+		// which must get its exit status, even if it has already ended.
+		if pidFile != "" {
+			if err := os.WriteFile(pidFile, []byte(strconv.Itoa(cmd.Process.Pid)), 0o644); err != nil {
+				_ = cmd.Process.Signal(syscall.SIGKILL)
+				return fmt.Errorf("exec: %w", err)
+			}
+		}
+		return cmd.Process.Release()
+	}
+	// It ended without starting the process: reap it for its status,
+	// which is runsc's (its error is in --log).
+	err = cmd.Wait()
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		return exitError(exit.ExitCode())
+	}
+	return fmt.Errorf("exec %s: the supervisor ended before the process started: %v", id, err)
 }
 
 // cmdExecSupervise runs one exec in the foreground through runsc and
@@ -231,6 +238,18 @@ func cmdExecSupervise(ctx context.Context, e *env, args []string) error {
 	id, processFile, internal := args[0], args[1], args[2]
 	defer os.Remove(processFile)
 	defer os.Remove(internal)
+	// Fd 3 tells openshell-runtime exec that the process started; it
+	// must not leak into runsc or the reaper.
+	unix.CloseOnExec(3)
+	startedPipe := os.NewFile(3, "started")
+	var announce sync.Once
+	announceStarted := func() {
+		announce.Do(func() {
+			_, _ = startedPipe.Write([]byte{1})
+			startedPipe.Close()
+		})
+	}
+	defer startedPipe.Close()
 	_, st, err := runtime.Open(e.stateDir(), id)
 	if err != nil || st == nil {
 		return fmt.Errorf("exec-supervise: container %q: %v", id, err)
@@ -266,8 +285,15 @@ func cmdExecSupervise(ctx context.Context, e *env, args []string) error {
 		code, err := r.Passthrough(ctx, e.runscStdio(), "exec", "--process", processFile, "--internal-pid-file", internal, id)
 		done <- result{code, err}
 	}()
+	poll := time.NewTicker(2 * time.Millisecond)
+	defer poll.Stop()
 	for {
 		select {
+		case <-poll.C:
+			if readPid(internal) > 0 {
+				announceStarted()
+				poll.Stop()
+			}
 		case sig := <-sigs:
 			if pid := readPid(internal); pid > 0 {
 				if err := r.KillProcess(ctx, id, pid, sig.(syscall.Signal)); err != nil {
@@ -275,6 +301,11 @@ func cmdExecSupervise(ctx context.Context, e *env, args []string) error {
 				}
 			}
 		case res := <-done:
+			// runsc wrote the pid before the process ran: if it is
+			// there, the process started, however quickly it ended.
+			if readPid(internal) > 0 {
+				announceStarted()
+			}
 			_, _ = pw.Write([]byte{1})
 			pw.Close()
 			if res.err != nil {
