@@ -537,44 +537,59 @@ for url in ["http://allowed.test/", "http://denied.test/"]:
 // runtime configuration names neither: only the spec does.
 func TestEgressFromEngineNamespace(t *testing.T) {
 	e := newEgressEnv(t)
-	cfg := filepath.Join(t.TempDir(), "config.toml")
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("allow_inline_policy = true\n[egress]\naudit_dir = %q\n", e.audit)), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	// The engine's resolv.conf is the pod author's (dnsConfig, --dns): it
+	// names a resolver of the tenant's, here the fake internet's.
 	resolv := filepath.Join(t.TempDir(), "resolv.conf")
 	if err := os.WriteFile(resolv, []byte("nameserver "+fakenet.DNSAddr.String()+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	bundle := t.TempDir()
-	g, err := generate.New("linux")
-	if err != nil {
-		t.Fatal(err)
+	run := func(configTOML string) string {
+		cfg := filepath.Join(t.TempDir(), "config.toml")
+		if err := os.WriteFile(cfg, []byte(configTOML), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		bundle := t.TempDir()
+		g, err := generate.New("linux")
+		if err != nil {
+			t.Fatal(err)
+		}
+		g.SetRootPath(e.root)
+		g.SetProcessArgs([]string{"/usr/bin/curl", "-sS", "-m", "5", "http://allowed.test/"})
+		g.SetProcessTerminal(false)
+		g.AddAnnotation("io.openshell.policy.inline", egressPolicy)
+		if err := g.AddOrReplaceLinuxNamespace("network", e.net.Netns); err != nil {
+			t.Fatal(err)
+		}
+		g.AddMount(specs.Mount{Destination: "/etc/resolv.conf", Type: "bind", Source: resolv, Options: []string{"rbind", "ro"}})
+		writeBundleSpec(t, bundle, g.Config)
+		id := "egress-engine-" + strconv.Itoa(os.Getpid())
+		c := exec.Command(runtimeBin, "--root", runtimeRoot(), "--config", cfg, "run", "--bundle", bundle, id)
+		c.Env = append(os.Environ(), "OPENSHELL_RUNSC="+runscBin)
+		out, _ := c.CombinedOutput()
+		_ = exec.Command(runtimeBin, "--root", runtimeRoot(), "delete", "--force", id).Run()
+		assertRuntimeClean(t)
+		return string(out)
 	}
-	g.SetRootPath(e.root)
-	g.SetProcessArgs([]string{"/usr/bin/curl", "-sS", "-m", "5", "http://allowed.test/"})
-	g.SetProcessTerminal(false)
-	g.AddAnnotation("io.openshell.policy.inline", egressPolicy)
-	if err := g.AddOrReplaceLinuxNamespace("network", e.net.Netns); err != nil {
-		t.Fatal(err)
+	asked := func() bool {
+		for _, q := range e.net.Queries() {
+			if q == "allowed.test TypeA" {
+				return true
+			}
+		}
+		return false
 	}
-	g.AddMount(specs.Mount{Destination: "/etc/resolv.conf", Type: "bind", Source: resolv, Options: []string{"rbind", "ro"}})
-	writeBundleSpec(t, bundle, g.Config)
-	id := "egress-engine-" + strconv.Itoa(os.Getpid())
-	c := exec.Command(runtimeBin, "--root", runtimeRoot(), "--config", cfg, "run", "--bundle", bundle, id)
-	c.Env = append(os.Environ(), "OPENSHELL_RUNSC="+runscBin)
-	out, err := c.CombinedOutput()
-	_ = exec.Command(runtimeBin, "--root", runtimeRoot(), "delete", "--force", id).Run()
-	if err != nil || !strings.Contains(string(out), "hello from http 198.51.100.10 host=allowed.test") {
-		t.Fatalf("openshell-runtime run: %v\n%s", err, out)
+	// Without dns_upstream the gateway asks the node's resolver, never the
+	// tenant's: the fake internet's resolver is not asked (and the node's
+	// is not reachable from the fake uplink, so the name does not resolve).
+	out := run(fmt.Sprintf("allow_inline_policy = true\n[egress]\naudit_dir = %q\n", e.audit))
+	if asked() || strings.Contains(out, "hello from") {
+		t.Fatalf("the gateway asked the resolver the container's resolv.conf names:\n%s\nqueries %v", out, e.net.Queries())
 	}
-	var asked bool
-	for _, q := range e.net.Queries() {
-		asked = asked || q == "allowed.test TypeA"
+	// The operator's dns_upstream is asked, from the engine's namespace.
+	out = run(fmt.Sprintf("allow_inline_policy = true\n[egress]\naudit_dir = %q\ndns_upstream = %q\n", e.audit, e.net.DNS.String()))
+	if !strings.Contains(out, "hello from http 198.51.100.10 host=allowed.test") || !asked() {
+		t.Fatalf("with dns_upstream: %s\nqueries %v", out, e.net.Queries())
 	}
-	if !asked {
-		t.Errorf("the engine's resolver was not asked: %v", e.net.Queries())
-	}
-	assertRuntimeClean(t)
 }
 
 // TestEgressThroughCtr: a container run by containerd through
