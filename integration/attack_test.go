@@ -351,6 +351,22 @@ func filesystemAttacks() []attackCase {
 				}
 				return false, fmt.Sprintf("exit %d, read %q", r.code, r.stdout)
 			}},
+		{area: "network", name: "agent-edits-own-policy",
+			attack:  "the policy file is the repository's .openshell/policy.yaml, in the agent's writable workspace: the agent adds an egress rule and hot reload takes it",
+			defence: "a policy file inside a writable path is refused at create; nothing starts",
+			run: func(t *testing.T, e *attackEnv) (bool, string) {
+				ws := t.TempDir()
+				os.MkdirAll(filepath.Join(ws, ".openshell"), 0o755)
+				pf := filepath.Join(ws, ".openshell", "policy.yaml")
+				os.WriteFile(pf, []byte(fmt.Sprintf("version: \"1.0\"\nsandbox:\n  filesystem:\n    allowed_writes: [/tmp, %s]\n", ws)), 0o644)
+				c := exec.Command(openshellBin, "run", "--config", "/nonexistent/config.toml", "--runsc", runscBin, "--state-dir", stateDir, "--policy", pf, "--", "/bin/true")
+				out, err := c.CombinedOutput()
+				assertNothingLeft(t, stateDir)
+				if err == nil {
+					return true, "the sandbox started with its policy in its own workspace"
+				}
+				return false, firstLine(string(out))
+			}},
 		{area: "filesystem", name: "write-read-only-path",
 			attack:  "write into a path the policy only reads",
 			defence: "read-only binds",
