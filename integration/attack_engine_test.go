@@ -32,8 +32,21 @@ func (e *attackEnv) engineRun(t *testing.T, config string, annotations map[strin
 // its own: it checks for leftovers itself.
 func (e *attackEnv) engineRunKeep(t *testing.T, config string, annotations map[string]string, edit func(*specs.Spec), args ...string) result {
 	t.Helper()
+	return e.engineRunImageKeep(t, config, annotations, nil, edit, args...)
+}
+
+// engineRunImage is engineRun over an image the case plants in.
+func (e *attackEnv) engineRunImage(t *testing.T, config string, annotations map[string]string, plant func(root string), edit func(*specs.Spec), args ...string) result {
+	t.Helper()
+	r := e.engineRunImageKeep(t, config, annotations, plant, edit, args...)
+	assertRuntimeClean(t)
+	return r
+}
+
+func (e *attackEnv) engineRunImageKeep(t *testing.T, config string, annotations map[string]string, plant func(root string), edit func(*specs.Spec), args ...string) result {
+	t.Helper()
 	bundle := t.TempDir()
-	img := e.image(t, nil)
+	img := e.image(t, plant)
 	if err := os.Rename(img, filepath.Join(bundle, "rootfs")); err != nil {
 		t.Fatal(err)
 	}
@@ -139,6 +152,25 @@ func engineAttacks() []attackCase {
 				return e.readVerdict(r)
 			}})
 	}
+	cases = append(cases, attackCase{area: "engine", name: "volume-mount-point-through-image-link",
+		attack:  "the image's /opt/app is a link to a host directory; a volume at /opt/app/vol makes runsc create its mount point there",
+		defence: "the policy's /opt is the image's own, resolved inside it; the mount point is made inside that object",
+		run: func(t *testing.T, e *attackEnv) (bool, string) {
+			vol := t.TempDir()
+			r := e.engineRunImage(t, runtimeConfig, inline(writePolicyBody([]string{"/opt"})), func(root string) {
+				os.MkdirAll(root+"/opt", 0o755)
+				symlink(t, e.host, root+"/opt/app")
+			}, func(s *specs.Spec) {
+				s.Mounts = append(s.Mounts, specMount("/opt/app/vol", vol, "ro"))
+			}, "/bin/ls", "/opt/app")
+			if created(filepath.Join(e.host, "vol")) {
+				return true, "runsc made a directory in the host directory"
+			}
+			if strings.Contains(r.stdout, "secret") {
+				return true, "the host directory is visible: " + firstLine(r.stdout)
+			}
+			return false, fmt.Sprintf("exit %d %s", r.code, firstLine(r.stdout+r.stderr))
+		}})
 	cases = append(cases, attackCase{area: "engine", name: "read-only-volume-under-writes",
 		attack:  "a read-only volume (readOnly: true, -v src:dst:ro) at /tmp/cfg, under the policy's writable /tmp: rewrite it",
 		defence: "an engine's ro stays ro: the policy only narrows",

@@ -470,13 +470,14 @@ func TestAttack(t *testing.T) {
 	cases = append(cases, engineAttacks()...)
 	cases = append(cases, policyChoiceAttacks()...)
 	cases = append(cases, validatorAttacks()...)
-	held := 0
+	held, escapedN := 0, 0
 	for _, c := range cases {
 		t.Run(c.area+"/"+c.name, func(t *testing.T) {
 			escaped, evidence := c.run(t, e)
 			verdict := "held"
 			if escaped {
 				verdict = "ESCAPED"
+				escapedN++
 			} else {
 				held++
 			}
@@ -486,7 +487,7 @@ func TestAttack(t *testing.T) {
 			}
 		})
 	}
-	fmt.Printf("attack corpus: %d held, %d escaped\n", held, len(cases)-held)
+	fmt.Printf("attack corpus: %d held, %d escaped (of %d cases)\n", held, escapedN, len(cases))
 	if len(cases) < 40 {
 		t.Errorf("the corpus has %d cases; it keeps at least 40", len(cases))
 	}
