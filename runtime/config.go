@@ -94,6 +94,10 @@ type EgressConfig struct {
 	// AuditDir holds one audit log per sandbox, <id>.jsonl. It outlives
 	// the sandbox.
 	AuditDir string `toml:"audit_dir"`
+	// AuditMaxMB bounds one sandbox's audit log on disk, in MiB: the live
+	// file is rotated to <id>.jsonl.1 (replacing the previous one) when it
+	// would pass half of it.
+	AuditMaxMB int `toml:"audit_max_mb"`
 }
 
 // DefaultRuntimeRoot is openshell-runtime's default --root.
@@ -102,13 +106,21 @@ const DefaultRuntimeRoot = "/run/openshell/runtime"
 // DefaultAuditDir is where audit logs go unless the config says otherwise.
 const DefaultAuditDir = "/var/log/openshell/audit"
 
+// DefaultAuditMaxMB bounds a sandbox's audit log unless the config says
+// otherwise; MaxAuditMaxMB is the most it may say (1 GiB live, 1 GiB
+// rotated).
+const (
+	DefaultAuditMaxMB = 64
+	MaxAuditMaxMB     = 2048
+)
+
 // DefaultConfig is the configuration used when there is no file.
 func DefaultConfig() *Config {
 	return &Config{
 		Root:          "/run/openshell",
 		DefaultPolicy: BuiltinPolicy,
 		PolicyDir:     "/etc/openshell/policies",
-		Egress:        EgressConfig{AuditDir: DefaultAuditDir},
+		Egress:        EgressConfig{AuditDir: DefaultAuditDir, AuditMaxMB: DefaultAuditMaxMB},
 		GPU:           GPUConfig{CDISpecDirs: []string{"/etc/cdi", "/var/run/cdi"}},
 	}
 }
@@ -179,6 +191,9 @@ func (c *Config) validate() error {
 		if _, err := netip.ParseAddrPort(u); err != nil {
 			bad("egress.dns_upstream", "%q is not IP:port", u)
 		}
+	}
+	if m := c.Egress.AuditMaxMB; m < 2 || m > MaxAuditMaxMB {
+		bad("egress.audit_max_mb", "%d is not between 2 and %d (MiB)", m, MaxAuditMaxMB)
 	}
 	for field, p := range map[string]string{"runsc": c.Runsc, "root": c.Root, "policy_dir": c.PolicyDir, "egress.uplink_netns": c.Egress.UplinkNetns, "egress.audit_dir": c.Egress.AuditDir, "gpu.driver_root": c.GPU.DriverRoot} {
 		if p != "" && !filepath.IsAbs(p) {

@@ -57,6 +57,10 @@ func TestParseConfigErrors(t *testing.T) {
 		{"relative driver root", "[gpu]\ndriver_root = \"drivers\"\n", `c.toml: gpu.driver_root: "drivers" is not an absolute path`},
 		{"relative uplink", "[egress]\nuplink_netns = \"netns/x\"\n", `c.toml: egress.uplink_netns: "netns/x" is not an absolute path`},
 		{"unknown egress key", "[egress]\naudit = \"/x\"\n", "c.toml:2:1: egress.audit: unknown field"},
+		{"audit bound too small", "[egress]\naudit_max_mb = 1\n", `c.toml: egress.audit_max_mb: 1 is not between 2 and 2048 (MiB)`},
+		{"audit bound zero", "[egress]\naudit_max_mb = 0\n", `c.toml: egress.audit_max_mb: 0 is not between 2 and 2048 (MiB)`},
+		{"audit bound too large", "[egress]\naudit_max_mb = 4096\n", `c.toml: egress.audit_max_mb: 4096 is not between`},
+		{"audit bound not a number", "[egress]\naudit_max_mb = \"64M\"\n", "c.toml:2:"},
 		{"relative policy path", `policy_paths = ["extra"]`, `c.toml: policy_paths[0]: "extra" is not an absolute path`},
 		{"root as policy path", `policy_paths = ["/etc", "//"]`, `c.toml: policy_paths[1]: / would let an annotation name any file on the host`},
 		{"relative hook", `allowed_hooks = ["nvidia-container-runtime-hook"]`, `c.toml: allowed_hooks[0]: "nvidia-container-runtime-hook" is not a clean absolute path`},
@@ -71,6 +75,16 @@ func TestParseConfigErrors(t *testing.T) {
 				t.Fatalf("error = %v, want it to contain %q", err, tc.want)
 			}
 		})
+	}
+}
+
+func TestParseConfigAuditMaxMB(t *testing.T) {
+	if c := DefaultConfig(); c.Egress.AuditMaxMB != DefaultAuditMaxMB {
+		t.Errorf("default audit_max_mb = %d", c.Egress.AuditMaxMB)
+	}
+	c, err := ParseConfig("c.toml", []byte("[egress]\naudit_max_mb = 256\n"))
+	if err != nil || c.Egress.AuditMaxMB != 256 {
+		t.Fatalf("audit_max_mb = 256: %+v, %v", c, err)
 	}
 }
 
@@ -99,7 +113,7 @@ func TestDeployConfigParses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.DefaultPolicy != BuiltinPolicy || c.PolicyDir != "/etc/openshell/policies" {
+	if c.DefaultPolicy != BuiltinPolicy || c.PolicyDir != "/etc/openshell/policies" || c.Egress.AuditMaxMB != DefaultAuditMaxMB {
 		t.Fatalf("%+v", c)
 	}
 	// The shipped file keeps the secure defaults.
