@@ -127,6 +127,7 @@ func (sb *Sandbox) startGateway(o GatewayOptions) (Owner, string, error) {
 			PolicyFile:  policyFile,
 			AuditFile:   audit,
 			DNSUpstream: upstream,
+			AuditMaxMB:  o.Config.Egress.AuditMaxMB,
 		},
 		ConfigFile:    filepath.Join(sb.Dir, "gateway.json"),
 		Topology:      egress.TopologyAt(netnsDir(sb.Dir)),

@@ -2,11 +2,20 @@ package egress
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"os"
+	"slices"
+	"strings"
 	"sync"
 	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"golang.org/x/time/rate"
 )
 
 // Decisions an audit event records.
@@ -18,14 +27,54 @@ const (
 	Audit = "audit"
 )
 
+// KindSuppressed is the kind of the line that counts the events the rate
+// limit kept out of the log.
+const KindSuppressed = "suppressed"
+
+// Bounds of the audit log. Everything in an event but its numbers comes,
+// directly or not, from the sandbox (a DNS name, an SNI, a Host header, an
+// error that quotes them), so every string is capped before it is written,
+// and again when it is read.
+const (
+	// MaxFieldBytes caps each string field but the reason.
+	MaxFieldBytes = 256
+	// MaxReasonBytes caps the reason, which may quote a whole DNS name
+	// (253 bytes) in a sentence.
+	MaxReasonBytes = 512
+	// MaxAuditLine is the longest line ReadAuditLog accepts; a longer one
+	// is skipped and reported. Lines the writer makes are a few KiB at
+	// most: the capped fields, each escaped at worst six bytes a byte.
+	MaxAuditLine = 1 << 20
+	// DefaultAuditMaxBytes bounds one sandbox's audit on disk when the
+	// configuration does not say (egress.audit_max_mb).
+	DefaultAuditMaxBytes = 64 << 20
+	// DefaultAuditRate and DefaultAuditBurst bound the lines written a
+	// second, for violations and for allowed events each.
+	DefaultAuditRate  = 100
+	DefaultAuditBurst = 200
+	// DefaultAuditWindow is how long identical events are folded into the
+	// first one's line.
+	DefaultAuditWindow = time.Second
+)
+
+// maxOpenAggregates bounds the events remembered for folding; past it a
+// new event is written without being remembered. The rate limit keeps the
+// open windows far below it (about burst + rate × window).
+const maxOpenAggregates = 4096
+
+// suppressedSample is how many of the destinations the rate limit dropped
+// a suppressed line names.
+const suppressedSample = 3
+
 // Event is one line of a sandbox's audit log: one DNS answer, one
-// connection or request, or one policy reload.
+// connection or request, or one policy reload; or the summary of events
+// folded or suppressed (Count).
 type Event struct {
 	Time       time.Time `json:"time"`
 	Sandbox    string    `json:"sandbox"`
 	Policy     string    `json:"policy"`
 	PolicyHash string    `json:"policy_sha256"`
-	Kind       string    `json:"kind"` // dns, connect, http, tls, reload
+	Kind       string    `json:"kind"` // dns, connect, http, tls, tcp, udp, icmp, reload, suppressed
 	Rule       string    `json:"rule,omitempty"`
 	Host       string    `json:"host,omitempty"`
 	Port       int       `json:"port,omitempty"`
@@ -34,64 +83,566 @@ type Event struct {
 	BytesDown  int64     `json:"bytes_down"`
 	Decision   string    `json:"decision"`
 	Reason     string    `json:"reason,omitempty"`
+	// Count, when set, is how many events this line stands for, from
+	// Since to Time: on a summary line the repeats of an event whose first
+	// occurrence has its own line (bytes are their sum); on a suppressed
+	// line the events the rate limit kept out.
+	Count int       `json:"count,omitempty"`
+	Since time.Time `json:"since,omitzero"`
+	// Truncated names the fields that were cut to their cap (and end in
+	// "…").
+	Truncated []string `json:"truncated,omitempty"`
 }
 
 // Violation reports whether the event is a denial, or a would-be denial.
 func (e *Event) Violation() bool { return e.Decision != Allow }
 
-// AuditLog appends events to a file, one JSON object per line. Lines are
-// written whole under a lock, so concurrent connections never interleave.
-type AuditLog struct {
-	mu  sync.Mutex
-	f   *os.File
-	enc *json.Encoder
-}
-
-// OpenAuditLog opens (or creates) the audit file for appending.
-func OpenAuditLog(path string) (*AuditLog, error) {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
-	if err != nil {
-		return nil, fmt.Errorf("open audit log: %w", err)
+// Sanitize caps every string field (MaxFieldBytes, MaxReasonBytes for the
+// reason), marking those it cut in Truncated, and replaces invalid UTF-8.
+// Control characters are left to the encoding (MarshalEvent) or the view.
+func (e *Event) Sanitize() {
+	var cut []string
+	for _, f := range []struct {
+		name string
+		s    *string
+		max  int
+	}{
+		{"sandbox", &e.Sandbox, MaxFieldBytes},
+		{"policy", &e.Policy, MaxFieldBytes},
+		{"policy_sha256", &e.PolicyHash, MaxFieldBytes},
+		{"kind", &e.Kind, MaxFieldBytes},
+		{"rule", &e.Rule, MaxFieldBytes},
+		{"host", &e.Host, MaxFieldBytes},
+		{"ip", &e.IP, MaxFieldBytes},
+		{"decision", &e.Decision, MaxFieldBytes},
+		{"reason", &e.Reason, MaxReasonBytes},
+	} {
+		var was bool
+		if *f.s, was = capString(*f.s, f.max); was {
+			cut = append(cut, f.name)
+		}
 	}
-	return &AuditLog{f: f, enc: json.NewEncoder(f)}, nil
+	// What the line said of itself is kept (a field cut by the writer is
+	// within its cap when read back), but only names of fields.
+	for _, name := range e.Truncated {
+		if len(cut) < 16 && fieldName(name) && !slices.Contains(cut, name) {
+			cut = append(cut, name)
+		}
+	}
+	e.Truncated = cut
 }
 
-// Write appends e. A failed write is returned; the caller logs it, and the
-// connection it describes has already been decided.
+func fieldName(s string) bool {
+	switch s {
+	case "sandbox", "policy", "policy_sha256", "kind", "rule", "host", "ip", "decision", "reason":
+		return true
+	}
+	return false
+}
+
+// capString makes s valid UTF-8 and at most max bytes, plus "…" when cut
+// (at a rune boundary).
+func capString(s string, max int) (string, bool) {
+	if !utf8.ValidString(s) {
+		s = strings.ToValidUTF8(s, "\uFFFD")
+	}
+	if len(s) <= max {
+		return s, false
+	}
+	n := max
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "…", true
+}
+
+// MarshalEvent encodes e as one JSON line (with its newline) in which
+// nothing a terminal acts on appears raw: encoding/json escapes the C0
+// controls, and this escapes DEL, the C1 controls (CSI is U+009B) and
+// every other rune Go does not count printable (bidirectional overrides,
+// line and paragraph separators). Those runes can only be inside strings,
+// so the line stays valid JSON and decodes to the same event.
+func MarshalEvent(e *Event) ([]byte, error) {
+	raw, err := json.Marshal(e)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]byte, 0, len(raw)+1)
+	for i := 0; i < len(raw); {
+		r, size := utf8.DecodeRune(raw[i:])
+		switch {
+		case r < utf8.RuneSelf && r != 0x7f:
+			out = append(out, raw[i])
+		case r == 0x7f || !unicode.IsPrint(r):
+			if r > 0xffff {
+				r1, r2 := utf16Pair(r)
+				out = fmt.Appendf(out, `\u%04x\u%04x`, r1, r2)
+			} else {
+				out = fmt.Appendf(out, `\u%04x`, r)
+			}
+		default:
+			out = append(out, raw[i:i+size]...)
+		}
+		i += size
+	}
+	return append(out, '\n'), nil
+}
+
+func utf16Pair(r rune) (rune, rune) {
+	r -= 0x10000
+	return 0xd800 + (r>>10)&0x3ff, 0xdc00 + r&0x3ff
+}
+
+// AuditLimits bound what one sandbox's audit log may take. Zero fields
+// take the defaults.
+type AuditLimits struct {
+	// MaxBytes bounds the log on disk, the live file and its rotated
+	// predecessor together: the live file is rotated to <file>.1 (the
+	// previous <file>.1 is dropped) when the next line would take it past
+	// half of MaxBytes.
+	MaxBytes int64
+	// Rate (lines a second) and Burst bound the lines written for
+	// violations, and separately for allowed events, so that a flood of
+	// one cannot push the other out of the log.
+	Rate  float64
+	Burst int
+	// Window is how long the repeats of an event (same kind, host, port,
+	// rule, decision and reason) are counted instead of written.
+	Window time.Duration
+}
+
+func (l AuditLimits) withDefaults() AuditLimits {
+	if l.MaxBytes <= 0 {
+		l.MaxBytes = DefaultAuditMaxBytes
+	}
+	if l.Rate <= 0 {
+		l.Rate = DefaultAuditRate
+	}
+	if l.Burst <= 0 {
+		l.Burst = DefaultAuditBurst
+	}
+	if l.Window <= 0 {
+		l.Window = DefaultAuditWindow
+	}
+	return l
+}
+
+// AuditLog appends events to a file, one JSON object per line, within a
+// bound a hostile sandbox cannot push it past:
+//
+//   - Repeats are folded: the first occurrence of an event is written at
+//     once; identical events (kind, host, port, rule, decision, reason)
+//     within Window of it are only counted, and one summary line with
+//     their count (and summed bytes) follows when the window closes.
+//     Allowed events are folded the same way as denials: the log is a
+//     record of decisions, and a loop of allowed requests must not fill
+//     it either.
+//   - A rate limit per class (violations, allowed) drops what is over it;
+//     a "suppressed" line says how many, and names a few, at most once a
+//     second per class. Summary and suppressed lines are charged to the
+//     limit but never dropped. Reload lines are never folded or dropped.
+//   - The file is rotated by size (AuditLimits.MaxBytes).
+//   - Every string field is capped (Sanitize) and every control character
+//     escaped (MarshalEvent).
+//
+// Lines are written whole under a lock, so concurrent connections never
+// interleave.
+type AuditLog struct {
+	mu     sync.Mutex
+	path   string
+	f      *os.File
+	size   int64
+	lim    AuditLimits
+	now    func() time.Time
+	open   map[aggKey]*aggregate
+	viol   *budget
+	allow  *budget
+	ids    Event // sandbox and policy of the latest event, for our own lines
+	closed bool
+	// started is set when the clock goroutine runs (OpenAuditLog); tests
+	// drive flush with their own clock instead.
+	started bool
+	stop    chan struct{}
+	done    chan struct{}
+}
+
+type aggKey struct {
+	kind, host     string
+	port           int
+	rule, decision string
+	reason         string
+}
+
+// aggregate is one open window: the line written for its first event and
+// the repeats counted since.
+type aggregate struct {
+	end      time.Time
+	line     Event
+	count    int
+	since    time.Time
+	last     time.Time
+	up, down int64
+}
+
+// budget is one class's rate limit and what it has dropped since its
+// last suppressed line.
+type budget struct {
+	lim      *rate.Limiter
+	decision string // of its suppressed lines
+	class    string
+	dropped  int
+	since    time.Time
+	sample   []string
+}
+
+// OpenAuditLog opens (or creates) the audit file for appending, and
+// starts the clock that writes summaries when their windows close.
+func OpenAuditLog(path string, limits AuditLimits) (*AuditLog, error) {
+	l, err := openAuditLog(path, limits, time.Now)
+	if err != nil {
+		return nil, err
+	}
+	l.started = true
+	go l.tick(l.lim.Window / 4)
+	return l, nil
+}
+
+func openAuditLog(path string, limits AuditLimits, now func() time.Time) (*AuditLog, error) {
+	limits = limits.withDefaults()
+	l := &AuditLog{
+		path:  path,
+		lim:   limits,
+		now:   now,
+		open:  map[aggKey]*aggregate{},
+		viol:  &budget{lim: rate.NewLimiter(rate.Limit(limits.Rate), limits.Burst), decision: Deny, class: "violation"},
+		allow: &budget{lim: rate.NewLimiter(rate.Limit(limits.Rate), limits.Burst), decision: Allow, class: "allowed"},
+		stop:  make(chan struct{}),
+		done:  make(chan struct{}),
+	}
+	if err := l.reopen(); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+func (l *AuditLog) reopen() error {
+	f, err := os.OpenFile(l.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+	if err != nil {
+		return fmt.Errorf("open audit log: %w", err)
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("open audit log: %w", err)
+	}
+	l.f, l.size = f, st.Size()
+	return nil
+}
+
+func (l *AuditLog) tick(every time.Duration) {
+	defer close(l.done)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-l.stop:
+			return
+		case <-t.C:
+			l.mu.Lock()
+			_ = l.flush(l.now(), false)
+			l.mu.Unlock()
+		}
+	}
+}
+
+// Write records e (its Time is set when zero). A failed write is
+// returned; the caller logs it, and the connection it describes has
+// already been decided.
 func (l *AuditLog) Write(e *Event) error {
+	ev := *e
+	ev.Count, ev.Since = 0, time.Time{}
+	ev.Sanitize()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if err := l.enc.Encode(e); err != nil {
-		return fmt.Errorf("write audit log %s: %w", l.f.Name(), err)
+	if l.closed {
+		return fmt.Errorf("write audit log %s: closed", l.path)
+	}
+	now := l.now()
+	if ev.Time.IsZero() {
+		ev.Time = now.UTC()
+	}
+	l.ids = Event{Sandbox: ev.Sandbox, Policy: ev.Policy, PolicyHash: ev.PolicyHash}
+	if ev.Kind == "reload" {
+		return l.writeLine(&ev)
+	}
+	var errs []error
+	k := aggKey{ev.Kind, ev.Host, ev.Port, ev.Rule, ev.Decision, ev.Reason}
+	if a, ok := l.open[k]; ok {
+		if now.Before(a.end) {
+			a.count++
+			if a.since.IsZero() {
+				a.since = ev.Time
+			}
+			a.last = ev.Time
+			a.up += ev.BytesUp
+			a.down += ev.BytesDown
+			return nil
+		}
+		errs = append(errs, l.summarize(k, a, now))
+	}
+	b := l.allow
+	if ev.Violation() {
+		b = l.viol
+	}
+	if !b.lim.AllowN(now, 1) {
+		b.drop(&ev)
+		return errors.Join(errs...)
+	}
+	if len(l.open) < maxOpenAggregates {
+		l.open[k] = &aggregate{end: now.Add(l.lim.Window), line: ev}
+	}
+	errs = append(errs, l.writeLine(&ev))
+	return errors.Join(errs...)
+}
+
+func (b *budget) drop(e *Event) {
+	if b.dropped == 0 {
+		b.since = e.Time
+		b.sample = b.sample[:0]
+	}
+	b.dropped++
+	if len(b.sample) < suppressedSample && e.Host != "" && !slices.Contains(b.sample, e.Host) {
+		b.sample = append(b.sample, e.Host)
+	}
+}
+
+// summarize writes the summary of a's repeats, if any, and closes it.
+// Preconditions: l.mu must be locked.
+func (l *AuditLog) summarize(k aggKey, a *aggregate, now time.Time) error {
+	delete(l.open, k)
+	if a.count == 0 {
+		return nil
+	}
+	s := a.line
+	s.Time, s.Since, s.Count = a.last, a.since, a.count
+	s.BytesUp, s.BytesDown = a.up, a.down
+	l.charge(&s, now)
+	return l.writeLine(&s)
+}
+
+// charge takes a line that is written regardless from its class's budget.
+func (l *AuditLog) charge(e *Event, now time.Time) {
+	b := l.allow
+	if e.Violation() {
+		b = l.viol
+	}
+	b.lim.ReserveN(now, 1)
+}
+
+// flush writes the summaries of the windows that have closed, and the
+// suppressed lines due (each class at most once a second); all of them
+// when final.
+// Preconditions: l.mu must be locked.
+func (l *AuditLog) flush(now time.Time, final bool) error {
+	var errs []error
+	for k, a := range l.open {
+		if final || !now.Before(a.end) {
+			errs = append(errs, l.summarize(k, a, now))
+		}
+	}
+	for _, b := range []*budget{l.viol, l.allow} {
+		if b.dropped == 0 || (!final && now.Sub(b.since) < time.Second) {
+			continue
+		}
+		e := l.ids
+		e.Time, e.Since, e.Count = now.UTC(), b.since, b.dropped
+		e.Kind, e.Decision = KindSuppressed, b.decision
+		e.Reason = fmt.Sprintf("%d %s events not written: over the audit rate limit of %g lines a second (burst %d)", b.dropped, b.class, l.lim.Rate, l.lim.Burst)
+		if len(b.sample) > 0 {
+			e.Reason += "; among them " + strings.Join(b.sample, ", ")
+		}
+		e.Sanitize()
+		b.dropped = 0
+		l.charge(&e, now)
+		errs = append(errs, l.writeLine(&e))
+	}
+	return errors.Join(errs...)
+}
+
+// writeLine encodes e and appends it, rotating first if the line would
+// take the live file past half the bound.
+// Preconditions: l.mu must be locked.
+func (l *AuditLog) writeLine(e *Event) error {
+	line, err := MarshalEvent(e)
+	if err != nil {
+		return fmt.Errorf("write audit log %s: %w", l.path, err)
+	}
+	if l.f == nil || (l.size > 0 && l.size+int64(len(line)) > l.lim.MaxBytes/2) {
+		if err := l.rotate(); err != nil {
+			return err
+		}
+	}
+	n, err := l.f.Write(line)
+	l.size += int64(n)
+	if err != nil {
+		return fmt.Errorf("write audit log %s: %w", l.path, err)
 	}
 	return nil
 }
 
-// Close closes the file.
-func (l *AuditLog) Close() error { return l.f.Close() }
+// rotate moves the live file to <path>.1, replacing the one there, and
+// opens a new one. Where the rename fails the live file is emptied
+// instead: the bound holds either way.
+// Preconditions: l.mu must be locked.
+func (l *AuditLog) rotate() error {
+	if l.f != nil {
+		if err := os.Rename(l.path, l.path+".1"); err != nil {
+			terr := l.f.Truncate(0)
+			l.size = 0
+			return errors.Join(fmt.Errorf("rotate audit log %s: %w", l.path, err), terr)
+		}
+		_ = l.f.Close()
+		l.f = nil
+	}
+	return l.reopen()
+}
 
-// ReadAuditLog reads the events of one audit file, calling fn for each.
-// A line that is not an event (a torn last line) is reported with its
-// line number.
+// Close writes what is pending (summaries, suppressed counts) and closes
+// the file.
+func (l *AuditLog) Close() error {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return nil
+	}
+	l.closed = true
+	close(l.stop)
+	err := l.flush(l.now(), true)
+	l.mu.Unlock()
+	if l.started {
+		<-l.done
+	}
+	if l.f != nil {
+		err = errors.Join(err, l.f.Close())
+	}
+	return err
+}
+
+// AuditFiles are the files of one sandbox's audit log that exist, oldest
+// first: the rotated one, then the live one.
+func AuditFiles(path string) []string {
+	var out []string
+	for _, p := range []string{path + ".1", path} {
+		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// BadLinesError lists the lines of an audit file that were skipped: torn
+// (a gateway killed mid-write), not JSON, or longer than MaxAuditLine.
+type BadLinesError struct {
+	File  string
+	Lines []BadLine // the first few
+	Count int       // all of them
+}
+
+// BadLine is one skipped line.
+type BadLine struct {
+	Line int
+	Err  error
+}
+
+const maxBadLinesListed = 10
+
+func (e *BadLinesError) Error() string {
+	var b strings.Builder
+	for i, l := range e.Lines {
+		if i > 0 {
+			b.WriteString("\n")
+		}
+		fmt.Fprintf(&b, "%s:%d: skipped: %s", e.File, l.Line, l.Err)
+	}
+	if more := e.Count - len(e.Lines); more > 0 {
+		fmt.Fprintf(&b, "\n%s: %d more lines skipped", e.File, more)
+	}
+	return b.String()
+}
+
+// ReadAuditLog reads the events of one audit file, calling fn for each,
+// each Sanitized. A line that is not an event (torn, not JSON, longer than
+// MaxAuditLine) is skipped and never hides the lines after it; the
+// skipped lines are returned at the end as a *BadLinesError. Other errors
+// (the file cannot be read, fn failed) end the reading.
 func ReadAuditLog(path string, fn func(*Event) error) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return fmt.Errorf("read audit log: %w", err)
 	}
 	defer f.Close()
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for line := 1; sc.Scan(); line++ {
-		var e Event
-		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
-			return fmt.Errorf("%s:%d: not an audit event: %w", path, line, err)
-		}
-		if err := fn(&e); err != nil {
-			return err
+	bad := &BadLinesError{File: path}
+	skip := func(line int, err error) {
+		bad.Count++
+		if len(bad.Lines) < maxBadLinesListed {
+			bad.Lines = append(bad.Lines, BadLine{line, err})
 		}
 	}
-	if err := sc.Err(); err != nil {
-		return fmt.Errorf("read audit log %s: %w", path, err)
+	r := bufio.NewReaderSize(f, 64<<10)
+	var buf []byte
+	for line := 1; ; line++ {
+		data, long, err := readLine(r, &buf)
+		if errors.Is(err, io.EOF) && len(data) == 0 && !long {
+			break
+		}
+		if err != nil && !errors.Is(err, io.EOF) {
+			return fmt.Errorf("read audit log %s: %w", path, err)
+		}
+		switch {
+		case long:
+			skip(line, fmt.Errorf("longer than %d bytes", MaxAuditLine))
+		case len(bytes.TrimSpace(data)) == 0:
+		default:
+			var e Event
+			if jerr := json.Unmarshal(data, &e); jerr != nil {
+				skip(line, fmt.Errorf("not an audit event: %w", jerr))
+				break
+			}
+			e.Sanitize()
+			if ferr := fn(&e); ferr != nil {
+				return ferr
+			}
+		}
+		if err != nil { // io.EOF after a last line without its newline
+			break
+		}
+	}
+	if bad.Count > 0 {
+		return bad
 	}
 	return nil
+}
+
+// readLine reads one line without its newline into *buf, reusing it. A
+// line longer than MaxAuditLine is read to its end and dropped: long is
+// set and data is empty.
+func readLine(r *bufio.Reader, buf *[]byte) (data []byte, long bool, err error) {
+	*buf = (*buf)[:0]
+	for {
+		chunk, err := r.ReadSlice('\n')
+		if !long {
+			if len(*buf)+len(chunk) > MaxAuditLine+1 {
+				long, *buf = true, (*buf)[:0]
+			} else {
+				*buf = append(*buf, chunk...)
+			}
+		}
+		switch {
+		case errors.Is(err, bufio.ErrBufferFull):
+			continue
+		case err != nil:
+			return bytes.TrimSuffix(*buf, []byte("\n")), long, err
+		}
+		return bytes.TrimSuffix(*buf, []byte("\n")), long, nil
+	}
 }

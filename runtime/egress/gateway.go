@@ -43,6 +43,9 @@ type Config struct {
 	// names the policy allows. Empty: the first nameserver of the
 	// gateway's /etc/resolv.conf.
 	DNSUpstream string `json:"dns_upstream,omitempty"`
+	// AuditMaxMB bounds the audit log on disk, rotated file included
+	// (egress.audit_max_mb). 0: DefaultAuditMaxBytes.
+	AuditMaxMB int `json:"audit_max_mb,omitempty"`
 }
 
 // Listeners are the sockets a gateway serves, all in the sandbox's
@@ -107,7 +110,7 @@ func New(cfg Config, log *slog.Logger) (*Gateway, error) {
 			return nil, fmt.Errorf("gateway: %w", err)
 		}
 	}
-	a, err := OpenAuditLog(cfg.AuditFile)
+	a, err := OpenAuditLog(cfg.AuditFile, AuditLimits{MaxBytes: int64(cfg.AuditMaxMB) << 20})
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}

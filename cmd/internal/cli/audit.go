@@ -2,15 +2,17 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
+	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/openshell/openshell/runtime"
 	"github.com/openshell/openshell/runtime/egress"
@@ -59,18 +61,24 @@ func runAudit(_ context.Context, s streams, args []string) int {
 			fmt.Fprintf(s.err, "openshell: %q is not a sandbox id\n", id)
 			return exitUsage
 		}
-		files = []string{filepath.Join(*dir, id+".jsonl")}
-		if _, err := os.Stat(files[0]); err != nil {
+		files = egress.AuditFiles(filepath.Join(*dir, id+".jsonl"))
+		if len(files) == 0 {
 			fmt.Fprintf(s.err, "openshell: no audit log for sandbox %s in %s\n", id, *dir)
 			return exitFailed
 		}
 	} else {
-		files, _ = filepath.Glob(filepath.Join(*dir, "*.jsonl"))
+		live, _ := filepath.Glob(filepath.Join(*dir, "*.jsonl"))
+		for _, f := range live {
+			files = append(files, egress.AuditFiles(f)...)
+		}
 	}
 	var cutoff time.Time
 	if *since > 0 {
 		cutoff = time.Now().Add(-*since)
 	}
+	// A bad line (torn by a killed gateway, not JSON, too long) is
+	// reported and skipped: it never hides the rest of its file, or the
+	// other sandboxes' logs.
 	var events []*egress.Event
 	for _, f := range files {
 		err := egress.ReadAuditLog(f, func(e *egress.Event) error {
@@ -80,32 +88,75 @@ func runAudit(_ context.Context, s streams, args []string) int {
 			events = append(events, e)
 			return nil
 		})
-		if err != nil {
+		var bad *egress.BadLinesError
+		switch {
+		case errors.As(err, &bad):
+			fmt.Fprintf(s.err, "openshell: warning: %s\n", strings.ReplaceAll(bad.Error(), "\n", "\nopenshell: warning: "))
+		case err != nil:
 			fmt.Fprintf(s.err, "openshell: %s\n", err)
 			return exitFailed
 		}
 	}
 	slices.SortStableFunc(events, func(a, b *egress.Event) int { return a.Time.Compare(b.Time) })
 	if *asJSON {
-		enc := json.NewEncoder(s.out)
 		for _, e := range events {
-			if err := enc.Encode(e); err != nil {
+			line, err := egress.MarshalEvent(e)
+			if err != nil {
+				return exitFailed
+			}
+			if _, err := s.out.Write(line); err != nil {
 				return exitFailed
 			}
 		}
 		return exitOK
 	}
+	// Every string in an event came from the sandbox, directly or not
+	// (an SNI, a Host header, a DNS name, an error quoting them): each is
+	// printed escaped, so that no escape sequence reaches the terminal and
+	// no newline or tab forges a row or a column.
 	w := tabwriter.NewWriter(s.out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "TIME\tSANDBOX\tDECISION\tKIND\tDESTINATION\tIP\tUP/DOWN\tRULE\tREASON")
+	fmt.Fprintln(w, "TIME\tSANDBOX\tDECISION\tKIND\tDESTINATION\tIP\tUP/DOWN\tN\tRULE\tREASON")
 	for _, e := range events {
-		dest := e.Host
+		dest := shown(e.Host)
 		if e.Port != 0 {
-			dest = fmt.Sprintf("%s:%d", e.Host, e.Port)
+			dest = fmt.Sprintf("%s:%d", dest, e.Port)
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%d/%d\t%s\t%s\n", e.Time.Local().Format("15:04:05.000"), e.Sandbox, e.Decision, e.Kind, dest, dash(e.IP), e.BytesUp, e.BytesDown, dash(e.Rule), dash(e.Reason))
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%d/%d\t%d\t%s\t%s\n", e.Time.Local().Format("15:04:05.000"), shown(e.Sandbox), shown(e.Decision), shown(e.Kind), dash(dest), dash(shown(e.IP)), e.BytesUp, e.BytesDown, max(e.Count, 1), dash(shown(e.Rule)), dash(shown(e.Reason)))
 	}
 	_ = w.Flush()
 	return exitOK
+}
+
+// shownMax caps what the text view prints of one field (the reader has
+// capped it already; this holds for any line).
+const shownMax = 512
+
+// shown escapes s for a terminal: a backslash, and every rune that is not
+// printable (control characters, DEL, C1, bidirectional overrides, invalid
+// UTF-8), are written as Go escapes (\x1b, \n, \u202e); printable text,
+// IDNs included, is left as it is.
+func shown(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		if b.Len() >= shownMax {
+			b.WriteString("…")
+			break
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && size == 1:
+			fmt.Fprintf(&b, `\x%02x`, s[i])
+		case r == '\\':
+			b.WriteString(`\\`)
+		case unicode.IsPrint(r):
+			b.WriteRune(r)
+		default:
+			q := strconv.QuoteRune(r)
+			b.WriteString(q[1 : len(q)-1])
+		}
+		i += size
+	}
+	return b.String()
 }
 
 func dash(s string) string {
