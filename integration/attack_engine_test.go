@@ -11,7 +11,6 @@ import (
 	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
-	"github.com/opencontainers/runtime-tools/generate"
 )
 
 // attackIDs numbers the engine cases' containers: runsc finds ids by
@@ -45,25 +44,13 @@ func (e *attackEnv) engineRunImage(t *testing.T, config string, annotations map[
 
 func (e *attackEnv) engineRunImageKeep(t *testing.T, config string, annotations map[string]string, plant func(root string), edit func(*specs.Spec), args ...string) result {
 	t.Helper()
-	bundle := t.TempDir()
-	img := e.image(t, plant)
-	if err := os.Rename(img, filepath.Join(bundle, "rootfs")); err != nil {
-		t.Fatal(err)
-	}
-	g, err := generate.New("linux")
-	if err != nil {
-		t.Fatal(err)
-	}
-	g.SetRootPath("rootfs")
-	g.SetProcessArgs(args)
-	g.SetProcessTerminal(false)
-	for k, v := range annotations {
-		g.AddAnnotation(k, v)
-	}
+	bundle := busyboxBundle(t, annotations, args...)
+	e.arm(t, filepath.Join(bundle, "rootfs"), plant)
 	if edit != nil {
-		edit(g.Config)
+		s := readBundleSpec(t, bundle)
+		edit(s)
+		writeBundleSpec(t, bundle, s)
 	}
-	writeBundleSpec(t, bundle, g.Config)
 	id := fmt.Sprintf("attack-%04d", attackIDs.Add(1))
 	return ortWith(t, config, "run", "--bundle", bundle, id)
 }

@@ -123,6 +123,14 @@ func (e *attackEnv) image(t *testing.T, plant func(root string)) string {
 	if err := rootfs.Busybox(root); err != nil {
 		t.Fatal(err)
 	}
+	e.arm(t, root, plant)
+	return root
+}
+
+// arm puts the attacker at /bin/attacker in a busybox root, with /work
+// and /data open to anyone, then lets the case plant what it wants.
+func (e *attackEnv) arm(t *testing.T, root string, plant func(root string)) {
+	t.Helper()
 	data, err := os.ReadFile(e.attacker)
 	if err != nil {
 		t.Fatal(err)
@@ -139,7 +147,6 @@ func (e *attackEnv) image(t *testing.T, plant func(root string)) string {
 	if plant != nil {
 		plant(root)
 	}
-	return root
 }
 
 func symlink(t *testing.T, target, at string) {
@@ -150,29 +157,10 @@ func symlink(t *testing.T, target, at string) {
 	}
 }
 
-// openshellRun runs openshell run with extra flags (--rootfs, --workdir)
-// and the policy body; nothing may be left behind.
-func openshellRun(t *testing.T, flags []string, policyYAML string, cmd ...string) result {
-	t.Helper()
-	pf := writePolicy(t, policyYAML)
-	args := append([]string{"run", "--config", "/nonexistent/config.toml", "--runsc", runscBin, "--state-dir", stateDir, "--policy", pf}, flags...)
-	args = append(append(args, "--"), cmd...)
-	c := exec.Command(openshellBin, args...)
-	var out, errb bytes.Buffer
-	c.Stdout, c.Stderr = &out, &errb
-	err := c.Run()
-	r := result{code: c.ProcessState.ExitCode(), stdout: out.String(), stderr: errb.String()}
-	if err != nil && r.code < 0 {
-		t.Fatalf("openshell run: %v\n%s", err, errb.String())
-	}
-	assertNothingLeft(t, stateDir)
-	return r
-}
-
 // inImage runs cmd under policyYAML with image as the root.
 func inImage(t *testing.T, image, policyYAML string, cmd ...string) result {
 	t.Helper()
-	return openshellRun(t, []string{"--rootfs", image}, policyYAML, cmd...)
+	return openshellRun(t, noConfig, []string{"--rootfs", image}, policyYAML, cmd...)
 }
 
 // leaked reports whether the host's secret shows anywhere in r.
@@ -274,7 +262,7 @@ func filesystemAttacks() []attackCase {
 			run: func(t *testing.T, e *attackEnv) (bool, string) {
 				img := e.image(t, func(root string) { os.RemoveAll(root + "/work"); symlink(t, e.host, root+"/work") })
 				pol := "version: 1\nfilesystem_policy:\n  include_workdir: true\n  read_only: [/bin]\nprocess: {run_as_user: \"65534\", run_as_group: \"65534\"}\n"
-				r := openshellRun(t, []string{"--rootfs", img, "--workdir", "/work"}, pol, "/bin/sh", "-c", "cat /work/secret; /bin/attacker write /work/pwned")
+				r := openshellRun(t, noConfig, []string{"--rootfs", img, "--workdir", "/work"}, pol, "/bin/sh", "-c", "cat /work/secret; /bin/attacker write /work/pwned")
 				if created(filepath.Join(e.host, "pwned")) {
 					return true, "wrote into the host directory"
 				}
@@ -314,11 +302,11 @@ func filesystemAttacks() []attackCase {
 				os.Chmod(ws, 0o777)
 				bin := filepath.Dir(e.attacker)
 				plant := fmt.Sprintf("version: \"1.0\"\nsandbox:\n  filesystem:\n    system_paths: []\n    allowed_reads: [%s]\n    allowed_writes: [%s]\n", bin, ws)
-				if r := openshellRun(t, nil, plant, e.attacker, "symlink", e.host, ws+"/cache"); !strings.Contains(r.stdout, "ALLOWED") {
+				if r := openshellRun(t, noConfig, nil, plant, e.attacker, "symlink", e.host, ws+"/cache"); !strings.Contains(r.stdout, "ALLOWED") {
 					return false, "the agent could not plant the link: " + firstLine(r.stdout+r.stderr)
 				}
 				later := fmt.Sprintf("version: \"1.0\"\nsandbox:\n  filesystem:\n    system_paths: []\n    allowed_reads: [/bin, /usr, /lib, /lib64, %s/cache]\n", ws)
-				r := openshellRun(t, nil, later, "/bin/cat", ws+"/cache/secret")
+				r := openshellRun(t, noConfig, nil, later, "/bin/cat", ws+"/cache/secret")
 				if e.leaked(r) {
 					return true, "the later sandbox read the host directory"
 				}

@@ -138,6 +138,14 @@ func sandbox(t *testing.T, policyYAML string, cmd ...string) result {
 // sandboxWithConfig is sandbox with a runtime configuration file.
 func sandboxWithConfig(t *testing.T, config, policyYAML string, cmd ...string) result {
 	t.Helper()
+	return openshellRun(t, config, nil, policyYAML, cmd...)
+}
+
+// openshellRun runs `openshell run` with the configuration file, extra
+// flags (--rootfs, --workdir) and the policy body under the shared state
+// dir, and checks afterwards that nothing was left behind.
+func openshellRun(t *testing.T, config string, flags []string, policyYAML string, cmd ...string) result {
+	t.Helper()
 	if skipReason != "" {
 		t.Skip(skipReason)
 	}
@@ -145,7 +153,8 @@ func sandboxWithConfig(t *testing.T, config, policyYAML string, cmd ...string) r
 	state := stateDir
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	args := append([]string{"run", "--config", config, "--runsc", runscBin, "--state-dir", state, "--policy", pf, "--"}, cmd...)
+	args := append([]string{"run", "--config", config, "--runsc", runscBin, "--state-dir", state, "--policy", pf}, flags...)
+	args = append(append(args, "--"), cmd...)
 	c := exec.CommandContext(ctx, openshellBin, args...)
 	var out, errb bytes.Buffer
 	c.Stdout, c.Stderr = &out, &errb

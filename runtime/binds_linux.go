@@ -41,34 +41,26 @@ func (sb *Sandbox) stageBinds(s *specs.Spec, image string) (pruned []string, err
 			kept = append(kept, m)
 			continue
 		}
-		switch m.Source {
-		case "/dev/null":
-			// A credential mask: only over a file the image has.
-			f, err := inroot.Open(image, m.Destination, opts)
-			if err != nil {
-				if errors.Is(err, fs.ErrNotExist) {
-					pruned = append(pruned, m.Destination)
-					continue
-				}
-				return nil, fmt.Errorf("mask %s: %w", m.Destination, err)
-			}
-			f.Close()
-		case filepath.Join(image, m.Destination):
-			f, err := inroot.Open(image, m.Destination, opts)
-			if err != nil {
-				if errors.Is(err, fs.ErrNotExist) {
-					pruned = append(pruned, m.Destination)
-					continue
-				}
-				return nil, fmt.Errorf("policy path %s: %w", m.Destination, err)
-			}
-			target, err := sb.mountStaged(f, n)
-			f.Close()
-			if err != nil {
-				return nil, fmt.Errorf("policy path %s: %w", m.Destination, err)
-			}
+		mask := m.Source == "/dev/null" // a credential mask: only over a file the image has
+		if !mask && m.Source != filepath.Join(image, m.Destination) {
+			kept = append(kept, m) // the engine's own volume
+			continue
+		}
+		f, err := inroot.Open(image, m.Destination, opts)
+		if errors.Is(err, fs.ErrNotExist) {
+			pruned = append(pruned, m.Destination)
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("policy path %s: %w", m.Destination, err)
+		}
+		if !mask {
+			m.Source, err = sb.mountStaged(f, n)
 			n++
-			m.Source = target
+		}
+		f.Close()
+		if err != nil {
+			return nil, fmt.Errorf("policy path %s: %w", m.Destination, err)
 		}
 		kept = append(kept, m)
 	}

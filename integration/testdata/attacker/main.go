@@ -117,6 +117,12 @@ func create(path string, mode uint32) error {
 // made exits at once without touching the Go runtime.
 func cloneFlags(flags uintptr) error {
 	pid, _, errno := syscall.RawSyscall6(unix.SYS_CLONE, flags|uintptr(unix.SIGCHLD), 0, 0, 0, 0, 0)
+	return reap(pid, errno)
+}
+
+// reap ends the child a raw clone made (at once, in the child) and waits
+// for it in the parent.
+func reap(pid uintptr, errno syscall.Errno) error {
 	if errno != 0 {
 		return errno
 	}
@@ -137,13 +143,5 @@ type cloneArgs struct {
 func clone3(flags uint64) error {
 	args := cloneArgs{flags: flags, exitSignal: uint64(unix.SIGCHLD)}
 	pid, _, errno := syscall.RawSyscall(unix.SYS_CLONE3, uintptr(unsafe.Pointer(&args)), unsafe.Sizeof(args), 0)
-	if errno != 0 {
-		return errno
-	}
-	if pid == 0 {
-		syscall.RawSyscall(unix.SYS_EXIT, 0, 0, 0)
-	}
-	var ws unix.WaitStatus
-	unix.Wait4(int(pid), &ws, 0, nil)
-	return nil
+	return reap(pid, errno)
 }
