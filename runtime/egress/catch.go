@@ -19,7 +19,7 @@ import (
 func (g *Gateway) handleCatch(c net.Conn) {
 	defer c.Close()
 	rs := g.current()
-	dst, err := originalDst(c)
+	dst, err := originalDst(rawConn(c))
 	if err != nil {
 		g.log.Warn("catch-all: no original destination", "err", err)
 		return
@@ -36,14 +36,33 @@ func (g *Gateway) handleCatch(c net.Conn) {
 	if d != nil {
 		ev.Rule, ev.Decision, ev.Reason = ruleName(d.rule), Deny, d.reason
 		g.event(rs, ev)
-		if tc, ok := c.(*net.TCPConn); ok {
+		if tc, ok := rawConn(c).(*net.TCPConn); ok {
 			_ = tc.SetLinger(0) // a reset, not a wait
 		}
 		return
 	}
+	var hello, head []byte
+	if t.rule.TLSRequired {
+		// The rule wants TLS: a well-formed ClientHello before anything
+		// is dialled, and TLS records after it.
+		_ = c.SetReadDeadline(time.Now().Add(headerTimeout))
+		raw, err := readClientHello(c)
+		_ = c.SetReadDeadline(time.Time{})
+		if err == nil {
+			hello = raw
+		} else {
+			if d := t.violate(deny(t.rule, "%s", err)); d != nil {
+				ev.Rule, ev.Decision, ev.Reason = ruleName(d.rule), Deny, d.reason
+				g.event(rs, ev)
+				return
+			}
+			head = raw // audit mode: what was read goes on, unchecked
+		}
+	}
+	defer tracked(c).hold()()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	g.dialAndRelay(ctx, rs, ev, t, c, c)
+	g.dialAndRelay(ctx, rs, ev, t, hello, head, c)
 }
 
 // authorizeAddr decides a connection known only by its address: a name

@@ -180,8 +180,17 @@ func (g *Gateway) serveDNSUDP(pc net.PacketConn) {
 		if err != nil {
 			return
 		}
+		// A bounded number answered at once (each may wait on
+		// upstream): a flood of questions cannot grow the gateway. The
+		// rest are dropped, as a busy resolver would; clients ask again.
+		select {
+		case g.dnsSlots <- struct{}{}:
+		default:
+			continue
+		}
 		q := append([]byte(nil), buf[:n]...)
 		go func() {
+			defer func() { <-g.dnsSlots }()
 			if out := g.answerDNS(q, 512); out != nil {
 				_, _ = pc.WriteTo(out, from)
 			}

@@ -28,6 +28,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 	"golang.org/x/time/rate"
 
 	"github.com/openshell/openshell/policyhook/egress"
@@ -91,10 +93,15 @@ type Gateway struct {
 	names *nameTable
 	dns   *resolver
 	// dialer dials out from the gateway's own network namespace.
-	dialer    net.Dialer
-	hostAddrs map[netip.Addr]bool // the uplink's own addresses: never a destination
+	dialer net.Dialer
+	// isLocal reports whether an address is the uplink's own, asked of
+	// the kernel at each decision and each dial: never a destination,
+	// whenever the host gained it.
+	isLocal   func(netip.Addr) bool
 	transport *http.Transport
 	drops     *dropLog
+	conns     *connTable
+	dnsSlots  chan struct{} // one per UDP DNS question being answered
 	reloadMu  sync.Mutex
 }
 
@@ -115,12 +122,14 @@ func New(cfg Config, log *slog.Logger) (*Gateway, error) {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
 	g := &Gateway{
-		cfg:       cfg,
-		log:       log,
-		audit:     a,
-		names:     newNameTable(),
-		dialer:    net.Dialer{Timeout: 10 * time.Second},
-		hostAddrs: localAddrs(),
+		cfg:      cfg,
+		log:      log,
+		audit:    a,
+		names:    newNameTable(),
+		dialer:   net.Dialer{Timeout: 10 * time.Second},
+		isLocal:  uplinkLocal,
+		conns:    newConnTable(maxConns),
+		dnsSlots: make(chan struct{}, maxDNSInFlight),
 	}
 	g.dns = &resolver{upstream: upstream, timeout: 3 * time.Second}
 	g.transport = g.newTransport()
@@ -129,21 +138,25 @@ func New(cfg Config, log *slog.Logger) (*Gateway, error) {
 	return g, nil
 }
 
-// localAddrs are the addresses of the namespace the gateway dials from.
-func localAddrs() map[netip.Addr]bool {
-	out := map[netip.Addr]bool{}
-	addrs, err := net.InterfaceAddrs()
+// uplinkLocal reports whether the namespace the gateway dials from would
+// deliver a packet to ip to itself: an address on any of its interfaces,
+// a local route (AnyIP), a broadcast or multicast. The kernel's own route
+// lookup answers, at the moment of asking, so an address the host gains
+// after the gateway started (a bridge, DHCP, a service IP) counts as soon
+// as it is there. A failed lookup (no route at all) is not local: the
+// kernel would not deliver it locally either.
+func uplinkLocal(ip netip.Addr) bool {
+	routes, err := netlink.RouteGet(ip.Unmap().AsSlice())
 	if err != nil {
-		return out
+		return false
 	}
-	for _, a := range addrs {
-		if n, ok := a.(*net.IPNet); ok {
-			if ip, ok := netip.AddrFromSlice(n.IP); ok {
-				out[ip.Unmap()] = true
-			}
+	for _, r := range routes {
+		switch r.Type {
+		case unix.RTN_LOCAL, unix.RTN_BROADCAST, unix.RTN_ANYCAST, unix.RTN_MULTICAST:
+			return true
 		}
 	}
-	return out
+	return false
 }
 
 func (g *Gateway) current() *rules { return g.rules.Load() }
@@ -173,21 +186,21 @@ func (g *Gateway) Serve(ctx context.Context, l Listeners) error {
 		run(l.DNSUDP, func() { g.serveDNSUDP(l.DNSUDP) })
 	}
 	if l.DNSTCP != nil {
-		run(l.DNSTCP, func() { serve(l.DNSTCP, g.handleDNSTCP) })
+		run(l.DNSTCP, func() { serve(g.limit(l.DNSTCP), g.handleDNSTCP) })
 	}
 	if l.Proxy != nil {
 		s := g.httpServer(false)
-		run(s, func() { _ = s.Serve(l.Proxy) })
+		run(s, func() { _ = s.Serve(g.limit(l.Proxy)) })
 	}
 	if l.HTTP != nil {
 		s := g.httpServer(true)
-		run(s, func() { _ = s.Serve(l.HTTP) })
+		run(s, func() { _ = s.Serve(g.limit(l.HTTP)) })
 	}
 	if l.TLS != nil {
-		run(l.TLS, func() { serve(l.TLS, g.handleTLS) })
+		run(l.TLS, func() { serve(g.limit(l.TLS), g.handleTLS) })
 	}
 	if l.Catch != nil {
-		run(l.Catch, func() { serve(l.Catch, g.handleCatch) })
+		run(l.Catch, func() { serve(g.limit(l.Catch), g.handleCatch) })
 	}
 	if l.UDPCatch != nil {
 		run(l.UDPCatch, func() { g.auditUDP(l.UDPCatch) })
@@ -204,6 +217,16 @@ func (g *Gateway) Serve(ctx context.Context, l Listeners) error {
 	g.transport.CloseIdleConnections()
 	wg.Wait()
 	return g.audit.Close()
+}
+
+// limit holds l's connections to the gateway's bound, shared by all its
+// sockets; one refused for want of room is audited (at the drop log's
+// pace).
+func (g *Gateway) limit(l net.Listener) net.Listener {
+	return &limitedListener{Listener: l, table: g.conns, refuse: func(c net.Conn) {
+		dst, _ := netip.ParseAddrPort(c.LocalAddr().String())
+		g.dropped("tcp", dst, fmt.Sprintf("the gateway holds %d connections from this sandbox, all busy: refused", maxConns))
+	}}
 }
 
 // Reload loads the policy file again. Only the network section may
@@ -419,7 +442,7 @@ func (g *Gateway) checkIP(rs *rules, ip netip.Addr, r *policy.EgressRule) string
 	if reason := rs.m.CheckIP(ip, r); reason != "" {
 		return reason
 	}
-	if g.hostAddrs[ip.Unmap()] {
+	if g.isLocal(ip.Unmap()) {
 		return "an address of the host"
 	}
 	return ""
@@ -435,27 +458,63 @@ func (g *Gateway) lookup(ctx context.Context, host string) ([]netip.Addr, error)
 	return ans.addrs, nil
 }
 
-// dial connects to the first of t's addresses that answers.
+// errHostAddr is a dial refused because the address is the uplink's own.
+var errHostAddr = errors.New("an address of the host")
+
+// dial connects to the first of t's addresses that answers. Whatever the
+// decision said, an address local to the uplink namespace at the moment
+// of dialling is never dialled, and a connection that turns out to have
+// been made to one (an address added between the check and the connect:
+// the kernel then picks that address as the source too) is closed before
+// a byte is sent.
 func (g *Gateway) dial(ctx context.Context, t *target) (net.Conn, netip.AddrPort, error) {
 	var errs []error
 	for _, a := range t.addrs {
 		ap := netip.AddrPortFrom(a, uint16(t.port))
-		c, err := g.dialer.DialContext(ctx, "tcp", ap.String())
-		if err == nil {
-			return c, ap, nil
+		if g.isLocal(a) {
+			errs = append(errs, fmt.Errorf("dial %s: %w", ap, errHostAddr))
+			continue
 		}
-		errs = append(errs, err)
+		c, err := g.dialer.DialContext(ctx, "tcp", ap.String())
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if sameHost(c) || g.isLocal(a) {
+			_ = c.Close()
+			errs = append(errs, fmt.Errorf("dial %s: %w", ap, errHostAddr))
+			continue
+		}
+		return c, ap, nil
 	}
 	return nil, netip.AddrPort{}, errors.Join(errs...)
+}
+
+// sameHost reports whether c's two ends are one address: a connection
+// the namespace made to itself.
+func sameHost(c net.Conn) bool {
+	l, lok := c.LocalAddr().(*net.TCPAddr)
+	r, rok := c.RemoteAddr().(*net.TCPAddr)
+	return lok && rok && l.IP.Equal(r.IP)
 }
 
 // nameTable remembers which names resolved to which addresses, so a
 // transparently captured connection can be checked against the name it
 // carries.
+//
+// Preconditions: mu guards m and n.
 type nameTable struct {
 	mu sync.Mutex
 	m  map[netip.Addr]map[string]time.Time
+	n  int // entries in m
 }
+
+// maxNames bounds the table: a wildcard rule lets the sandbox resolve
+// names without end. Past it the expired entries go, then (when that is
+// not enough) a quarter of the rest: a forgotten name only means a
+// catch-all connection to its address is refused, or a captured one
+// looks the name up again.
+const maxNames = 16384
 
 func newNameTable() *nameTable { return &nameTable{m: map[netip.Addr]map[string]time.Time{}} }
 
@@ -468,11 +527,42 @@ func (t *nameTable) add(name string, addrs []netip.Addr, ttl time.Duration) {
 	until := time.Now().Add(ttl + keep)
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.n+len(addrs) > maxNames {
+		t.shrink()
+	}
 	for _, a := range addrs {
 		if t.m[a] == nil {
 			t.m[a] = map[string]time.Time{}
 		}
+		if _, ok := t.m[a][name]; !ok {
+			t.n++
+		}
 		t.m[a][name] = until
+	}
+}
+
+// shrink drops expired entries, and a quarter of all when none had.
+//
+// Preconditions: t.mu must be locked.
+func (t *nameTable) shrink() {
+	now := time.Now()
+	before := t.n
+	for pass := 0; pass < 2 && t.n > before*3/4; pass++ {
+		i := 0
+		for a, names := range t.m {
+			for name, until := range names {
+				// Map order is random: the second pass drops every
+				// fourth entry it meets.
+				if now.After(until) || (pass == 1 && i%4 == 0) {
+					delete(names, name)
+					t.n--
+				}
+				i++
+			}
+			if len(names) == 0 {
+				delete(t.m, a)
+			}
+		}
 	}
 }
 

@@ -1,6 +1,7 @@
 package egress
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -8,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httptrace"
@@ -31,14 +33,31 @@ const InferenceHost = "inference.local"
 func (g *Gateway) httpServer(transparent bool) *http.Server {
 	return &http.Server{
 		Handler:           &proxyHandler{g: g, transparent: transparent},
-		ReadHeaderTimeout: 30 * time.Second,
-		ErrorLog:          nil,
+		ReadHeaderTimeout: headerTimeout,
+		IdleTimeout:       keepAliveTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ErrorLog:          quietLog,
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			if tc, ok := c.(*trackedConn); ok {
+				ctx = context.WithValue(ctx, trackedKey{}, tc)
+			}
+			return ctx
+		},
 	}
 }
+
+// quietLog takes net/http's complaints about what the sandbox sends: the
+// sandbox must not be able to fill the gateway's log.
+var quietLog = log.New(io.Discard, "", 0)
 
 type proxyHandler struct {
 	g           *Gateway
 	transparent bool
+	// tunnel is set for plain HTTP inside a CONNECT tunnel: every
+	// request goes to the host and port the CONNECT named.
+	tunnel     bool
+	tunnelHost string
+	tunnelPort int
 }
 
 // denyBody is the JSON a refused HTTP request gets with its 403.
@@ -74,9 +93,11 @@ func splitHostPort(hostport string, defPort int) (string, int, error) {
 }
 
 func (h *proxyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	// A connection serving a request is never displaced for a new one.
+	defer trackedOf(r.Context()).hold()()
 	g := h.g
 	rs := g.current()
-	if r.Method == http.MethodConnect && !h.transparent {
+	if r.Method == http.MethodConnect && !h.transparent && !h.tunnel {
 		h.connect(w, r, rs)
 		return
 	}
@@ -92,6 +113,13 @@ func (h *proxyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		err  error
 	)
 	switch {
+	case h.tunnel:
+		host, port = h.tunnelHost, h.tunnelPort
+		if r.Method == http.MethodConnect {
+			err = errors.New("CONNECT inside a tunnel")
+		} else {
+			t, d = g.authorizeHost(ctx, rs, host, port)
+		}
 	case h.transparent:
 		local, _ := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
 		dst, perr := netip.ParseAddrPort(fmt.Sprint(local))
@@ -118,14 +146,11 @@ func (h *proxyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if host == InferenceHost {
 		d = deny(nil, "inference routing is not available in this build")
 	}
-	if d == nil && t.rule.TLSRequired {
-		d = t.violate(deny(t.rule, "tls_required: plain HTTP to %s is refused", host))
-	}
-	if d == nil && t.rule.MaxRequestKB > 0 && r.ContentLength > t.rule.MaxRequestKB<<10 {
-		d = t.violate(deny(t.rule, "max_request_size_kb %d exceeded (%d bytes)", t.rule.MaxRequestKB, r.ContentLength))
+	if d == nil {
+		d = admit(r, rs, t, host)
 	}
 	if d == nil {
-		d = t.limit(rs)
+		d = prebuffer(r, t)
 	}
 	if d != nil {
 		ev.Rule, ev.Decision, ev.Reason = ruleName(d.rule), Deny, d.reason
@@ -138,6 +163,76 @@ func (h *proxyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h.forward(w, r, rs, t, host, ev)
+}
+
+// admit applies a request's per-rule limits: tls_required, the request's
+// size as it goes on the wire (its headers and the body it declares), and
+// the rate limit, which counts every request.
+func admit(r *http.Request, rs *rules, t *target, host string) *denial {
+	if t.rule.TLSRequired {
+		if d := t.violate(deny(t.rule, "tls_required: plain HTTP to %s is refused", host)); d != nil {
+			return d
+		}
+	}
+	if kb := t.rule.MaxRequestKB; kb > 0 {
+		if size := requestHeaderSize(r) + max(r.ContentLength, 0); size > kb<<10 {
+			if d := t.violate(deny(t.rule, "max_request_size_kb %d exceeded (%d bytes with the headers)", kb, size)); d != nil {
+				return d
+			}
+		}
+	}
+	return t.limit(rs)
+}
+
+// requestHeaderSize is the size of r's request line and headers on the
+// wire.
+func requestHeaderSize(r *http.Request) int64 {
+	n := len(r.Method) + 1 + len(r.RequestURI) + 1 + len(r.Proto) + 2
+	n += len("Host: ") + len(r.Host) + 2
+	for k, vs := range r.Header {
+		for _, v := range vs {
+			n += len(k) + 2 + len(v) + 2
+		}
+	}
+	for _, te := range r.TransferEncoding {
+		n += len("Transfer-Encoding: ") + len(te) + 2
+	}
+	return int64(n + 2)
+}
+
+// bodyLimit is how many body bytes r may still send under t's
+// max_request_size_kb; -1: no limit applies.
+func bodyLimit(r *http.Request, t *target) int64 {
+	if t.rule.MaxRequestKB <= 0 || t.audit != "" || t.rule.Enforcement == policy.EnforcementAudit {
+		return -1
+	}
+	return max(t.rule.MaxRequestKB<<10-requestHeaderSize(r), 0)
+}
+
+// maxPrebuffer is the largest body limit under which a body of unknown
+// length (chunked) is read whole before anything is sent: over the limit,
+// the destination then sees nothing of it. Larger limits stream, and stop
+// at the limit.
+const maxPrebuffer = 64 << 10
+
+// prebuffer reads a chunked body whole when its limit is small, so a
+// body over the limit is refused before a byte of it leaves.
+func prebuffer(r *http.Request, t *target) *denial {
+	lim := bodyLimit(r, t)
+	if lim < 0 || lim > maxPrebuffer || r.ContentLength >= 0 || r.Body == nil || r.Body == http.NoBody {
+		return nil
+	}
+	data, err := io.ReadAll(io.LimitReader(r.Body, lim+1))
+	switch {
+	case int64(len(data)) > lim:
+		return deny(t.rule, "max_request_size_kb %d exceeded (a chunked body of more than %d bytes after %d bytes of headers)", t.rule.MaxRequestKB, lim, requestHeaderSize(r))
+	case err != nil:
+		return deny(t.rule, "request body: %s", err)
+	}
+	r.Body = io.NopCloser(bytes.NewReader(data))
+	r.ContentLength = int64(len(data))
+	r.TransferEncoding = nil
+	return nil
 }
 
 // targetKey carries a request's checked target to the shared transport's
@@ -159,9 +254,11 @@ func (g *Gateway) newTransport() *http.Transport {
 			c, _, err := g.dial(ctx, t)
 			return c, err
 		},
-		MaxIdleConnsPerHost:   8,
-		IdleConnTimeout:       30 * time.Second,
-		ResponseHeaderTimeout: 60 * time.Second,
+		MaxIdleConns:           64,
+		MaxIdleConnsPerHost:    8,
+		IdleConnTimeout:        30 * time.Second,
+		ResponseHeaderTimeout:  60 * time.Second,
+		MaxResponseHeaderBytes: 256 << 10,
 	}
 }
 
@@ -170,9 +267,14 @@ func (g *Gateway) newTransport() *http.Transport {
 func (h *proxyHandler) forward(w http.ResponseWriter, r *http.Request, rs *rules, t *target, host string, ev Event) {
 	g := h.g
 	ev.Rule = ruleName(t.rule)
-	up := &counter{r: r.Body}
-	if t.rule.MaxRequestKB > 0 && t.audit == "" && t.rule.Enforcement != policy.EnforcementAudit {
-		up.limit = t.rule.MaxRequestKB << 10
+	body := r.Body
+	if body != nil && body != http.NoBody {
+		body = &idleBody{ReadCloser: body, rc: http.NewResponseController(w)}
+	}
+	up := &counter{r: body}
+	if lim := bodyLimit(r, t); lim >= 0 {
+		// Counted as it streams: nothing past the limit is sent on.
+		up.limit = max(lim, 1)
 		up.what = fmt.Sprintf("max_request_size_kb %d", t.rule.MaxRequestKB)
 	}
 	r.Body = up
@@ -246,22 +348,25 @@ func (h *proxyHandler) forward(w http.ResponseWriter, r *http.Request, rs *rules
 // copyBuffers are the proxy's copy buffers: larger than ReverseProxy's
 // 32 KiB default, for bulk transfers.
 // A bounded free list, not a sync.Pool, which would box each slice.
-var copyBuffers = make(bufferPool, 64)
+var copyBuffers = bufferPool{free: make(chan []byte, 64), size: 256 << 10}
 
-type bufferPool chan []byte
+type bufferPool struct {
+	free chan []byte
+	size int
+}
 
 func (b bufferPool) Get() []byte {
 	select {
-	case buf := <-b:
+	case buf := <-b.free:
 		return buf
 	default:
-		return make([]byte, 256<<10)
+		return make([]byte, b.size)
 	}
 }
 
 func (b bufferPool) Put(buf []byte) {
 	select {
-	case b <- buf:
+	case b.free <- buf:
 	default:
 	}
 }
@@ -278,7 +383,24 @@ type limitError struct{ what string }
 
 func (e *limitError) Error() string { return e.what + " exceeded" }
 
-// counter counts what passes through a reader and fails it past limit.
+// idleBody ends a request body that sends nothing for the idle timeout.
+type idleBody struct {
+	io.ReadCloser
+	rc *http.ResponseController
+}
+
+func (b *idleBody) Read(p []byte) (int, error) {
+	_ = b.rc.SetReadDeadline(time.Now().Add(idleTimeout))
+	n, err := b.ReadCloser.Read(p)
+	if err != nil {
+		// The server reads on its own after the body: not under ours.
+		_ = b.rc.SetReadDeadline(time.Time{})
+	}
+	return n, err
+}
+
+// counter counts what passes through a reader and fails it past limit,
+// passing on no byte beyond it.
 type counter struct {
 	r       io.ReadCloser
 	n       int64
@@ -291,12 +413,21 @@ func (c *counter) Read(p []byte) (int, error) {
 	if c.r == nil {
 		return 0, io.EOF
 	}
+	if c.tripped != nil {
+		return 0, c.tripped
+	}
+	if c.limit > 0 && int64(len(p)) > c.limit-c.n+1 {
+		// One byte past the limit is enough to know it is crossed.
+		p = p[:c.limit-c.n+1]
+	}
 	n, err := c.r.Read(p)
-	c.n += int64(n)
-	if c.limit > 0 && c.n > c.limit {
+	if c.limit > 0 && c.n+int64(n) > c.limit {
+		n = int(c.limit - c.n)
+		c.n = c.limit
 		c.tripped = &limitError{what: c.what}
 		return n, c.tripped
 	}
+	c.n += int64(n)
 	return n, err
 }
 
@@ -309,6 +440,10 @@ func (c *counter) Close() error {
 
 // connect serves HTTP CONNECT: the policy decides host:port, the gateway
 // dials the address it resolved itself, and the tunnel carries bytes.
+// Plain HTTP through a tunnel to port 80 is served request by request,
+// as the proxy serves its own, so each request is decided, counted by
+// the rate limit and held to the size limit; what the gateway cannot
+// read (TLS) is counted once per tunnel.
 func (h *proxyHandler) connect(w http.ResponseWriter, r *http.Request, rs *rules) {
 	g := h.g
 	host, port, err := splitHostPort(r.Host, 0)
@@ -323,14 +458,20 @@ func (h *proxyHandler) connect(w http.ResponseWriter, r *http.Request, rs *rules
 	default:
 		t, d = g.authorizeHost(r.Context(), rs, host, port)
 	}
-	if d == nil {
+	// Port 80 may carry requests the gateway can read: they are counted
+	// once it knows, not the tunnel.
+	maybeHTTP := d == nil && port == 80 && !t.rule.TLSRequired
+	if d == nil && !maybeHTTP {
 		d = t.limit(rs)
 	}
 	var up net.Conn
 	var ap netip.AddrPort
-	if d == nil {
+	if d == nil && !maybeHTTP {
 		if up, ap, err = g.dial(r.Context(), t); err != nil {
 			ev.Rule, ev.Decision, ev.Reason = ruleName(t.rule), Allow, "dial: "+err.Error()
+			if errors.Is(err, errHostAddr) {
+				ev.Decision = Deny
+			}
 			g.event(rs, ev)
 			http.Error(w, "openshell gateway: "+err.Error(), http.StatusBadGateway)
 			return
@@ -342,7 +483,9 @@ func (h *proxyHandler) connect(w http.ResponseWriter, r *http.Request, rs *rules
 		writeDenial(w, http.StatusForbidden, host, port, d)
 		return
 	}
-	defer up.Close()
+	if up != nil {
+		defer up.Close()
+	}
 	hj, ok := w.(http.Hijacker)
 	if !ok {
 		http.Error(w, "cannot tunnel", http.StatusInternalServerError)
@@ -356,21 +499,112 @@ func (h *proxyHandler) connect(w http.ResponseWriter, r *http.Request, rs *rules
 	if _, err := down.Write([]byte("HTTP/1.1 200 Connection established\r\n\r\n")); err != nil {
 		return
 	}
-	ev.Rule, ev.IP = ruleName(t.rule), ap.Addr().String()
-	client := io.Reader(brw.Reader)
+	ev.Rule = ruleName(t.rule)
+	br := brw.Reader
+	if maybeHTTP {
+		_ = down.SetReadDeadline(time.Now().Add(headerTimeout))
+		first, err := br.Peek(1)
+		_ = down.SetReadDeadline(time.Time{})
+		if err != nil {
+			return
+		}
+		if first[0] != recordHandshake {
+			ev.Decision, ev.Reason = Allow, "plain HTTP: each request is decided and audited on its own"
+			g.event(rs, ev)
+			h.tunnelHTTP(down, br, host, port)
+			return
+		}
+		// TLS on port 80: no requests to see, so the tunnel counts.
+		if d := t.limit(rs); d != nil {
+			ev.Decision, ev.Reason = Deny, d.reason
+			g.event(rs, ev)
+			return
+		}
+		if up, ap, err = g.dial(r.Context(), t); err != nil {
+			ev.Decision, ev.Reason = Allow, "dial: "+err.Error()
+			g.event(rs, ev)
+			return
+		}
+		defer up.Close()
+	}
+	ev.IP = ap.Addr().String()
+	var hello []byte
 	if t.rule.TLSRequired {
-		// The first byte of a TLS connection is a handshake record (22).
-		first, err := brw.Reader.Peek(1)
-		if err != nil || first[0] != 22 {
-			if d := t.violate(deny(t.rule, "tls_required: the tunnel to %s did not start a TLS handshake", host)); d != nil {
+		_ = down.SetReadDeadline(time.Now().Add(headerTimeout))
+		hello, err = readClientHello(br)
+		_ = down.SetReadDeadline(time.Time{})
+		if err != nil {
+			if d := t.violate(deny(t.rule, "the tunnel to %s did not start a TLS handshake: %s", host, err)); d != nil {
 				ev.Decision, ev.Reason = Deny, d.reason
 				g.event(rs, ev)
 				return
 			}
+			// Audit mode: what was read goes on, unchecked.
+			hello = append(hello, buffered(br)...)
+			g.relay(rs, ev, t, nil, hello, down, up)
+			return
 		}
 	}
-	g.relay(rs, ev, t, client, down, up)
+	g.relay(rs, ev, t, hello, buffered(br), down, up)
 }
+
+// buffered is what br holds that its connection has no more.
+func buffered(br *bufio.Reader) []byte {
+	b, _ := br.Peek(br.Buffered())
+	return append([]byte(nil), b...)
+}
+
+// tunnelHTTP serves the plain HTTP a CONNECT tunnel to host:port carries,
+// until the client closes it or it idles.
+func (h *proxyHandler) tunnelHTTP(down net.Conn, br *bufio.Reader, host string, port int) {
+	l := &oneConnListener{c: &bufferedConn{Conn: down, r: br}, done: make(chan struct{})}
+	srv := &http.Server{
+		Handler:           &proxyHandler{g: h.g, tunnel: true, tunnelHost: host, tunnelPort: port},
+		ReadHeaderTimeout: headerTimeout,
+		IdleTimeout:       keepAliveTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ErrorLog:          quietLog,
+		ConnState: func(_ net.Conn, s http.ConnState) {
+			if s == http.StateClosed || s == http.StateHijacked {
+				l.Close()
+			}
+		},
+	}
+	_ = srv.Serve(l)
+}
+
+// oneConnListener hands out one connection, then waits for it to end.
+type oneConnListener struct {
+	c    net.Conn
+	once sync.Once
+	done chan struct{}
+	used bool
+}
+
+func (l *oneConnListener) Accept() (net.Conn, error) {
+	if !l.used {
+		l.used = true
+		return l.c, nil
+	}
+	<-l.done
+	return nil, net.ErrClosed
+}
+
+func (l *oneConnListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *oneConnListener) Addr() net.Addr { return l.c.LocalAddr() }
+
+// bufferedConn reads what a hijacked connection's reader still holds
+// before the connection itself.
+type bufferedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
 // serve hands each connection l accepts to handle, until l is closed.
 func serve(l net.Listener, handle func(net.Conn)) {
@@ -397,7 +631,7 @@ func (g *Gateway) handleTLS(c net.Conn) {
 	}
 	var rec bytes.Buffer
 	var sni string
-	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_ = c.SetReadDeadline(time.Now().Add(headerTimeout))
 	// crypto/tls parses the hello; the callback stops it before it
 	// answers, and the tee keeps every byte it read for the replay.
 	_ = tls.Server(readOnly{io.TeeReader(c, &rec), c}, &tls.Config{
@@ -417,6 +651,25 @@ func (g *Gateway) handleTLS(c net.Conn) {
 	if d == nil {
 		d = t.limit(rs)
 	}
+	all := append([]byte(nil), rec.Bytes()...)
+	var hello, head []byte
+	head = all
+	if d == nil && t.rule.TLSRequired {
+		// The same bytes crypto/tls read, checked as the stream they
+		// will be relayed as (and read on when it stopped short).
+		_ = c.SetReadDeadline(time.Now().Add(headerTimeout))
+		raw, herr := readClientHello(io.MultiReader(bytes.NewReader(all), c))
+		_ = c.SetReadDeadline(time.Time{})
+		switch {
+		case herr == nil:
+			hello, head = raw, all[min(len(raw), len(all)):]
+		case len(raw) > len(all):
+			head = raw
+		}
+		if herr != nil {
+			d = t.violate(deny(t.rule, "%s", herr))
+		}
+	}
 	if d != nil {
 		ev.Rule, ev.Decision, ev.Reason = ruleName(d.rule), Deny, d.reason
 		if sni == "" {
@@ -425,21 +678,26 @@ func (g *Gateway) handleTLS(c net.Conn) {
 		g.event(rs, ev)
 		return
 	}
-	g.dialAndRelay(ctx, rs, ev, t, io.MultiReader(&rec, c), c)
+	defer tracked(c).hold()()
+	g.dialAndRelay(ctx, rs, ev, t, hello, head, c)
 }
 
 // dialAndRelay dials an allowed target for a captured connection and
-// relays between them; a failed dial is audited as allowed-but-failed.
-func (g *Gateway) dialAndRelay(ctx context.Context, rs *rules, ev Event, t *target, client io.Reader, down net.Conn) {
+// relays between them; a failed dial is audited as allowed-but-failed
+// (denied when the address turned out to be the host's own).
+func (g *Gateway) dialAndRelay(ctx context.Context, rs *rules, ev Event, t *target, hello, head []byte, down net.Conn) {
 	ev.Rule = ruleName(t.rule)
 	up, _, err := g.dial(ctx, t)
 	if err != nil {
 		ev.Decision, ev.Reason = Allow, "dial: "+err.Error()
+		if errors.Is(err, errHostAddr) {
+			ev.Decision = Deny
+		}
 		g.event(rs, ev)
 		return
 	}
 	defer up.Close()
-	g.relay(rs, ev, t, client, down, up)
+	g.relay(rs, ev, t, hello, head, down, up)
 }
 
 // readOnly lets crypto/tls read a hello but never write to the client.
@@ -451,47 +709,91 @@ type readOnly struct {
 func (r readOnly) Read(p []byte) (int, error)  { return r.r.Read(p) }
 func (r readOnly) Write(p []byte) (int, error) { return 0, errHelloRead }
 
-// relay copies both ways between the sandbox and the destination until
-// either side ends, holding the rule's size limits, and then writes the
-// connection's audit line.
-func (g *Gateway) relay(rs *rules, ev Event, t *target, client io.Reader, down, up net.Conn) {
+// relay copies both ways between the sandbox (down) and the destination
+// (up) until either side ends or both are quiet for the idle timeout,
+// holding the rule's size limits, and then writes the connection's audit
+// line. head is what was already read from the sandbox, to go first.
+// hello, when set, is the sandbox's checked ClientHello (tls_required):
+// it goes first, and then both ways must be TLS records to the end.
+// Without a limit or a check, the kernel copies socket to socket.
+func (g *Gateway) relay(rs *rules, ev Event, t *target, hello, head []byte, down, up net.Conn) {
 	enforce := t.rule.Enforcement != policy.EnforcementAudit
-	upC := &counter{r: io.NopCloser(client)}
-	downC := &counter{r: io.NopCloser(up)}
+	guard := hello != nil
+	rawDown, rawUp := rawConn(down), rawConn(up)
+	upC := &counter{}
+	downC := &counter{}
 	if t.rule.MaxRequestKB > 0 && enforce {
 		upC.limit, upC.what = t.rule.MaxRequestKB<<10, fmt.Sprintf("max_request_size_kb %d", t.rule.MaxRequestKB)
 	}
 	if t.rule.MaxResponseMB > 0 && enforce {
 		downC.limit, downC.what = t.rule.MaxResponseMB<<20, fmt.Sprintf("max_response_size_mb %d", t.rule.MaxResponseMB)
 	}
+	// nil: the kernel copies the raw socket.
+	var upSrc, downSrc io.Reader
+	if guard || upC.limit > 0 {
+		var r io.Reader = io.MultiReader(bytes.NewReader(head), rawDown)
+		if guard {
+			r = io.MultiReader(bytes.NewReader(hello), &recordReader{r: r})
+		}
+		upC.r, upSrc, head = io.NopCloser(r), upC, nil
+	}
+	if guard || downC.limit > 0 {
+		var r io.Reader = rawUp
+		if guard {
+			r = &recordReader{r: r}
+		}
+		downC.r, downSrc = io.NopCloser(r), downC
+	}
+	clock := &idleClock{}
+	clock.touch()
 	var wg sync.WaitGroup
-	wg.Add(2)
-	pipe := func(dst, src net.Conn, c *counter, raw io.Reader) {
+	var upN, downN int64
+	var upErr, downErr error
+	run := func(dst, srcConn net.Conn, src io.Reader, head []byte, n *int64, perr *error) {
 		defer wg.Done()
-		if c.limit == 0 {
-			// No limit: let io.Copy splice socket to socket in the
-			// kernel; only the count is kept.
-			n, _ := io.Copy(dst, raw)
-			c.n = n
-		} else {
-			_, _ = io.Copy(dst, c)
+		var err error
+		if len(head) > 0 {
+			_ = dst.SetWriteDeadline(time.Now().Add(idleTimeout))
+			var k int
+			k, err = dst.Write(head)
+			*n += int64(k)
+		}
+		if err == nil {
+			var k int64
+			k, err = pipe(dst, srcConn, src, clock)
+			*n += k
+		}
+		*perr = err
+		var nt *notTLSError
+		var le *limitError
+		if err != nil && (isTimeout(err) || errors.As(err, &nt) || errors.As(err, &le)) {
+			// A limit, a framing error or a quiet tunnel ends both
+			// ways at once.
+			_ = rawDown.Close()
+			_ = rawUp.Close()
+			return
 		}
 		closeWrite(dst)
-		if c.tripped != nil {
-			_ = down.Close()
-			_ = up.Close()
-		}
 	}
-	go pipe(up, down, upC, client)
-	go pipe(down, up, downC, up)
+	wg.Add(2)
+	go run(rawUp, rawDown, upSrc, head, &upN, &upErr)
+	go run(rawDown, rawUp, downSrc, nil, &downN, &downErr)
 	wg.Wait()
-	ev.BytesUp, ev.BytesDown = upC.n, downC.n
+	ev.BytesUp, ev.BytesDown = upN, downN
 	ev.Decision = Allow
+	var nt *notTLSError
 	switch {
 	case upC.tripped != nil:
 		ev.Decision, ev.Reason = Deny, upC.tripped.Error()
 	case downC.tripped != nil:
 		ev.Decision, ev.Reason = Deny, downC.tripped.Error()
+	case errors.As(upErr, &nt), errors.As(downErr, &nt):
+		ev.Decision, ev.Reason = Deny, nt.Error()
+	case isTimeout(upErr) || isTimeout(downErr):
+		ev.Reason = fmt.Sprintf("closed: quiet both ways for %s", idleTimeout)
+		if t.audit != "" {
+			ev.Decision, ev.Reason = Audit, t.audit+"; "+ev.Reason
+		}
 	case t.audit != "":
 		ev.Decision, ev.Reason = Audit, t.audit
 	}
