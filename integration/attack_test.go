@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
