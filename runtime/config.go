@@ -98,6 +98,13 @@ type EgressConfig struct {
 	// file is rotated to <id>.jsonl.1 (replacing the previous one) when it
 	// would pass half of it.
 	AuditMaxMB int `toml:"audit_max_mb"`
+	// GatewayUser is the user the gateway serves as: a name, a uid, or
+	// uid:gid, never root. Default 65534 (nobody:nogroup).
+	GatewayUser string `toml:"gateway_user"`
+	// GatewayMemoryMB and GatewayPidsMax bound the gateway's own cgroup.
+	// Default 256 MiB and 256 tasks.
+	GatewayMemoryMB int `toml:"gateway_memory_mb"`
+	GatewayPidsMax  int `toml:"gateway_pids_max"`
 }
 
 // DefaultRuntimeRoot is openshell-runtime's default --root.
@@ -194,6 +201,9 @@ func (c *Config) validate() error {
 	}
 	if m := c.Egress.AuditMaxMB; m < 2 || m > MaxAuditMaxMB {
 		bad("egress.audit_max_mb", "%d is not between 2 and %d (MiB)", m, MaxAuditMaxMB)
+	}
+	for _, e := range c.Egress.validateGateway() {
+		bad(e.field, "%s", e.msg)
 	}
 	for field, p := range map[string]string{"runsc": c.Runsc, "root": c.Root, "policy_dir": c.PolicyDir, "egress.uplink_netns": c.Egress.UplinkNetns, "egress.audit_dir": c.Egress.AuditDir, "gpu.driver_root": c.GPU.DriverRoot} {
 		if p != "" && !filepath.IsAbs(p) {

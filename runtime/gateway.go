@@ -42,6 +42,9 @@ func (sb *Sandbox) removeEgress() error {
 	if _, st, err := Open(filepath.Dir(sb.Dir), sb.ID); err == nil && st != nil && st.Gateway != nil {
 		st.Gateway.Kill()
 	}
+	if err := egress.RemoveGatewayCgroups(sb.ID); err != nil {
+		return err
+	}
 	if _, err := os.Stat(netnsDir(sb.Dir)); errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
@@ -134,6 +137,7 @@ func (sb *Sandbox) startGateway(o GatewayOptions) (Owner, string, error) {
 		UplinkNetns:   uplink,
 		LogFile:       filepath.Join(sb.Dir, "gateway.log"),
 		DieWithParent: o.DieWithParent,
+		Confine:       o.Config.Egress.gatewayConfine(),
 	})
 	if err != nil {
 		return Owner{}, "", err

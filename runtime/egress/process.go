@@ -31,6 +31,12 @@ const (
 	fdUDPCatch
 	fdICMP
 	fdReady
+	// fdAudit is the serving process's audit file, opened by its keeper:
+	// the serving process cannot reach the audit directory.
+	fdAudit
+	// fdDir is the serving process's directory (its config and policy
+	// copy), opened by its keeper.
+	fdDir
 )
 
 // StartOptions start a sandbox's gateway process.
@@ -49,12 +55,20 @@ type StartOptions struct {
 	// DieWithParent ends the gateway with the process that starts it
 	// (openshell run); a runtime that exits after create leaves it be.
 	DieWithParent bool
+	// Confine is what the serving process is held to; zero: the defaults.
+	Confine Confine
+}
+
+// processConfig is the file Start writes for the gateway process.
+type processConfig struct {
+	Config
+	Confine Confine `json:"confine"`
 }
 
 // Start opens the gateway's sockets, starts the gateway process and waits
 // until it has loaded the policy. It returns the process's pid.
 func Start(o StartOptions) (int, error) {
-	data, err := json.MarshalIndent(o.Config, "", "  ")
+	data, err := json.MarshalIndent(processConfig{o.Config, o.Confine.withDefaults()}, "", "  ")
 	if err != nil {
 		return 0, fmt.Errorf("gateway config: %w", err)
 	}
@@ -117,10 +131,24 @@ func Start(o StartOptions) (int, error) {
 	return pid, nil
 }
 
-// Main is the gateway process: it serves the inherited sockets until it
-// gets SIGTERM or SIGINT, reloads the policy on SIGHUP, and watches the
+// Main is the gateway process. Started by the runtime (as root, in the
+// uplink namespace, holding the sockets), it is the keeper (keeper_linux.go):
+// it confines and starts the serving process, and mirrors the policy file
+// for it. The serving process (serve) serves the inherited sockets until
+// it gets SIGTERM or SIGINT, reloads the policy on SIGHUP, and watches the
 // policy file.
 func Main(configFile string) error {
+	if os.Getenv(envServe) == "1" {
+		return runServing(configFile)
+	}
+	return runKeeper(configFile)
+}
+
+// runServing is the confined serving process: it is born unprivileged (no
+// capabilities, no_new_privs, its own cgroup, Landlock), loads its
+// policy and opens its audit file, then shuts the rest of the kernel's
+// interface behind a seccomp filter before it says ready.
+func runServing(configFile string) error {
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
 	ready := os.NewFile(fdReady, "ready")
 	fail := func(err error) error {
@@ -146,6 +174,12 @@ func Main(configFile string) error {
 	if err != nil {
 		return fail(err)
 	}
+	if err := CheckConfined(); err != nil {
+		return fail(err)
+	}
+	if err := installSeccomp(); err != nil {
+		return fail(err)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	hups := make(chan os.Signal, 1)
@@ -165,7 +199,7 @@ func Main(configFile string) error {
 	}
 	_ = ready.Close()
 	ready = nil
-	log.Info("gateway serving", "policy", cfg.PolicyFile, "audit", cfg.AuditFile)
+	log.Info("gateway serving", "policy", cfg.PolicyFile, "audit", cfg.AuditFile, "uid", os.Getuid())
 	return g.Serve(ctx, l)
 }
 

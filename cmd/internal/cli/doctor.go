@@ -123,6 +123,7 @@ func doctorChecks(ctx context.Context, h host, configPath, runscFlag string, smo
 	out = append(out, egressCheck(cfg))
 	out = append(out, cgroupCheck(h))
 	out = append(out, landlockCheck())
+	out = append(out, gatewayConfineCheck())
 	out = append(out, oomCheck(h))
 	out = append(out, nvidiaCheck(ctx, h, r, runscOK))
 	if c, ok := dockerCheck(h); ok {
@@ -187,6 +188,24 @@ func landlockCheck() check {
 		return check{"warn", "landlock", fmt.Sprintf("not available on the host (%s): host-side helpers run without it", errno)}
 	}
 	return check{"ok", "landlock", fmt.Sprintf("host ABI %d (for host-side helpers; not used inside gVisor)", abi)}
+}
+
+// gatewayConfineCheck: the egress gateway does not start without its
+// cgroup (fail closed), and runs without Landlock where the host has none.
+func gatewayConfineCheck() check {
+	if os.Geteuid() != 0 {
+		return check{"warn", "gateway confinement", "not root: cannot try the gateway's cgroup"}
+	}
+	dirs, abi, err := egress.ProbeConfinement()
+	if err != nil {
+		return check{"FAIL", "gateway confinement", fmt.Sprintf("%s: policies with egress rules will not start", err)}
+	}
+	ll := fmt.Sprintf("Landlock ABI %d active", abi)
+	status := "ok"
+	if abi == 0 {
+		ll, status = "no Landlock (the gateway's files are guarded by its user only)", "warn"
+	}
+	return check{status, "gateway confinement", fmt.Sprintf("unprivileged user, no capabilities, seccomp, cgroup %s, %s", strings.Join(dirs, " + "), ll)}
 }
 
 // oomCheck: without CAP_SYS_RESOURCE an engine cannot lower oom_score_adj;
