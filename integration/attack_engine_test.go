@@ -183,7 +183,8 @@ func engineAttacks() []attackCase {
 					h := &specs.Hooks{}
 					switch stage {
 					case "prestart":
-						h.Prestart = []specs.Hook{hook} //nolint:staticcheck // the deprecated stage is the one engines still send
+						//lint:ignore SA1019 the deprecated stage is the one engines still send
+						h.Prestart = []specs.Hook{hook}
 					case "createRuntime":
 						h.CreateRuntime = []specs.Hook{hook}
 					case "createContainer":
