@@ -139,6 +139,34 @@ func engineAttacks() []attackCase {
 				return e.readVerdict(r)
 			}})
 	}
+	cases = append(cases, attackCase{area: "engine", name: "gvisor-annotation-drops-seccomp",
+		attack:  "annotations io.kubernetes.cri.container-name=c and dev.gvisor.internal.seccomp.c=RuntimeDefault: runsc drops the spec's whole seccomp filter, then exec under allow_exec: false",
+		defence: "gVisor's own annotations (dev.gvisor.*) from the engine are refused; nothing starts",
+		run: func(t *testing.T, e *attackEnv) (bool, string) {
+			ann := inline(enginePolicy + "  process: {allow_exec: false}\n")
+			ann["io.kubernetes.cri.container-name"] = "c"
+			ann["dev.gvisor.internal.seccomp.c"] = "RuntimeDefault"
+			r := e.engineRun(t, runtimeConfig, ann, nil, "/bin/sh", "-c", "/bin/true && echo EXEC-RAN; /bin/attacker clone-newuser")
+			if strings.Contains(r.stdout, "EXEC-RAN") || strings.Contains(r.stdout, "ALLOWED") {
+				return true, "the seccomp filter was gone: " + firstLine(r.stdout)
+			}
+			if r.code == 0 {
+				return true, "started with gVisor's annotations"
+			}
+			return false, firstLine(r.stderr)
+		}})
+	cases = append(cases, attackCase{area: "engine", name: "nvproxy-annotation-spelt-1",
+		attack:  "dev.gvisor.internal.nvproxy=1 (runsc's ParseBool reads it as true) under a policy with no gpu section",
+		defence: "every value runsc takes for true is a GPU request, refused without a gpu policy",
+		run: func(t *testing.T, e *attackEnv) (bool, string) {
+			ann := inline(enginePolicy)
+			ann["dev.gvisor.internal.nvproxy"] = "1"
+			r := e.engineRun(t, runtimeConfig, ann, nil, "/bin/true")
+			if r.code == 0 {
+				return true, "started with nvproxy asked for"
+			}
+			return false, firstLine(r.stderr)
+		}})
 	cases = append(cases, attackCase{area: "engine", name: "volume-mount-point-through-image-link",
 		attack:  "the image's /opt/app is a link to a host directory; a volume at /opt/app/vol makes runsc create its mount point there",
 		defence: "the policy's /opt is the image's own, resolved inside it; the mount point is made inside that object",

@@ -354,6 +354,22 @@ func filesystemAttacks() []attackCase {
 				}
 				return false, firstLine(string(out))
 			}},
+		{area: "network", name: "agent-swaps-policy-link",
+			attack:  "the policy is reached through a link in the agent's writable workspace (.openshell -> a safe dir): the agent replaces the link with its own directory and policy",
+			defence: "a policy looked up through a directory the sandbox can write is refused at create",
+			run: func(t *testing.T, e *attackEnv) (bool, string) {
+				ws, safe := t.TempDir(), t.TempDir()
+				pf := filepath.Join(safe, "policy.yaml")
+				os.WriteFile(pf, []byte(fmt.Sprintf("version: \"1.0\"\nsandbox:\n  filesystem:\n    allowed_writes: [/tmp, %s]\n", ws)), 0o644)
+				os.Symlink(safe, filepath.Join(ws, ".openshell"))
+				c := exec.Command(openshellBin, "run", "--config", noConfig, "--runsc", runscBin, "--state-dir", stateDir, "--policy", filepath.Join(ws, ".openshell", "policy.yaml"), "--", "/bin/true")
+				out, err := c.CombinedOutput()
+				assertNothingLeft(t, stateDir)
+				if err == nil {
+					return true, "the sandbox started with its policy behind a link it can replace"
+				}
+				return false, firstLine(string(out))
+			}},
 		{area: "filesystem", name: "write-read-only-path",
 			attack:  "write into a path the policy only reads",
 			defence: "read-only binds",

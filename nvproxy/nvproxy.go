@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -72,7 +73,7 @@ func Requests(s *specs.Spec) []string {
 	}
 	for k, v := range s.Annotations {
 		switch {
-		case k == AnnotationNVProxy && v == "true":
+		case k == AnnotationNVProxy && nvproxyOn(v):
 			why = append(why, "annotation "+k)
 		case strings.HasPrefix(k, cdiAnnotation) && strings.Contains(v, "nvidia.com/"):
 			why = append(why, "CDI annotation "+k+"="+v)
@@ -80,6 +81,14 @@ func Requests(s *specs.Spec) []string {
 	}
 	slices.Sort(why)
 	return why
+}
+
+// nvproxyOn reads the annotation as runsc does (strconv.ParseBool), and
+// takes a value runsc would not parse for a request too: "1", "TRUE" and
+// "t" turn nvproxy on, and must not slip past Refuse.
+func nvproxyOn(v string) bool {
+	on, err := strconv.ParseBool(v)
+	return on || err != nil
 }
 
 // Refuse is the modifier for a policy without GPUs: a spec that asks for

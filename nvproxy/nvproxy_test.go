@@ -50,6 +50,11 @@ func TestRefuse(t *testing.T) {
 		}, "hook /usr/bin/nvidia-cdi-hook"},
 		{"cdi annotation", func(s *specs.Spec) { s.Annotations["cdi.k8s.io/gpu"] = "nvidia.com/gpu=0" }, "CDI annotation cdi.k8s.io/gpu=nvidia.com/gpu=0"},
 		{"nvproxy annotation", func(s *specs.Spec) { s.Annotations[AnnotationNVProxy] = "true" }, "annotation dev.gvisor.internal.nvproxy"},
+		// runsc reads it with strconv.ParseBool: every spelling it takes
+		// for true, and any it cannot read, is a request.
+		{"nvproxy annotation 1", func(s *specs.Spec) { s.Annotations[AnnotationNVProxy] = "1" }, "annotation dev.gvisor.internal.nvproxy"},
+		{"nvproxy annotation TRUE", func(s *specs.Spec) { s.Annotations[AnnotationNVProxy] = "TRUE" }, "annotation dev.gvisor.internal.nvproxy"},
+		{"nvproxy annotation garbage", func(s *specs.Spec) { s.Annotations[AnnotationNVProxy] = "yes please" }, "annotation dev.gvisor.internal.nvproxy"},
 		{"device mount", func(s *specs.Spec) {
 			s.Mounts = append(s.Mounts, specs.Mount{Destination: "/dev/nvidia0", Type: "bind", Source: "/dev/nvidia0"})
 		}, "mount /dev/nvidia0"},

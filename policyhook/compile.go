@@ -188,6 +188,7 @@ func Compile(p *policy.Policy, opts ...Option) (*Compiled, error) {
 			Msg: fmt.Sprintf("dropped %s: a hook runs on the host as root, and only the runtime configuration's allowed_hooks are kept", h.Path)})
 	})
 	c.Modifiers = modifier.List{}.Append(
+		modifier.NewRefuseGVisorAnnotations(nvproxy.AnnotationNVProxy),
 		gpu,
 		dropHooks,
 		modifier.NewAnnotations(p.Name, p.Hash, string(p.Format)),

@@ -120,11 +120,13 @@ func (sb *Sandbox) unstageBinds() error {
 }
 
 // checkPolicyNotWritable refuses a policy file that the sandbox could
-// rewrite: one inside (or bound as) any of its writable binds. The
-// gateway reloads the file it was started with, so an agent that edits a
+// rewrite or replace: one inside (or bound as) any of its writable binds,
+// or one reached through a directory the sandbox can write, where a link
+// on the way could be swapped for the agent's own directory. The gateway
+// reloads the file by the path it was given, so an agent that edits a
 // repository's .openshell/policy.yaml would otherwise grant itself egress.
 // Directories are compared as objects (device and inode), so no link or
-// second path to the same directory hides it. A policy that is no file
+// second path to the same directory hides one. A policy that is no file
 // (inline, built in) has nothing to check.
 func checkPolicyNotWritable(s *specs.Spec, file string) error {
 	if !filepath.IsAbs(file) {
@@ -134,13 +136,20 @@ func checkPolicyNotWritable(s *specs.Spec, file string) error {
 	if err != nil {
 		return fmt.Errorf("policy %s: %w", file, err)
 	}
+	// Every directory the path is looked up in, as given and as resolved,
+	// and the file itself.
 	var chain []os.FileInfo
-	for p := real; ; p = filepath.Dir(p) {
+	add := func(p string) {
 		if st, err := os.Stat(p); err == nil {
 			chain = append(chain, st)
 		}
-		if p == "/" {
-			break
+	}
+	for _, p := range []string{filepath.Clean(file), real} {
+		for ; ; p = filepath.Dir(p) {
+			add(p)
+			if p == "/" {
+				break
+			}
 		}
 	}
 	for _, m := range s.Mounts {

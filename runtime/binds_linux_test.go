@@ -19,6 +19,12 @@ func TestCheckPolicyNotWritable(t *testing.T) {
 	}
 	link := filepath.Join(elsewhere, "via-link.yaml")
 	os.Symlink(inWS, link)
+	// The agent's workspace holds a link to a safe directory: the agent
+	// can swap the link for a directory of its own after the check.
+	safe := t.TempDir()
+	os.WriteFile(filepath.Join(safe, "p.yaml"), []byte("x"), 0o644)
+	os.Symlink(safe, filepath.Join(ws, "policies"))
+	throughWS := filepath.Join(ws, "policies", "p.yaml")
 	bind := func(dst, src string, opts ...string) specs.Mount {
 		return specs.Mount{Destination: dst, Type: "bind", Source: src, Options: append([]string{"rbind"}, opts...)}
 	}
@@ -32,6 +38,7 @@ func TestCheckPolicyNotWritable(t *testing.T) {
 		{"through a link", []specs.Mount{bind("/work", ws, "rw")}, link, true},
 		{"the file itself bound writable", []specs.Mount{bind("/p.yaml", inWS, "rw")}, inWS, true},
 		{"a writable parent of the path", []specs.Mount{bind("/x", filepath.Join(ws, "repo"), "rw")}, inWS, true},
+		{"through a link in a writable path", []specs.Mount{bind("/work", ws, "rw")}, throughWS, true},
 		{"read-only", []specs.Mount{bind("/work", ws, "ro")}, inWS, false},
 		{"elsewhere", []specs.Mount{bind("/work", ws, "rw")}, outside, false},
 		{"a tmpfs", []specs.Mount{{Destination: "/tmp", Type: "tmpfs", Source: "tmpfs"}}, inWS, false},

@@ -112,6 +112,7 @@ func (v *rootView) Modify(s *specs.Spec) error {
 	}
 	engine := map[string]bool{}
 	for _, m := range s.Mounts {
+		m.Type = mountType(m)
 		dest := path.Clean(m.Destination)
 		if types, ok := kernelMounts[dest]; ok {
 			switch {
@@ -164,6 +165,16 @@ func (v *rootView) Modify(s *specs.Spec) error {
 	s.Mounts = append(kernel, binds...)
 	sortByDepth(s.Mounts)
 	return nil
+}
+
+// mountType is the type runsc serves a mount as: a mount of type "none"
+// or "" with a bind option is a bind (runsc's MaybeConvertToBindMount),
+// and every check after this one must see it as one.
+func mountType(m specs.Mount) string {
+	if (m.Type == "" || m.Type == "none") && slices.ContainsFunc(m.Options, func(o string) bool { return o == "bind" || o == "rbind" }) {
+		return "bind"
+	}
+	return m.Type
 }
 
 // sortByDepth puts parents before the paths inside them, keeping the

@@ -92,6 +92,16 @@ func TestRootView(t *testing.T) {
 			}
 			return s
 		}, mod: view(policy.Filesystem{ReadOnly: rules("/usr"), ReadWrite: rules("/tmp")})},
+		// A "none" mount with a bind option is a bind to runsc, and to
+		// every check after the view: dropped at /proc, read-only and
+		// typed bind under /etc.
+		{name: "none-typed-binds", base: func(t testing.TB) *specs.Spec {
+			s := spectest.Base(t)
+			s.Mounts = append(s.Mounts,
+				specs.Mount{Destination: "/proc", Type: "none", Source: "/proc", Options: []string{"rbind", "rw"}},
+				specs.Mount{Destination: "/etc", Source: "/srv/etc", Options: []string{"bind", "rw"}})
+			return s
+		}, mod: view(policy.Filesystem{ReadOnly: rules("/etc")})},
 		// A volume the engine mounts read-only (readOnly: true, -v a:b:ro)
 		// stays read-only under a writable policy path.
 		{name: "engine-read-only-stays", base: func(t testing.TB) *specs.Spec {
@@ -150,6 +160,31 @@ func TestMaskCredentials(t *testing.T) {
 			s.Mounts = append(s.Mounts, specs.Mount{Destination: "/etc/shadow", Type: "bind", Source: "/dev/null"})
 			return s
 		}, mod: ok(NewMaskCredentials([]string{"/etc/shadow"}))},
+	})
+}
+
+// runsc drops the spec's whole seccomp filter for these two; every other
+// dev.gvisor. name is refused too, and nvproxy's is left to the GPU
+// modifier when allowed.
+func TestRefuseGVisorAnnotations(t *testing.T) {
+	with := func(kv ...string) func(testing.TB) *specs.Spec {
+		return func(t testing.TB) *specs.Spec {
+			s := spectest.Base(t)
+			s.Annotations = map[string]string{}
+			for i := 0; i < len(kv); i += 2 {
+				s.Annotations[kv[i]] = kv[i+1]
+			}
+			return s
+		}
+	}
+	refuse := func() (SpecModifier, error) { return NewRefuseGVisorAnnotations("dev.gvisor.internal.nvproxy"), nil }
+	run(t, []tcase{
+		{name: "seccomp-off", base: with("io.kubernetes.cri.container-name", "c", "dev.gvisor.internal.seccomp.c", "RuntimeDefault"), mod: refuse,
+			wantErr: `annotations "dev.gvisor.internal.seccomp.c": gVisor's own annotations`},
+		{name: "flags-and-mounts", base: with("dev.gvisor.bundle.experimental-high-performance", "true", "dev.gvisor.spec.mount.x.type", "bind"), mod: refuse,
+			wantErr: `"dev.gvisor.bundle.experimental-high-performance", "dev.gvisor.spec.mount.x.type"`},
+		{name: "upper-case", base: with("DEV.GVISOR.flag.platform", "ptrace"), mod: refuse, wantErr: `"DEV.GVISOR.flag.platform"`},
+		{name: "nvproxy-left-to-gpu", base: with("dev.gvisor.internal.nvproxy", "true", "io.kubernetes.cri.container-name", "c"), mod: refuse},
 	})
 }
 
