@@ -186,7 +186,7 @@ func TestHostIP(t *testing.T) {
 
 func FuzzHostIP(f *testing.F) {
 	for _, s := range []string{"2852039166", "0xa9fea9fe", "0251.0376.0251.0376", "[::1]", "a.b",
-		"Bücher.example.", "xn--bcher-kva.example", "a\u3002b", "ｅｘａｍｐｌｅ.com", "a..b", "a\x00.b", "0.0.0.10"} {
+		"Bücher.example.", "xn--bcher-kva.example", "a\u3002b", "ｅｘａｍｐｌｅ.com", "a..b", "a\x00.b", "0.0.0.10", "0\u2137"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {

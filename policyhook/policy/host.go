@@ -90,6 +90,13 @@ func NormalizeHost(name string) (string, error) {
 		if err != nil {
 			return "", fmt.Errorf("%q is not a valid internationalised domain name (IDNA)", name)
 		}
+		// The mapping can turn a name into one whose ASCII form the same
+		// rules refuse ("0ℷ" maps to a right-to-left label starting with
+		// a digit): a rule stored in that form would never match a name
+		// asked in it. Only forms that validate again are kept.
+		if again, err := hostProfile.ToASCII(a); err != nil || again != a {
+			return "", fmt.Errorf("%q is not a valid internationalised domain name (IDNA): its ASCII form %q does not validate", name, a)
+		}
 		ascii = a
 	}
 	ascii = strings.TrimSuffix(ascii, ".")
