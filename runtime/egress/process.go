@@ -119,6 +119,11 @@ func Start(o StartOptions) (int, error) {
 		msg := strings.TrimSpace(line)
 		if msg == "" {
 			msg = "it exited; see " + o.LogFile
+			// The log goes with the sandbox's state: its last lines are
+			// the only trace an engine will keep.
+			if data, err := os.ReadFile(o.LogFile); err == nil && len(data) > 0 {
+				msg += ": " + lastLines(string(data), 5)
+			}
 		}
 		return 0, fmt.Errorf("egress gateway: %s", msg)
 	}
@@ -255,4 +260,17 @@ func NetnsExists(path string) bool {
 	}
 	_ = h.Close()
 	return true
+}
+
+// lastLines is the end of a log, at most n lines and 2 KiB, on one line.
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	out := strings.Join(lines, " | ")
+	if len(out) > 2048 {
+		out = out[len(out)-2048:]
+	}
+	return out
 }

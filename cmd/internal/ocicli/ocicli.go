@@ -121,6 +121,16 @@ func Main(ctx context.Context, args []string, stdio Stdio) int {
 		fmt.Fprintf(stdio.Err, "openshell-runtime: unknown command %q\n", fs.Arg(0))
 		return 2
 	}
+	if cmd.name == "gateway" {
+		// The gateway gets everything from its own config file, and its
+		// serving process runs as an unprivileged user who cannot (and
+		// must not) read the runtime's configuration.
+		if err := cmd.run(ctx, e, fs.Args()[1:]); err != nil {
+			fmt.Fprintf(stdio.Err, "openshell-runtime gateway: %s\n", err)
+			return 1
+		}
+		return 0
+	}
 	if err := e.setup(); err != nil {
 		fmt.Fprintf(stdio.Err, "openshell-runtime: %s\n", err)
 		return 1
