@@ -473,7 +473,9 @@ func TestEgressHardeningSoak(t *testing.T) {
 	if err != nil || st.Gateway == nil {
 		t.Fatalf("state: %v", err)
 	}
-	pid := st.Gateway.Pid
+	// The recorded pid is the keeper; the sandbox's traffic is the
+	// serving process's.
+	pid := childOf(t, st.Gateway.Pid)
 	var peakFDs int
 	var hwm int64
 	done := make(chan struct{})
