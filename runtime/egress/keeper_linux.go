@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 )
@@ -33,20 +32,11 @@ const envServe = "OPENSHELL_EGRESS_SERVE"
 //     process (Pdeathsig), and the runtime removes the cgroup.
 func runKeeper(configFile string) error {
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
-	ready := os.NewFile(fdReady, "ready")
-	fail := func(err error) error {
-		if ready != nil {
-			fmt.Fprintln(ready, strings.ReplaceAll(err.Error(), "\n", "; "))
-		}
-		return err
-	}
-	data, err := os.ReadFile(configFile)
-	if err != nil {
-		return fail(fmt.Errorf("gateway config: %w", err))
-	}
+	ready := readyPipe{os.NewFile(fdReady, "ready")}
+	fail := ready.fail
 	var pc processConfig
-	if err := json.Unmarshal(data, &pc); err != nil {
-		return fail(fmt.Errorf("gateway config %s: %w", configFile, err))
+	if err := readGatewayConfig(configFile, &pc); err != nil {
+		return fail(err)
 	}
 	c := pc.Confine.withDefaults()
 	if c.UID == 0 || c.GID == 0 {
@@ -155,7 +145,7 @@ func runKeeper(configFile string) error {
 	for _, f := range cmd.ExtraFiles {
 		_ = f.Close()
 	}
-	ready = nil
+	ready.f = nil
 	log.Info("gateway confined", "pid", cmd.Process.Pid, "uid", c.UID, "gid", c.GID,
 		"memory_max", c.MemoryMax, "pids_max", c.PidsMax, "cgroups", cgroups, "landlock_abi", LandlockABI())
 

@@ -149,28 +149,42 @@ func Main(configFile string) error {
 	return runKeeper(configFile)
 }
 
+// readyPipe is where a gateway process tells the runtime it is ready, or
+// why it is not; its file is nil once said or handed on.
+type readyPipe struct{ f *os.File }
+
+// fail reports err on the pipe, on one line, and returns it.
+func (r *readyPipe) fail(err error) error {
+	if r.f != nil {
+		fmt.Fprintln(r.f, strings.ReplaceAll(err.Error(), "\n", "; "))
+	}
+	return err
+}
+
+// readGatewayConfig reads the JSON a gateway process is started with.
+func readGatewayConfig(file string, v any) error {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return fmt.Errorf("gateway config: %w", err)
+	}
+	if err := json.Unmarshal(data, v); err != nil {
+		return fmt.Errorf("gateway config %s: %w", file, err)
+	}
+	return nil
+}
+
 // runServing is the confined serving process: it is born unprivileged (no
 // capabilities, no_new_privs, its own cgroup, Landlock), loads its
 // policy and opens its audit file, then shuts the rest of the kernel's
 // interface behind a seccomp filter before it says ready.
 func runServing(configFile string) error {
-	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
-	ready := os.NewFile(fdReady, "ready")
-	fail := func(err error) error {
-		if ready != nil {
-			fmt.Fprintln(ready, strings.ReplaceAll(err.Error(), "\n", "; "))
-		}
-		return err
-	}
-	data, err := os.ReadFile(configFile)
-	if err != nil {
-		return fail(fmt.Errorf("gateway config: %w", err))
-	}
+	ready := readyPipe{os.NewFile(fdReady, "ready")}
+	fail := ready.fail
 	var cfg Config
-	if err := json.Unmarshal(data, &cfg); err != nil {
-		return fail(fmt.Errorf("gateway config %s: %w", configFile, err))
+	if err := readGatewayConfig(configFile, &cfg); err != nil {
+		return fail(err)
 	}
-	log = log.With("sandbox", cfg.Sandbox)
+	log := slog.New(slog.NewJSONHandler(os.Stderr, nil)).With("sandbox", cfg.Sandbox)
 	l, err := inherited()
 	if err != nil {
 		return fail(err)
@@ -199,11 +213,11 @@ func runServing(configFile string) error {
 		}
 	}()
 	go g.Watch(ctx, 250*time.Millisecond, hup)
-	if _, err := fmt.Fprintln(ready, "ready"); err != nil {
+	if _, err := fmt.Fprintln(ready.f, "ready"); err != nil {
 		return err
 	}
-	_ = ready.Close()
-	ready = nil
+	_ = ready.f.Close()
+	ready.f = nil
 	log.Info("gateway serving", "policy", cfg.PolicyFile, "audit", cfg.AuditFile, "uid", os.Getuid())
 	return g.Serve(ctx, l)
 }
