@@ -198,8 +198,14 @@ func cleanupState(state string) {
 		fmt.Fprintf(os.Stderr, "remove state: %v\n", err)
 	}
 	// runsc removes each sandbox's cgroup, not the parent it made for
-	// openshell run's /openshell/<id>: remove it when it is empty.
-	parents, _ := filepath.Glob("/sys/fs/cgroup/*/openshell")
+	// openshell run's /openshell/<id>, and the runtime removes each
+	// gateway's, not openshell-egress/ above them (another gateway may be
+	// starting under it): remove them when they are empty.
+	var parents []string
+	for _, pattern := range []string{"/sys/fs/cgroup/*/openshell", "/sys/fs/cgroup/*/openshell-egress", "/sys/fs/cgroup/openshell-egress"} {
+		found, _ := filepath.Glob(pattern)
+		parents = append(parents, found...)
+	}
 	for _, p := range parents {
 		_ = os.Remove(p)
 	}
