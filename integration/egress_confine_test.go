@@ -1,11 +1,9 @@
 package integration
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -37,19 +35,7 @@ func TestEgressGatewayConfined(t *testing.T) {
 	e := newEgressEnv(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	c := exec.CommandContext(ctx, openshellBin, "run", "--config", e.config, "--runsc", runscBin, "--state-dir", stateDir,
-		"--rootfs", e.root, "--policy", writePolicy(t, egressPolicy), "--", "/usr/bin/python3", "-u", "-c", confineProbe)
-	stdin, _ := c.StdinPipe()
-	stdout, _ := c.StdoutPipe()
-	var errb strings.Builder
-	c.Stderr = &errb
-	if err := c.Start(); err != nil {
-		t.Fatal(err)
-	}
-	lines := bufio.NewScanner(stdout)
-	if !lines.Scan() || lines.Text() != "allowed 200 denied 403" {
-		t.Fatalf("confined gateway: %q %s", lines.Text(), errb.String())
-	}
+	c, stdin, lines, errb := e.startPaused(t, ctx, writePolicy(t, egressPolicy), confineProbe, "allowed 200 denied 403")
 	id := sandboxPid(t, "egress-it")
 	_, st, err := runtime.Open(stateDir, id)
 	if err != nil || st.Gateway == nil {

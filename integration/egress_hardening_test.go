@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -318,19 +317,7 @@ func TestEgressHardeningLateHostAddress(t *testing.T) {
 	e.net.SetZone("late.test", lateHostAddr)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	c := exec.CommandContext(ctx, openshellBin, "run", "--config", e.config, "--runsc", runscBin, "--state-dir", stateDir,
-		"--rootfs", e.root, "--policy", writePolicy(t, hardeningPolicy), "--", "/usr/bin/python3", "-u", "-c", lateProbe)
-	stdin, _ := c.StdinPipe()
-	stdout, _ := c.StdoutPipe()
-	var errb bytes.Buffer
-	c.Stderr = &errb
-	if err := c.Start(); err != nil {
-		t.Fatal(err)
-	}
-	lines := bufio.NewScanner(stdout)
-	if !lines.Scan() || lines.Text() != "ready" {
-		t.Fatalf("sandbox: %q %s", lines.Text(), errb.String())
-	}
+	c, stdin, lines, errb := e.startPaused(t, ctx, writePolicy(t, hardeningPolicy), lateProbe, "ready")
 	// The gateway is serving: now the host gains an address, with a
 	// service on it.
 	hardeningAddAddr(t, e.net.Netns, lateHostAddr)

@@ -74,8 +74,7 @@ func newEgressEnv(t *testing.T) *egressEnv {
 // file pf, with stdout on a pipe.
 func (e *egressEnv) start(t *testing.T, ctx context.Context, pf, program string) (*exec.Cmd, io.Reader, *bytes.Buffer) {
 	t.Helper()
-	c := exec.CommandContext(ctx, openshellBin, "run", "--config", e.config, "--runsc", runscBin, "--state-dir", stateDir,
-		"--rootfs", e.root, "--policy", pf, "--", "/usr/bin/python3", "-u", "-c", program)
+	c := e.command(ctx, pf, program)
 	out, err := c.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -86,6 +85,38 @@ func (e *egressEnv) start(t *testing.T, ctx context.Context, pf, program string)
 		t.Fatal(err)
 	}
 	return c, out, &errb
+}
+
+// command is openshell run of a Python program on the Debian root.
+func (e *egressEnv) command(ctx context.Context, pf, program string) *exec.Cmd {
+	return exec.CommandContext(ctx, openshellBin, "run", "--config", e.config, "--runsc", runscBin, "--state-dir", stateDir,
+		"--rootfs", e.root, "--policy", pf, "--", "/usr/bin/python3", "-u", "-c", program)
+}
+
+// startPaused starts program, which prints first and then waits for a
+// line on its stdin: the test acts on the running sandbox (its gateway,
+// the host) before it writes that line and reads the rest.
+func (e *egressEnv) startPaused(t *testing.T, ctx context.Context, pf, program, first string) (*exec.Cmd, io.Writer, *bufio.Scanner, *bytes.Buffer) {
+	t.Helper()
+	c := e.command(ctx, pf, program)
+	stdin, err := c.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := c.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var errb bytes.Buffer
+	c.Stderr = &errb
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lines := bufio.NewScanner(stdout)
+	if !lines.Scan() || lines.Text() != first {
+		t.Fatalf("sandbox: first line %q, want %q\n%s", lines.Text(), first, errb.String())
+	}
+	return c, stdin, lines, &errb
 }
 
 // run runs program to the end and returns its output.
@@ -431,19 +462,7 @@ func TestEgressGatewayKilledFailsClosed(t *testing.T) {
 	e := newEgressEnv(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	c := exec.CommandContext(ctx, openshellBin, "run", "--config", e.config, "--runsc", runscBin, "--state-dir", stateDir,
-		"--rootfs", e.root, "--policy", writePolicy(t, egressPolicy), "--", "/usr/bin/python3", "-u", "-c", killProbe)
-	stdin, _ := c.StdinPipe()
-	stdout, _ := c.StdoutPipe()
-	var errb bytes.Buffer
-	c.Stderr = &errb
-	if err := c.Start(); err != nil {
-		t.Fatal(err)
-	}
-	lines := bufio.NewScanner(stdout)
-	if !lines.Scan() || lines.Text() != "before 200" {
-		t.Fatalf("before the kill: %q %s", lines.Text(), errb.String())
-	}
+	c, stdin, lines, errb := e.startPaused(t, ctx, writePolicy(t, egressPolicy), killProbe, "before 200")
 	id := sandboxPid(t, "egress-it")
 	_, st, err := runtime.Open(stateDir, id)
 	if err != nil || st.Gateway == nil {

@@ -198,11 +198,12 @@ func cleanupState(state string) {
 		fmt.Fprintf(os.Stderr, "remove state: %v\n", err)
 	}
 	// runsc removes each sandbox's cgroup, not the parent it made for
-	// openshell run's /openshell/<id>, and the runtime removes each
-	// gateway's, not openshell-egress/ above them (another gateway may be
-	// starting under it): remove them when they are empty.
+	// openshell run's /openshell/<id> or ctr's /<namespace>/<id>, and the
+	// runtime removes each gateway's, not openshell-egress/ above them
+	// (another gateway may be starting under it): remove them when they
+	// are empty.
 	var parents []string
-	for _, pattern := range []string{"/sys/fs/cgroup/*/openshell", "/sys/fs/cgroup/*/openshell-egress", "/sys/fs/cgroup/openshell-egress"} {
+	for _, pattern := range []string{"/sys/fs/cgroup/*/openshell", "/sys/fs/cgroup/*/" + ctrNamespace, "/sys/fs/cgroup/*/openshell-egress", "/sys/fs/cgroup/openshell-egress"} {
 		found, _ := filepath.Glob(pattern)
 		parents = append(parents, found...)
 	}
