@@ -66,13 +66,7 @@ func Widenings(ceiling, p *policy.Policy) []Widening {
 	processWidenings(ceiling.Process, p.Process, add)
 	resourceWidenings(ceiling.Resources, p.Resources, add)
 	networkWidenings(ceiling.Network, p.Network, add)
-	switch ci, pi := ceiling.Inference, p.Inference; {
-	case pi == nil:
-	case ci == nil:
-		add(pi.Field, "inference routing is set; the ceiling has none")
-	case pi.RoutingEndpoint != ci.RoutingEndpoint:
-		add(pi.Field+".routing_endpoint", "%q differs from the ceiling's %q", pi.RoutingEndpoint, ci.RoutingEndpoint)
-	}
+	inferenceWidenings(ceiling.Inference, p.Inference, add)
 	gpuWidenings(ceiling.GPU, p.GPU, add)
 	return out
 }

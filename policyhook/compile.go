@@ -207,7 +207,7 @@ func Compile(p *policy.Policy, opts ...Option) (*Compiled, error) {
 		modifier.NewEnv(p.Env),
 	)
 	switch {
-	case len(p.Network.Egress) > 0 && o.gateway != nil:
+	case (len(p.Network.Egress) > 0 || p.Inference != nil) && o.gateway != nil:
 		c.Modifiers = c.Modifiers.Append(modifier.NewGatewayNetwork(*o.gateway))
 		c.RunscFlags = []string{FlagOCISeccomp, FlagNetworkSandbox}
 		c.Egress = true
@@ -223,8 +223,8 @@ func Compile(p *policy.Policy, opts ...Option) (*Compiled, error) {
 	if p.GPU != nil {
 		c.RunscFlags = append(c.RunscFlags, nvproxy.Flags(p.GPU)...)
 	}
-	if p.Inference != nil {
-		warn(p.Inference.Field, "inference routing is not built yet: the egress gateway refuses inference.local (fail closed)")
+	if p.Inference != nil && !c.Egress {
+		warn(p.Inference.Field, "inference routing is not active: no egress gateway was set up for this sandbox, so inference.local does not exist (fail closed)")
 	}
 	return c, nil
 }

@@ -163,12 +163,6 @@ type RateLimit struct {
 	Per   time.Duration
 }
 
-// Inference routes the sandbox's model calls.
-type Inference struct {
-	RoutingEndpoint string
-	Field           string
-}
-
 // GPU is the GPUs the sandbox may use, through gVisor's nvproxy.
 type GPU struct {
 	// Devices are "all", GPU indexes ("0") or UUIDs ("GPU-…", "MIG-…").

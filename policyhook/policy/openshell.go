@@ -20,6 +20,7 @@ type osFile struct {
 	Process            *osProcess               `yaml:"process"`
 	NetworkPolicies    map[string]osNetworkRule `yaml:"network_policies"`
 	NetworkMiddlewares Unsupported              `yaml:"network_middlewares" unsupported:"network middlewares are not implemented by openshell's egress gateway"`
+	Inference          Unsupported              `yaml:"inference" unsupported:"NVIDIA OpenShell's format has no inference route; write the policy in openshell's format (version: \"1.0\") and set sandbox.inference"`
 }
 
 type osFilesystem struct {

@@ -80,10 +80,6 @@ type seedResources struct {
 	MaxOpenFiles            int64   `yaml:"max_open_files"`
 }
 
-type seedInference struct {
-	RoutingEndpoint string `yaml:"routing_endpoint"`
-}
-
 // fromSeed builds the model from a decoded seed file. Range and format
 // checks are validate's job; here only what is needed to build the model
 // is looked at (numbers that cannot be converted are reported by validate).
@@ -181,7 +177,7 @@ func fromSeed(f *seedFile, s *errSink) *Policy {
 	}
 
 	if sb.Inference != nil {
-		p.Inference = &Inference{RoutingEndpoint: sb.Inference.RoutingEndpoint, Field: root + ".inference.routing_endpoint"}
+		p.Inference = fromSeedInference(sb.Inference, root+".inference", s)
 	}
 
 	if g := sb.GPU; g != nil {

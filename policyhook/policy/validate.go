@@ -2,7 +2,6 @@ package policy
 
 import (
 	"fmt"
-	"net/url"
 	"path"
 	"regexp"
 	"slices"
@@ -58,16 +57,8 @@ func validate(p *Policy, s *errSink) {
 	if p.GPU != nil {
 		validateGPU(p.GPU, s)
 	}
-	if inf := p.Inference; inf != nil {
-		u, err := url.Parse(inf.RoutingEndpoint)
-		switch {
-		case inf.RoutingEndpoint == "":
-			s.addf(inf.Field, "is required")
-		case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
-			s.addf(inf.Field, "%q is not an http:// or https:// URL", inf.RoutingEndpoint)
-		case u.User != nil:
-			s.addf(inf.Field, "must not carry credentials; the runtime injects them from the host")
-		}
+	if p.Inference != nil {
+		validateInference(p.Inference, s)
 	}
 }
 

@@ -1,0 +1,56 @@
+package policyhook
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/openshell/openshell/policyhook/policy"
+)
+
+func TestInferenceWidenings(t *testing.T) {
+	ceiling := func() *policy.Inference {
+		return &policy.Inference{
+			RoutingEndpoint: "https://api.openai.com/v1", Provider: "openai",
+			AllowedModels: []string{"gpt-4o-mini"}, ModelAliases: map[string]string{"fast": "gpt-4o-mini"},
+			APIs: []string{"chat_completions"}, TokenBudget: 1000, RateLimit: &policy.RateLimit{Count: 10, Per: time.Minute},
+			Timeout: time.Minute, Field: "sandbox.inference",
+		}
+	}
+	for _, tc := range []struct {
+		name   string
+		change func(p *policy.Inference)
+		want   string
+	}{
+		{"same", func(*policy.Inference) {}, ""},
+		{"narrower", func(p *policy.Inference) {
+			p.ModelAliases, p.TokenBudget, p.RateLimit = nil, 10, &policy.RateLimit{Count: 1, Per: time.Minute}
+		}, ""},
+		{"endpoint", func(p *policy.Inference) { p.RoutingEndpoint = "http://evil/v1" }, `sandbox.inference.routing_endpoint: "http://evil/v1" differs`},
+		{"provider", func(p *policy.Inference) { p.Provider = "other" }, `sandbox.inference.provider: "other" differs`},
+		{"any-model", func(p *policy.Inference) { p.AllowedModels, p.ModelAliases = nil, nil }, "sandbox.inference.allowed_models: any model is allowed"},
+		{"other-model", func(p *policy.Inference) { p.AllowedModels = []string{"gpt-4o"} }, `"gpt-4o" (sent as "gpt-4o") is not allowed`},
+		{"alias-elsewhere", func(p *policy.Inference) { p.ModelAliases = map[string]string{"fast": "gpt-4o"} }, `"fast" (sent as "gpt-4o") is not allowed`},
+		{"pinned-other", func(p *policy.Inference) { p.AllowedModels, p.ModelAliases, p.Model = nil, nil, "o1" }, `"o1" (sent as "o1") is not allowed`},
+		{"apis", func(p *policy.Inference) { p.APIs = nil }, "sandbox.inference.apis: every route is served"},
+		{"budget", func(p *policy.Inference) { p.TokenBudget = 0 }, "sandbox.inference.token_budget: 0 exceeds"},
+		{"rate", func(p *policy.Inference) { p.RateLimit = &policy.RateLimit{Count: 1, Per: time.Second} }, "sandbox.inference.rate_limit: is above"},
+		{"timeout", func(p *policy.Inference) { p.Timeout = time.Hour }, "sandbox.inference.timeout_seconds: 1h0m0s exceeds"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := ceiling()
+			tc.change(p)
+			var got []string
+			inferenceWidenings(ceiling(), p, func(field, format string, a ...any) {
+				got = append(got, field+": "+fmt.Sprintf(format, a...))
+			})
+			switch {
+			case tc.want == "" && len(got) > 0:
+				t.Errorf("widenings %v, want none", got)
+			case tc.want != "" && (len(got) != 1 || !strings.Contains(got[0], tc.want)):
+				t.Errorf("widenings %v, want one containing %q", got, tc.want)
+			}
+		})
+	}
+}

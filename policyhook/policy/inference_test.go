@@ -1,0 +1,108 @@
+package policy
+
+import (
+	"errors"
+	"reflect"
+	"testing"
+	"time"
+)
+
+func TestInferenceModel(t *testing.T) {
+	p, err := Parse("p.yaml", []byte(`version: "1.0"
+sandbox:
+  inference:
+    routing_endpoint: "https://api.openai.com/v1"
+    provider: openai
+    allowed_models: [gpt-4o-mini, gpt-4o]
+    model_aliases: {fast: gpt-4o-mini}
+    apis: [chat_completions, models]
+    rate_limit: "30/minute"
+    token_budget: 100000
+    timeout_seconds: 30
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &Inference{
+		RoutingEndpoint: "https://api.openai.com/v1",
+		Provider:        "openai",
+		AllowedModels:   []string{"gpt-4o-mini", "gpt-4o"},
+		ModelAliases:    map[string]string{"fast": "gpt-4o-mini"},
+		APIs:            []string{"chat_completions", "models"},
+		RateLimit:       &RateLimit{Count: 30, Per: time.Minute},
+		TokenBudget:     100000,
+		Timeout:         30 * time.Second,
+		Field:           "sandbox.inference",
+	}
+	if !reflect.DeepEqual(p.Inference, want) {
+		t.Errorf("got %+v\nwant %+v", p.Inference, want)
+	}
+	if got := p.Inference.Models(); !reflect.DeepEqual(got, []string{"fast", "gpt-4o", "gpt-4o-mini"}) {
+		t.Errorf("Models() = %v", got)
+	}
+}
+
+func TestInferenceEndpointAlone(t *testing.T) {
+	p, err := Parse("p.yaml", []byte("version: \"1.0\"\nsandbox:\n  inference: {routing_endpoint: \"http://vllm.internal:8000/v1\"}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Inference.Timeout != DefaultInferenceTimeout || p.Inference.Models() != nil {
+		t.Errorf("defaults: %+v", p.Inference)
+	}
+	if m, ok := p.Inference.AllowsModel("anything"); !ok || m != "anything" {
+		t.Errorf("an unrestricted route refused or rewrote a model: %q %v", m, ok)
+	}
+}
+
+func TestInferenceAllowsModel(t *testing.T) {
+	restricted := &Inference{AllowedModels: []string{"a"}, ModelAliases: map[string]string{"fast": "b"}}
+	pinned := &Inference{Model: "p"}
+	for _, tc := range []struct {
+		inf      *Inference
+		in, sent string
+		ok       bool
+	}{
+		{restricted, "a", "a", true},
+		{restricted, "fast", "b", true},
+		{restricted, "b", "", false}, // an alias's target is not itself allowed
+		{restricted, "", "", false},
+		{pinned, "other", "p", true},
+		{pinned, "", "p", true},
+	} {
+		sent, ok := tc.inf.AllowsModel(tc.in)
+		if sent != tc.sent || ok != tc.ok {
+			t.Errorf("%+v AllowsModel(%q) = %q %v, want %q %v", tc.inf, tc.in, sent, ok, tc.sent, tc.ok)
+		}
+	}
+}
+
+func TestInferenceRejections(t *testing.T) {
+	seed := func(body string) string { return "version: \"1.0\"\nsandbox:\n  inference:\n" + body }
+	for _, tc := range []struct{ name, yaml, want string }{
+		{"no-endpoint", seed("    token_budget: 5\n"), "p.yaml:4:5: sandbox.inference.routing_endpoint: is required (or name a provider from the host's configuration)"},
+		{"query", seed("    routing_endpoint: \"http://a/v1?key=x\"\n"), `p.yaml:4:23: sandbox.inference.routing_endpoint: "http://a/v1?key=x": a base URL has no query or fragment`},
+		{"provider-name", seed("    provider: \"Open AI\"\n"), `p.yaml:4:15: sandbox.inference.provider: "Open AI" is not a provider name (lower-case letters, digits, - and _; at most 63)`},
+		{"pin-and-allow", seed("    provider: x\n    model: m\n    allowed_models: [m]\n"), `p.yaml:6:21: sandbox.inference.allowed_models: cannot be combined with model: model pins every request to "m"`},
+		{"dup-model", seed("    provider: x\n    allowed_models: [m, m]\n"), `p.yaml:5:25: sandbox.inference.allowed_models[1]: "m" is listed twice`},
+		{"alias-twice", seed("    provider: x\n    allowed_models: [m]\n    model_aliases: {m: n}\n"), `p.yaml:6:24: sandbox.inference.model_aliases.m: "m" is also in allowed_models: a name is either sent as named or as an alias's target`},
+		{"model-space", seed("    provider: x\n    model: \"a b\"\n"), `p.yaml:5:12: sandbox.inference.model: "a b" contains a space or a control character`},
+		{"api", seed("    provider: x\n    apis: [chat]\n"), `p.yaml:5:12: sandbox.inference.apis[0]: "chat" is not a route (one of chat_completions, completions, responses, embeddings, models, messages)`},
+		{"budget", seed("    provider: x\n    token_budget: -1\n"), "p.yaml:5:19: sandbox.inference.token_budget: -1 is out of range (1-1125899906842624; leave it out for no budget)"},
+		{"timeout", seed("    provider: x\n    timeout_seconds: 99999\n"), "p.yaml:5:22: sandbox.inference.timeout_seconds: 99999 is out of range (1-3600)"},
+		{"rate", seed("    provider: x\n    rate_limit: lots\n"), `p.yaml:5:17: sandbox.inference.rate_limit: "lots" is not a rate: write COUNT/second, COUNT/minute or COUNT/hour, e.g. "5/minute"`},
+		{"key-field", seed("    provider: x\n    api_key: sk-123\n"), "p.yaml:5:5: sandbox.inference.api_key: unknown field (known fields here: routing_endpoint, provider, model, allowed_models, model_aliases, apis, rate_limit, token_budget, timeout_seconds)"},
+		{"openshell-format", "version: 1\ninference: {routing_endpoint: \"http://a/v1\"}\n", `p.yaml:2:1: inference: not supported: NVIDIA OpenShell's format has no inference route; write the policy in openshell's format (version: "1.0") and set sandbox.inference`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse("p.yaml", []byte(tc.yaml))
+			var list ErrorList
+			if !errors.As(err, &list) {
+				t.Fatalf("error %v is not an ErrorList", err)
+			}
+			if got := list[0].Error(); got != tc.want {
+				t.Errorf("first error:\n got %s\nwant %s\n(all: %v)", got, tc.want, err)
+			}
+		})
+	}
+}
