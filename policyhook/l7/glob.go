@@ -121,69 +121,111 @@ func matchOne(p segPat, seg string) bool {
 	return matchSegment(p.text, seg)
 }
 
-// node is one level of the index: grants whose patterns begin with the
-// same literal segments share the path to their node.
+// node is one level of the index, a trie over pattern segments: grants
+// whose patterns begin with the same segments share the path to their
+// node. Literal segments are looked up; segments with "*" are edges tried
+// in turn; "**" ends the walk down the trie.
 type node struct {
-	children map[string]*node
-	// rest: grants whose pattern continues, at this depth, with a
-	// wildcard segment; matched against the remaining path.
+	lit  map[string]*node
+	wild []wildEdge
+	// rest: grants whose pattern continues, at this depth, with "**";
+	// matched against the remaining path.
 	rest []*grant
-	// exact: grants whose pattern is wholly literal and ends here.
+	// exact: grants whose pattern ends here.
 	exact []*grant
+}
+
+type wildEdge struct {
+	pat   string // one segment pattern containing "*"
+	child *node
 }
 
 func (n *node) insert(g *grant) {
 	for d, p := range g.pats {
-		if p.any || p.star {
+		switch {
+		case p.any:
 			g.depth = d
 			n.rest = append(n.rest, g)
 			return
-		}
-		c := n.children[p.text]
-		if c == nil {
-			if n.children == nil {
-				n.children = map[string]*node{}
+		case p.star:
+			n = n.wildChild(p.text)
+		default:
+			c := n.lit[p.text]
+			if c == nil {
+				if n.lit == nil {
+					n.lit = map[string]*node{}
+				}
+				c = &node{}
+				n.lit[p.text] = c
 			}
-			c = &node{}
-			n.children[p.text] = c
+			n = c
 		}
-		n = c
 	}
 	n.exact = append(n.exact, g)
+}
+
+func (n *node) wildChild(pat string) *node {
+	for _, e := range n.wild {
+		if e.pat == pat {
+			return e.child
+		}
+	}
+	c := &node{}
+	n.wild = append(n.wild, wildEdge{pat, c})
+	return c
+}
+
+// walker finds the first grant, in policy order, that allows method on
+// the canonical path. Each trie node is visited at most once: a node sits
+// at one depth and is reached only through its parent.
+type walker struct {
+	method, path string
+	best         *grant
+}
+
+func (w *walker) better(g *grant) bool {
+	return (w.best == nil || g.index < w.best.index) && g.allows(w.method)
+}
+
+// walk visits n with w.path[pos:] (one or more segments) still to match.
+func (w *walker) walk(n *node, pos int) {
+	tail := w.path[pos:]
+	for _, g := range n.rest {
+		if w.better(g) && matchSegs(g.pats[g.depth:], tail) {
+			w.best = g
+		}
+	}
+	seg, more := tail, false
+	if i := strings.IndexByte(tail, '/'); i >= 0 {
+		seg, more = tail[:i], true
+	}
+	if c := n.lit[seg]; c != nil {
+		w.visit(c, more, pos+len(seg)+1)
+	}
+	for _, e := range n.wild {
+		if matchSegment(e.pat, seg) {
+			w.visit(e.child, more, pos+len(seg)+1)
+		}
+	}
+}
+
+func (w *walker) visit(c *node, more bool, next int) {
+	if more {
+		w.walk(c, next)
+		return
+	}
+	for _, g := range c.exact {
+		if w.better(g) {
+			w.best = g
+		}
+	}
+	// A pattern ending in "**" needs one more segment; none is left.
 }
 
 // lookup returns the first grant, in policy order, that allows method on
 // the canonical path p, or nil.
 func (n *node) lookup(method, p string) *grant {
-	var best *grant
-	consider := func(g *grant, tail string) {
-		if (best == nil || g.index < best.index) && g.allows(method) &&
-			matchSegs(g.pats[g.depth:], tail) {
-			best = g
-		}
-	}
-	pos := 1 // p[pos:] is the path below n
-	for {
-		for _, g := range n.rest {
-			consider(g, p[pos:])
-		}
-		seg, more := p[pos:], false
-		if i := strings.IndexByte(seg, '/'); i >= 0 {
-			seg, more = seg[:i], true
-		}
-		c := n.children[seg]
-		if c == nil {
-			return best
-		}
-		n = c
-		if !more {
-			for _, g := range n.exact {
-				if (best == nil || g.index < best.index) && g.allows(method) {
-					best = g
-				}
-			}
-			return best
-		}
-		pos += len(seg) + 1
-	}
+	w := walker{method: method, path: p}
+	w.walk(n, 1)
+	return w.best
 }
