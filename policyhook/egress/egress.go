@@ -15,12 +15,21 @@ import (
 // Matcher answers egress questions for one policy. Build a new one to
 // change the rules; a Matcher is never modified.
 type Matcher struct {
-	exact        map[string][]*policy.EgressRule
-	oneLabel     map[string][]*policy.EgressRule // "*.example.com" under "example.com"
-	anyDepth     map[string][]*policy.EgressRule // "**.example.com" under "example.com"
-	withIPs      []*policy.EgressRule            // rules that list allowed_ips
+	exact    map[string][]*policy.EgressRule
+	oneLabel map[string][]*policy.EgressRule // "*.example.com" under "example.com"
+	anyDepth map[string][]*policy.EgressRule // "**.example.com" under "example.com"
+	// labels holds the other wildcards ("*-api.example.com",
+	// "s3.*.amazonaws.com") under the name after their last wildcard
+	// label; a name is tested against the few under each of its parents.
+	labels       map[string][]labelRule
+	withIPs      []*policy.EgressRule // rules that list allowed_ips, hostless ones too
 	blockPrivate bool
 	dnsFiltering bool
+}
+
+type labelRule struct {
+	pattern string // normalised
+	rule    *policy.EgressRule
 }
 
 // New builds the Matcher for a validated network policy.
@@ -29,11 +38,20 @@ func New(n policy.Network) *Matcher {
 		exact:        map[string][]*policy.EgressRule{},
 		oneLabel:     map[string][]*policy.EgressRule{},
 		anyDepth:     map[string][]*policy.EgressRule{},
+		labels:       map[string][]labelRule{},
 		blockPrivate: n.BlockPrivateRanges,
 		dnsFiltering: n.DNSFiltering,
 	}
 	for i := range n.Egress {
 		r := &n.Egress[i]
+		if r.Host == "" {
+			// A rule by address (NVIDIA OpenShell's hostless endpoint):
+			// its allowed_ips alone, never a name.
+			if len(r.AllowedIPs) > 0 {
+				m.withIPs = append(m.withIPs, r)
+			}
+			continue
+		}
 		// Validation stored r.Host normalised; a pattern that does not
 		// normalise (a Network built by hand) allows nothing.
 		pattern, err := policy.NormalizeHostPattern(r.Host)
@@ -45,6 +63,8 @@ func New(n policy.Network) *Matcher {
 			m.oneLabel[base] = append(m.oneLabel[base], r)
 		case policy.AnyDepth:
 			m.anyDepth[base] = append(m.anyDepth[base], r)
+		case policy.Labels:
+			m.labels[base] = append(m.labels[base], labelRule{pattern, r})
 		default:
 			m.exact[base] = append(m.exact[base], r)
 		}
@@ -57,7 +77,7 @@ func New(n policy.Network) *Matcher {
 
 // Empty reports whether no rule allows anything.
 func (m *Matcher) Empty() bool {
-	return len(m.exact) == 0 && len(m.oneLabel) == 0 && len(m.anyDepth) == 0
+	return len(m.exact) == 0 && len(m.oneLabel) == 0 && len(m.anyDepth) == 0 && len(m.labels) == 0 && len(m.withIPs) == 0
 }
 
 // DNSFiltering reports whether the gateway's DNS answers only allowed names.
@@ -76,9 +96,11 @@ func Normalize(name string) string {
 
 // Name returns the rules whose host pattern covers name, on any port: the
 // DNS server answers a name when this is not empty. Exact rules come
-// first, then wildcards from the most specific suffix up ("*." only one
-// label above its domain, "**." at any depth), as policy.HostMatches
-// defines them. A name that does not normalise matches nothing.
+// first, then wildcards from the most specific suffix up (at each, the
+// patterns with a "*" inside a label, then "*." only one label above its
+// domain, then "**." at any depth), as policy.HostMatches defines them. A
+// name that does not normalise matches nothing. Rules by address (no
+// host) never match a name.
 func (m *Matcher) Name(name string) []*policy.EgressRule {
 	name, err := policy.NormalizeHost(name)
 	if err != nil {
@@ -101,6 +123,11 @@ func (m *Matcher) Name(name string) []*policy.EgressRule {
 			break
 		}
 		rest = rest[i+1:]
+		for _, lr := range m.labels[rest] {
+			if policy.HostMatches(lr.pattern, name) {
+				out = append(out[:len(out):len(out)], lr.rule)
+			}
+		}
 		if first {
 			add(m.oneLabel[rest])
 		}

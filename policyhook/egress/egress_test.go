@@ -69,9 +69,12 @@ func TestMatch(t *testing.T) {
 // TestMatchAgreesWithPolicy checks the matcher's hash tables against the
 // definition in policy.HostMatches, for every pattern form and depth.
 func TestMatchAgreesWithPolicy(t *testing.T) {
-	patterns := []string{"example.com", "*.example.com", "**.example.com", "*.a.example.com", "**.b.example.com"}
+	patterns := []string{"example.com", "*.example.com", "**.example.com", "*.a.example.com", "**.b.example.com",
+		"*-api.example.com", "api-*.example.com", "a*.example.com", "x.*.example.com", "*.x.*.example.com", "**.*.b.example.com"}
 	names := []string{"example.com", "a.example.com", "b.example.com", "x.a.example.com", "x.y.a.example.com",
-		"x.b.example.com", "x.y.b.example.com", "aexample.com", "a.example.comm", "com"}
+		"x.b.example.com", "x.y.b.example.com", "aexample.com", "a.example.comm", "com",
+		"eu-api.example.com", "api-eu.example.com", "x.eu-api.example.com", "api.example.com", "x.q.example.com",
+		"y.x.q.example.com", "x.q.r.example.com", "p.q.x.b.example.com"}
 	for _, pat := range patterns {
 		m := New(policy.Network{Egress: []policy.EgressRule{{Field: pat, Host: pat, Ports: []int{443}}}})
 		for _, name := range names {
@@ -90,6 +93,83 @@ func TestNormalizeIdempotent(t *testing.T) {
 		once := Normalize(in)
 		if twice := Normalize(once); twice != once {
 			t.Errorf("Normalize(%q) = %q, Normalize of that = %q", in, once, twice)
+		}
+	}
+}
+
+// TestMatchLabelWildcards: NVIDIA OpenShell's "*" inside a label, next to
+// the other forms, decided for the gateway's DNS and proxy alike.
+func TestMatchLabelWildcards(t *testing.T) {
+	m := New(policy.Network{Egress: []policy.EgressRule{
+		{Field: "vertex", Host: "*-aiplatform.googleapis.com", Ports: []int{443}},
+		{Field: "any", Host: "*.googleapis.com", Ports: []int{443}},
+		{Field: "api", Host: "api-*.example.com", Ports: []int{443, 8443}},
+		{Field: "s3", Host: "s3.*.amazonaws.com", Ports: []int{443}},
+	}})
+	for _, tc := range []struct {
+		name string
+		port int
+		want string
+	}{
+		{"us-central1-aiplatform.googleapis.com", 443, "vertex"}, // the more specific first
+		{"US-CENTRAL1-AIPlatform.googleapis.com.", 443, "vertex"},
+		{"storage.googleapis.com", 443, "any"},
+		{"a.b-aiplatform.googleapis.com", 443, ""},
+		{"api-eu.example.com", 8443, "api"},
+		{"api-eu.example.com", 80, ""},
+		{"eu.api-eu.example.com", 443, ""},
+		{"apieu.example.com", 443, ""},
+		{"s3.eu-west-1.amazonaws.com", 443, "s3"},
+		{"s3.amazonaws.com", 443, ""},
+		{"x.s3.eu-west-1.amazonaws.com", 443, ""},
+	} {
+		got := ""
+		if r := m.Match(tc.name, tc.port); r != nil {
+			got = r.Field
+		}
+		if got != tc.want {
+			t.Errorf("Match(%q, %d) = %q, want %q", tc.name, tc.port, got, tc.want)
+		}
+	}
+	if got := len(m.Name("us-central1-aiplatform.googleapis.com")); got != 2 {
+		t.Errorf("Name lists %d rules, want both", got)
+	}
+}
+
+// TestAddressRule: a rule without a host (NVIDIA OpenShell's hostless
+// endpoint) opens its allowed_ips by address on its ports, never a name.
+func TestAddressRule(t *testing.T) {
+	m := New(policy.Network{BlockPrivateRanges: true, Egress: []policy.EgressRule{
+		{Field: "db", Ports: []int{5432}, AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.0.5.0/24"), netip.MustParsePrefix("fc00::/7")}},
+	}})
+	if m.Empty() {
+		t.Error("a Matcher with a rule by address is not empty")
+	}
+	if m.Name("db.internal.example.com") != nil || m.Match("", 5432) != nil {
+		t.Error("a rule by address matched a name")
+	}
+	for _, tc := range []struct {
+		addr string
+		port int
+		rule bool
+		why  string
+	}{
+		{"10.0.5.20", 5432, true, ""},
+		{"10.0.5.20", 443, false, ""},
+		{"10.0.6.1", 5432, false, ""},
+		{"fd12::1", 5432, true, ""},
+		// fc00::/7 holds the AWS IPv6 metadata address; it stays refused.
+		{"fd00:ec2::254", 5432, true, "cloud metadata service"},
+	} {
+		r := m.MatchIP(netip.MustParseAddr(tc.addr), tc.port)
+		if (r != nil) != tc.rule {
+			t.Errorf("MatchIP(%s, %d) = %v, want a rule: %v", tc.addr, tc.port, r, tc.rule)
+		}
+		if r == nil {
+			continue
+		}
+		if why := m.CheckIP(netip.MustParseAddr(tc.addr), r); why != tc.why {
+			t.Errorf("CheckIP(%s) = %q, want %q", tc.addr, why, tc.why)
 		}
 	}
 }

@@ -30,6 +30,12 @@ const (
 	// AnyDepth: "**.example.com" covers a.example.com and a.b.example.com,
 	// not example.com (NVIDIA OpenShell's "**.").
 	AnyDepth
+	// Labels: any other wildcard NVIDIA OpenShell writes, matched label by
+	// label (HostMatches): a "*" inside the first label
+	// ("*-aiplatform.googleapis.com" covers us-central1-aiplatform.googleapis.com,
+	// never a.b-aiplatform.googleapis.com), or a whole "*" label below the
+	// first ("s3.*.amazonaws.com").
+	Labels
 )
 
 // The prefixes that write a Wildcard in a pattern.
@@ -152,37 +158,74 @@ func quoteHost(s string) string {
 }
 
 // SplitHostPattern splits a normalised pattern (EgressRule.Host) into
-// its wildcard and the name under it.
+// its wildcard and the literal name under it: for Labels, the name after
+// the last label that holds a "*" ("googleapis.com" for
+// "*-aiplatform.googleapis.com", "amazonaws.com" for "s3.*.amazonaws.com").
 func SplitHostPattern(pattern string) (base string, w Wildcard) {
-	if rest, ok := strings.CutPrefix(pattern, anyDepthPrefix); ok {
+	if !strings.Contains(pattern, "*") {
+		return pattern, NoWildcard
+	}
+	if rest, ok := strings.CutPrefix(pattern, anyDepthPrefix); ok && !strings.Contains(rest, "*") {
 		return rest, AnyDepth
 	}
-	if rest, ok := strings.CutPrefix(pattern, oneLabelPrefix); ok {
+	if rest, ok := strings.CutPrefix(pattern, oneLabelPrefix); ok && !strings.Contains(rest, "*") {
 		return rest, OneLabel
 	}
-	return pattern, NoWildcard
+	last := strings.LastIndexByte(pattern, '*')
+	if dot := strings.IndexByte(pattern[last:], '.'); dot >= 0 {
+		return pattern[last+dot+1:], Labels
+	}
+	return "", Labels // not a normal form: nothing sits under it
 }
 
 // HostMatches reports whether the normalised name is covered by the
-// normalised pattern. The egress matcher answers the same questions from
-// hash tables; this is the definition it is tested against.
+// normalised pattern, label by label from the right: a literal label
+// matches itself, a label with one "*" any label that starts and ends as
+// it does (the "*" stands for zero or more characters, never a dot), and
+// a first label "**" one or more labels. The egress matcher answers the
+// same questions from hash tables; this is the definition it is tested
+// against. It allocates nothing.
 func HostMatches(pattern, name string) bool {
-	base, w := SplitHostPattern(pattern)
-	switch w {
-	case NoWildcard:
-		return name == base
-	}
-	head, ok := strings.CutSuffix(name, "."+base)
-	if !ok || head == "" {
+	if pattern == "" || name == "" {
 		return false
 	}
-	return w == AnyDepth || !strings.Contains(head, ".")
+	for {
+		pi, ni := strings.LastIndexByte(pattern, '.'), strings.LastIndexByte(name, '.')
+		pl, nl := pattern[pi+1:], name[ni+1:]
+		if pl == "**" && pi < 0 {
+			return nl != "" // one or more labels are left
+		}
+		if !labelMatches(pl, nl) {
+			return false
+		}
+		if pi < 0 || ni < 0 {
+			return pi < 0 && ni < 0
+		}
+		pattern, name = pattern[:pi], name[:ni]
+	}
+}
+
+// labelMatches matches one label against one pattern label, which holds
+// at most one "*".
+func labelMatches(p, label string) bool {
+	if label == "" {
+		return false
+	}
+	before, after, wild := strings.Cut(p, "*")
+	if !wild {
+		return p == label
+	}
+	return len(label) >= len(before)+len(after) && strings.HasPrefix(label, before) && strings.HasSuffix(label, after)
 }
 
 // NormalizeHostPattern validates an egress rule's host and returns it in
-// normal form: a host name (NormalizeHost), or "*." (one label) or "**."
-// (any depth) followed by one. A wildcard must sit under a registrable
-// domain: never over a single label ("*.com", "**.internal") nor over a
+// normal form: a host name (NormalizeHost), or one with wildcards, as
+// NVIDIA OpenShell writes them: "*." (one label) or "**." (any depth)
+// before a name, a "*" inside the first label ("*-api.example.com",
+// "api-*.example.com"), and a whole "*" label below the first
+// ("s3.*.amazonaws.com"). A label holds at most one "*". Whatever the
+// wildcard, the literal name after the last wildcard label must be a
+// registrable domain: never a single label ("*.com", "api-*.com") nor a
 // public suffix ("*.co.uk"). The error reads as a field message.
 func NormalizeHostPattern(host string) (string, error) {
 	switch {
@@ -190,6 +233,8 @@ func NormalizeHostPattern(host string) (string, error) {
 		return "", errors.New("is required")
 	case strings.Contains(host, "://"):
 		return "", fmt.Errorf("%s has a scheme; write the host name alone", quoteHost(host))
+	case strings.ContainsAny(host, "?[]{}") && !strings.HasPrefix(host, "[") && !hasControl(host):
+		return "", fmt.Errorf("%s: the only wildcard is \"*\" (no ?, [...] or {...}); list each host separately", quoteHost(host))
 	case strings.ContainsAny(host, "/?#@"):
 		return "", fmt.Errorf("%s is not a host name", quoteHost(host))
 	}
@@ -199,26 +244,87 @@ func NormalizeHostPattern(host string) (string, error) {
 	if strings.Contains(host, ":") {
 		return "", fmt.Errorf("%s has a port; use the port field", quoteHost(host))
 	}
-	prefix, name := "", host
-	if rest, ok := strings.CutPrefix(host, anyDepthPrefix); ok {
-		prefix, name = anyDepthPrefix, rest
-	} else if rest, ok := strings.CutPrefix(host, oneLabelPrefix); ok {
-		prefix, name = oneLabelPrefix, rest
+	last := strings.LastIndexByte(host, '*')
+	if last < 0 {
+		return NormalizeHost(host)
 	}
-	if strings.Contains(name, "*") {
-		return "", fmt.Errorf("%s: the only wildcards allowed are a leading \"*.\" (one label) or \"**.\" (any depth)", quoteHost(host))
+	dot := strings.IndexByte(host[last:], '.')
+	if dot < 0 || strings.Trim(host[last+dot:], ".") == "" {
+		if strings.Trim(host, "*.") == "" {
+			return "", fmt.Errorf("%q matches every host; name a domain, e.g. *.example.com", host)
+		}
+		return "", fmt.Errorf("%q: a wildcard in the last label (the top-level domain) spans every domain; name a domain, e.g. *.example.com", host)
 	}
-	norm, err := NormalizeHost(name)
+	head, tail := host[:last+dot], host[last+dot+1:]
+	base, err := NormalizeHost(tail)
 	if err != nil {
 		return "", err
 	}
-	if prefix != "" {
-		if !strings.Contains(norm, ".") {
-			return "", fmt.Errorf("%q: a wildcard must sit above a registered domain, e.g. %sexample.com", host, prefix)
-		}
-		if suffix, icann := publicsuffix.PublicSuffix(norm); icann && suffix == norm {
-			return "", fmt.Errorf("%q: %s is a public suffix; a wildcard must sit above a registered domain, e.g. %sexample.%s", host, norm, prefix, norm)
+	labels := strings.Split(head, ".")
+	for i, l := range labels {
+		switch {
+		case l == "":
+			return "", fmt.Errorf("%q is not a valid host name (empty label)", host)
+		case l == "**" && i == 0:
+			continue
+		case strings.Contains(l, "**"):
+			return "", fmt.Errorf("%q: \"**\" must be the whole first label (\"**.example.com\", any depth)", host)
+		case strings.Count(l, "*") > 1:
+			return "", fmt.Errorf("%q: a label holds at most one \"*\"", host)
+		case strings.Contains(l, "*"):
+			if i > 0 && l != "*" {
+				return "", fmt.Errorf("%q: below the first label a wildcard must be a whole label (\"s3.*.example.com\"); only the first label may hold \"*\" with other characters (\"api-*.example.com\")", host)
+			}
+			norm, msg := normalizeWildLabel(l)
+			if msg != "" {
+				return "", fmt.Errorf("%q is not a valid host pattern (%s)", host, msg)
+			}
+			labels[i] = norm
+		default:
+			norm, err := NormalizeHost(l)
+			if err != nil {
+				return "", err
+			}
+			if strings.Contains(norm, ".") {
+				return "", fmt.Errorf("%q is not a valid host pattern (label %q)", host, l)
+			}
+			labels[i] = norm
 		}
 	}
-	return prefix + norm, nil
+	prefix := strings.Join(labels, ".") + "."
+	if !strings.Contains(base, ".") {
+		return "", fmt.Errorf("%q: a wildcard must sit above a registered domain, e.g. %sexample.com", host, prefix)
+	}
+	if suffix, icann := publicsuffix.PublicSuffix(base); icann && suffix == base {
+		return "", fmt.Errorf("%q: %s is a public suffix; a wildcard must sit above a registered domain, e.g. %sexample.%s", host, base, prefix, base)
+	}
+	if out := prefix + base; len(out) <= maxHostLen {
+		return out, nil
+	}
+	return "", fmt.Errorf("%s is longer than %d characters", quoteHost(host), maxHostLen)
+}
+
+// normalizeWildLabel lower-cases a label holding one "*" and says what is
+// wrong with it, if anything: the characters around the "*" follow the
+// rules of checkLabel, and must be ASCII (write an internationalised label
+// in its xn-- form).
+func normalizeWildLabel(l string) (string, string) {
+	if !isASCII(l) {
+		return "", fmt.Sprintf("label %q: a label with a wildcard must be ASCII; write an internationalised name in its xn-- form", l)
+	}
+	l = strings.ToLower(l)
+	before, after, _ := strings.Cut(l, "*")
+	switch {
+	case len(before)+len(after) > maxLabelLen:
+		return "", fmt.Sprintf("a label is longer than %d characters", maxLabelLen)
+	case strings.HasPrefix(before, "-") || strings.HasSuffix(after, "-"):
+		return "", fmt.Sprintf("label %q: a label cannot start or end with \"-\"", l)
+	}
+	for i := 0; i < len(before)+len(after); i++ {
+		c := (before + after)[i]
+		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+			return "", fmt.Sprintf("label %q", l)
+		}
+	}
+	return l, ""
 }

@@ -13,6 +13,13 @@ import (
 type ForbiddenRange struct {
 	Prefix netip.Prefix
 	What   string
+	// Point marks a single address inside ranges a policy may
+	// legitimately open (the AWS IPv6 metadata address inside fc00::/7):
+	// allowed_ips may hold a wider prefix around it, never the address
+	// itself, and the egress gateway refuses the address whatever
+	// allowed_ips say. Any overlap with a range that is not a Point is
+	// refused.
+	Point bool
 }
 
 // ForbiddenRanges may never be opened by allowed_ips, and the egress
@@ -20,13 +27,13 @@ type ForbiddenRange struct {
 // link-local (which holds the cloud metadata service), "this network",
 // and the AWS IPv6 metadata address.
 var ForbiddenRanges = []ForbiddenRange{
-	{netip.MustParsePrefix("127.0.0.0/8"), "loopback"},
-	{netip.MustParsePrefix("::1/128"), "loopback"},
-	{netip.MustParsePrefix("169.254.0.0/16"), "link-local (cloud metadata)"},
-	{netip.MustParsePrefix("fe80::/10"), "link-local"},
-	{netip.MustParsePrefix("0.0.0.0/8"), "0.0.0.0/8"},
-	{netip.MustParsePrefix("::/128"), "the unspecified address"},
-	{netip.MustParsePrefix("fd00:ec2::254/128"), "cloud metadata"},
+	{Prefix: netip.MustParsePrefix("127.0.0.0/8"), What: "loopback"},
+	{Prefix: netip.MustParsePrefix("::1/128"), What: "loopback"},
+	{Prefix: netip.MustParsePrefix("169.254.0.0/16"), What: "link-local (cloud metadata)"},
+	{Prefix: netip.MustParsePrefix("fe80::/10"), What: "link-local"},
+	{Prefix: netip.MustParsePrefix("0.0.0.0/8"), What: "0.0.0.0/8"},
+	{Prefix: netip.MustParsePrefix("::/128"), What: "the unspecified address"},
+	{Prefix: netip.MustParsePrefix("fd00:ec2::254/128"), What: "cloud metadata", Point: true},
 }
 
 // ports reads the port/ports pair of an endpoint: exactly one must be set.
@@ -107,9 +114,13 @@ func parsePrefix(raw string) (netip.Prefix, error) {
 	return netip.PrefixFrom(a, a.BitLen()), nil
 }
 
+// forbiddenOverlap names the forbidden range p would open, or "". A
+// prefix wider than a Point is not refused for it: the point stays
+// unreachable at the gateway (egress.Matcher.CheckIP refuses every
+// ForbiddenRange before it looks at allowed_ips).
 func forbiddenOverlap(p netip.Prefix) string {
 	for _, f := range ForbiddenRanges {
-		if f.Prefix.Overlaps(p) {
+		if f.Prefix.Overlaps(p) && !(f.Point && p.Bits() < f.Prefix.Bits()) {
 			return f.What
 		}
 	}

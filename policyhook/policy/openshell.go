@@ -8,8 +8,11 @@ import (
 // Messages for OpenShell fields that openshell recognises but does not
 // enforce. Each field so tagged is an error wherever it appears.
 const (
-	l7Unsupported         = "this L7 feature is not enforced by openshell's egress gateway; remove it or use protocol: rest with method/path rules"
-	credentialUnsupported = "credential rewriting is not supported; openshell injects credentials only through inference routing"
+	l7Unsupported         = "this L7 feature is not enforced by openshell's egress gateway yet; remove it or use protocol: rest with method/path rules"
+	queryUnsupported      = "query parameter matchers are not enforced yet (openshell's gateway matches method and path only); remove query, and the rule allows every query string on its method and path, or narrow path instead"
+	credentialUnsupported = "credential rewriting is not supported yet; openshell injects a credential only on inference routing (sandbox.inference, openshell's format): remove it and keep provider credentials out of the sandbox"
+	signingUnsupported    = "SigV4 credential signing is not supported yet; remove credential_signing, signing_service and signing_region (the sandbox then signs its own requests), or route model calls through inference routing"
+	bindingUnsupported    = "binding a provider's credentials to an endpoint is not supported yet: openshell has no credential providers and injects a credential only on inference routing; remove credential_binding"
 )
 
 // osFile is NVIDIA OpenShell's policy format, `version: 1`.
@@ -69,9 +72,10 @@ type osEndpoint struct {
 	PersistedQueries             Unsupported `yaml:"persisted_queries" unsupported:"l7Unsupported"`
 	GraphqlPersistedQueries      Unsupported `yaml:"graphql_persisted_queries" unsupported:"l7Unsupported"`
 	GraphqlMaxBodyBytes          Unsupported `yaml:"graphql_max_body_bytes" unsupported:"l7Unsupported"`
-	CredentialSigning            Unsupported `yaml:"credential_signing" unsupported:"credentialUnsupported"`
-	SigningService               Unsupported `yaml:"signing_service" unsupported:"credentialUnsupported"`
-	SigningRegion                Unsupported `yaml:"signing_region" unsupported:"credentialUnsupported"`
+	CredentialSigning            Unsupported `yaml:"credential_signing" unsupported:"signingUnsupported"`
+	SigningService               Unsupported `yaml:"signing_service" unsupported:"signingUnsupported"`
+	SigningRegion                Unsupported `yaml:"signing_region" unsupported:"signingUnsupported"`
+	CredentialBinding            Unsupported `yaml:"credential_binding" unsupported:"bindingUnsupported"`
 	JSONRPC                      Unsupported `yaml:"json_rpc" unsupported:"l7Unsupported"`
 	MCP                          Unsupported `yaml:"mcp" unsupported:"l7Unsupported"`
 }
@@ -85,7 +89,7 @@ type osAllow struct {
 	Path   string `yaml:"path"`
 
 	Command       Unsupported `yaml:"command" unsupported:"l7Unsupported"`
-	Query         Unsupported `yaml:"query" unsupported:"l7Unsupported"`
+	Query         Unsupported `yaml:"query" unsupported:"queryUnsupported"`
 	OperationType Unsupported `yaml:"operation_type" unsupported:"l7Unsupported"`
 	OperationName Unsupported `yaml:"operation_name" unsupported:"l7Unsupported"`
 	Fields        Unsupported `yaml:"fields" unsupported:"l7Unsupported"`
@@ -97,7 +101,10 @@ type osAllow struct {
 // (a tag cannot refer to a constant).
 var unsupportedMessages = map[string]string{
 	"l7Unsupported":         l7Unsupported,
+	"queryUnsupported":      queryUnsupported,
 	"credentialUnsupported": credentialUnsupported,
+	"signingUnsupported":    signingUnsupported,
+	"bindingUnsupported":    bindingUnsupported,
 }
 
 func fromOpenShell(f *osFile, s *errSink) *Policy {
@@ -140,6 +147,11 @@ func fromOpenShell(f *osFile, s *errSink) *Policy {
 			}
 			bins = append(bins, b.Path)
 		}
+		if len(bins) > 0 {
+			// Issue 18 will enforce it; until then it must not read as a
+			// restriction that holds.
+			s.warnf(gf+".binaries", "binaries is not enforced yet: every process in the sandbox may use these endpoints, not only %s", strings.Join(bins, ", "))
+		}
 		if len(np.Endpoints) == 0 {
 			s.addf(gf+".endpoints", "is empty: a network policy must list at least one endpoint")
 		}
@@ -164,8 +176,31 @@ func fromOpenShell(f *osFile, s *errSink) *Policy {
 			for _, rule := range e.Rules {
 				r.HTTPRules = append(r.HTTPRules, HTTPRule{Method: rule.Allow.Method, Path: rule.Allow.Path})
 			}
+			if r.Protocol == "" && allowsEverything(r.Access, r.HTTPRules) {
+				// Without a protocol NVIDIA OpenShell does not inspect the
+				// endpoint: access and rules are not applied there, and
+				// these allow every request anyway. Plain TCP is the same.
+				r.Access, r.HTTPRules = "", nil
+			}
 			p.Network.Egress = append(p.Network.Egress, r)
 		}
 	}
 	return p
+}
+
+// allowsEverything reports whether an access preset or HTTP rules allow
+// every request: access: full, or a rule for any method on every path.
+func allowsEverything(access string, rules []HTTPRule) bool {
+	if access == "full" && len(rules) == 0 {
+		return true
+	}
+	if access != "" {
+		return false
+	}
+	for _, h := range rules {
+		if h.Method == "*" && (h.Path == "/**" || h.Path == "**") {
+			return true
+		}
+	}
+	return false
 }

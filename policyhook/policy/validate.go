@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"errors"
 	"fmt"
 	"path"
 	"regexp"
@@ -293,13 +294,23 @@ func validateNetwork(n *Network, s *errSink) {
 	seen := map[key]string{}
 	for i := range n.Egress {
 		r := &n.Egress[i]
-		host, err := NormalizeHostPattern(r.Host)
-		if err != nil {
-			s.addf(r.Field+".host", "%s", err)
-		}
-		r.Host = host
-		for _, p := range r.Ports {
+		hostless := r.Host == "" && len(r.AllowedIPs) > 0
+		var err error
+		if hostless {
+			validateAddressRule(r, s)
+		} else {
+			var host string
+			host, err = NormalizeHostPattern(r.Host)
 			if err != nil {
+				if r.Host == "" {
+					err = errors.New("is required (or, for a rule by address, allowed_ips)")
+				}
+				s.addf(r.Field+".host", "%s", err)
+			}
+			r.Host = host
+		}
+		for _, p := range r.Ports {
+			if err != nil || hostless {
 				break
 			}
 			k := key{r.Group, r.Host, p}
@@ -310,13 +321,20 @@ func validateNetwork(n *Network, s *errSink) {
 			seen[k] = r.Field
 		}
 		oneOf(s, r.Field+".enforcement", string(r.Enforcement), enforcements)
-		oneOf(s, r.Field+".protocol", r.Protocol, protocols)
+		if slices.Contains(uninspectedProtocols, r.Protocol) {
+			s.addf(r.Field+".protocol", "%s is not supported yet: openshell's egress gateway inspects HTTP method and path (protocol: rest) or passes TCP through (tcp, or no protocol); use rest with method/path rules, or tcp", r.Protocol)
+		} else {
+			oneOf(s, r.Field+".protocol", r.Protocol, protocols)
+			if (len(r.HTTPRules) > 0 || r.Access != "") && r.Protocol != "rest" {
+				s.addf(r.Field+".protocol", "must be rest when rules or access are set (without a protocol they would inspect nothing: NVIDIA OpenShell passes such an endpoint through at TCP level); set protocol: rest, or remove rules and access")
+			}
+		}
 		oneOf(s, r.Field+".access", r.Access, accesses)
 		oneOf(s, r.Field+".tls", r.TLS, tlsModes)
-		if (len(r.HTTPRules) > 0 || r.Access != "") && r.Protocol != "rest" {
-			s.addf(r.Field+".protocol", "must be rest when rules or access are set")
-		}
 		for j, h := range r.HTTPRules {
+			if slices.Contains(uninspectedProtocols, r.Protocol) {
+				break // refused above: its rules are not HTTP rules
+			}
 			f := fmt.Sprintf("%s.rules[%d].allow", r.Field, j)
 			if !slices.Contains(httpMethods, strings.ToUpper(h.Method)) {
 				s.addf(f+".method", "%q is not an HTTP method", h.Method)
@@ -335,6 +353,38 @@ func validateNetwork(n *Network, s *errSink) {
 			s.addf(r.Field+".max_response_size_mb", "must be positive")
 		}
 	}
+}
+
+// uninspectedProtocols are NVIDIA OpenShell's L7 protocols that
+// openshell's gateway does not inspect.
+var uninspectedProtocols = []string{"websocket", "graphql", "mcp", "json-rpc", "sql"}
+
+// validateAddressRule checks a rule without a host: NVIDIA OpenShell's
+// hostless endpoint, which allowed_ips alone bounds. openshell enforces it
+// as a rule by address: the sandbox may connect to those addresses on the
+// rule's ports (egress.Matcher.MatchIP), never to a name.
+func validateAddressRule(r *EgressRule, s *errSink) {
+	switch {
+	case r.Protocol == "tcp":
+		s.addf(r.Field+".host", "is required with protocol: tcp (NVIDIA OpenShell refuses a hostless tcp endpoint too); give the host, or remove protocol for a rule by address")
+		return
+	case r.Protocol != "" || r.Access != "" || len(r.HTTPRules) > 0:
+		s.addf(r.Field+".host", "is required for protocol, access and rules: an endpoint without host is a rule by address, passed through at TCP level; give the host, or remove protocol, access and rules")
+		return
+	}
+	ips := make([]string, len(r.AllowedIPs))
+	for i, p := range r.AllowedIPs {
+		ips[i] = p.String()
+	}
+	s.warnf(r.Field, "has no host: the sandbox may connect to %s on port %s by address only; NVIDIA OpenShell also admits any host name that resolves there, openshell does not (its DNS answers only names a rule lists): add rules naming the hosts to reach them by name", strings.Join(ips, ", "), joinPorts(r.Ports))
+}
+
+func joinPorts(ports []int) string {
+	out := make([]string, len(ports))
+	for i, p := range ports {
+		out[i] = strconv.Itoa(p)
+	}
+	return strings.Join(out, ", ")
 }
 
 func oneOf(s *errSink, field, v string, allowed []string) {
