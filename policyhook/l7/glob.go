@@ -129,8 +129,11 @@ type node struct {
 	lit  map[string]*node
 	wild []wildEdge
 	// rest: grants whose pattern continues, at this depth, with "**";
-	// matched against the remaining path.
-	rest []*grant
+	// matched against the remaining path. Those whose last segment is
+	// literal are kept apart, by it, since only a path ending in that
+	// segment can match them ("/**/setup.py").
+	rest   []*grant
+	byLast map[string][]*grant
 	// exact: grants whose pattern ends here.
 	exact []*grant
 }
@@ -145,7 +148,14 @@ func (n *node) insert(g *grant) {
 		switch {
 		case p.any:
 			g.depth = d
-			n.rest = append(n.rest, g)
+			if last := g.pats[len(g.pats)-1]; !last.any && !last.star {
+				if n.byLast == nil {
+					n.byLast = map[string][]*grant{}
+				}
+				n.byLast[last.text] = append(n.byLast[last.text], g)
+			} else {
+				n.rest = append(n.rest, g)
+			}
 			return
 		case p.star:
 			n = n.wildChild(p.text)
@@ -180,6 +190,7 @@ func (n *node) wildChild(pat string) *node {
 // at one depth and is reached only through its parent.
 type walker struct {
 	method, path string
+	last         string // the path's last segment
 	best         *grant
 }
 
@@ -191,6 +202,11 @@ func (w *walker) better(g *grant) bool {
 func (w *walker) walk(n *node, pos int) {
 	tail := w.path[pos:]
 	for _, g := range n.rest {
+		if w.better(g) && matchSegs(g.pats[g.depth:], tail) {
+			w.best = g
+		}
+	}
+	for _, g := range n.byLast[w.last] {
 		if w.better(g) && matchSegs(g.pats[g.depth:], tail) {
 			w.best = g
 		}
@@ -225,7 +241,7 @@ func (w *walker) visit(c *node, more bool, next int) {
 // lookup returns the first grant, in policy order, that allows method on
 // the canonical path p, or nil.
 func (n *node) lookup(method, p string) *grant {
-	w := walker{method: method, path: p}
+	w := walker{method: method, path: p, last: p[strings.LastIndexByte(p, '/')+1:]}
 	w.walk(n, 1)
 	return w.best
 }
