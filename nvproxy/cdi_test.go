@@ -82,7 +82,7 @@ func TestExposeCDI(t *testing.T) {
 				c = &CDI{SpecDirs: []string{t.TempDir()}, Generate: generated(t, dir)}
 			}
 			s := spectest.Base(t)
-			if err := NewExpose(Options{GPU: gpu(tc.devices, []string{"compute", "utility"}), CDI: c, DevRoot: t.TempDir()}).Modify(s); err != nil {
+			if err := NewExpose(Options{GPU: gpu(tc.devices, []string{"compute", "utility"}), Discoverer: HostDevices{CDI: c, DevRoot: t.TempDir()}}).Modify(s); err != nil {
 				t.Fatal(err)
 			}
 			devs, mounts, hooks := paths(s)
@@ -153,7 +153,7 @@ func TestExposeCDIRefusals(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			s := spectest.Base(t)
 			before := len(s.Linux.Devices)
-			err := NewExpose(Options{GPU: gpu(tc.devices, []string{"compute"}), CDI: tc.cdi(t), DevRoot: t.TempDir()}).Modify(s)
+			err := NewExpose(Options{GPU: gpu(tc.devices, []string{"compute"}), Discoverer: HostDevices{CDI: tc.cdi(t), DevRoot: t.TempDir()}}).Modify(s)
 			if err == nil {
 				t.Fatal("no error")
 			}
@@ -173,7 +173,7 @@ func TestExposeCDIRefusals(t *testing.T) {
 // is not second-guessed by the host's CDI specs.
 func TestExposeCDIEngineFirst(t *testing.T) {
 	s := engineGPUSpec(t)
-	if err := NewExpose(Options{GPU: gpu([]string{"0"}, []string{"compute"}), CDI: &CDI{SpecDirs: []string{cdiDir(t)}}}).Modify(s); err != nil {
+	if err := NewExpose(Options{GPU: gpu([]string{"0"}, []string{"compute"}), Discoverer: HostDevices{CDI: &CDI{SpecDirs: []string{cdiDir(t)}}}}).Modify(s); err != nil {
 		t.Fatal(err)
 	}
 	devs, mounts, _ := paths(s)

@@ -105,19 +105,15 @@ func (r Refuse) Modify(s *specs.Spec) error {
 // Options configure Expose.
 type Options struct {
 	GPU *policy.GPU
-	// CDI, when set, is asked first for GPUs no engine injected: the
-	// host's CDI specs (or a generated one) bring the driver's libraries
-	// and hooks as well as the device nodes.
-	CDI *CDI
-	// DevRoot is where host device nodes are found when neither an
-	// engine nor CDI gave any (openshell run on a host without CDI
-	// specs): "/dev" unless set.
-	DevRoot string
-	// NoHostDevices adds no host device nodes: nvproxy boots with its
-	// newest driver ABI and no GPU (the runtime's driver_version =
-	// "latest", a smoke test on a host without one).
-	NoHostDevices bool
+	// Discoverer gets the policy's GPUs into a spec no engine gave any;
+	// it is the only part of Expose that may read the host. Nil: no
+	// devices are added, and the spec says so (a compile without host).
+	Discoverer Discoverer
 }
+
+// FromNoDiscoverer is where the devices came from when Expose had no
+// Discoverer: nowhere.
+const FromNoDiscoverer = "none (compiled without GPU discovery)"
 
 // AnnotationDevicesFrom records where the sandbox's GPU devices came from
 // (the engine, a CDI spec, the host's /dev), for operators and tests.
@@ -127,12 +123,7 @@ const AnnotationDevicesFrom = "io.openshell.gpu.devices-from"
 type Expose struct{ o Options }
 
 // NewExpose returns the modifier that gives the sandbox the policy's GPUs.
-func NewExpose(o Options) *Expose {
-	if o.DevRoot == "" {
-		o.DevRoot = "/dev"
-	}
-	return &Expose{o: o}
-}
+func NewExpose(o Options) *Expose { return &Expose{o: o} }
 
 // Modify gets the policy's GPUs into the spec when the engine did not
 // (CDI, else the host's device nodes), keeps only nvidiactl, nvidia-uvm
@@ -153,10 +144,10 @@ func (e *Expose) Modify(s *specs.Spec) error {
 	case hadCtl && len(uuids) > 0:
 		return fmt.Errorf("%s: GPU %s is named by UUID, but the engine already chose the device nodes and openshell cannot map a UUID to them: name it by index (nvidia-smi -L lists them), or let the engine inject it by CDI", g.Field, uuids[0])
 	case hadCtl:
-	case e.o.NoHostDevices:
-		from = "none (driver_version = latest)"
+	case e.o.Discoverer == nil:
+		from = FromNoDiscoverer
 	default:
-		f, viaCDI, err := e.inject(s, allowed, uuids)
+		f, viaCDI, err := e.o.Discoverer.Discover(s, Request{Devices: g.Devices, Indexes: allowed, UUIDs: uuids})
 		if err != nil {
 			return fmt.Errorf("%s: %w", g.Field, err)
 		}
@@ -190,29 +181,6 @@ func (e *Expose) Modify(s *specs.Spec) error {
 	s.Annotations[AnnotationNVProxy] = "true"
 	s.Annotations[AnnotationDevicesFrom] = from
 	return nil
-}
-
-// inject adds the policy's GPUs to a spec no engine gave any: by CDI
-// where the host has (or can generate) a spec, else the host's nodes.
-func (e *Expose) inject(s *specs.Spec, allowed map[string]bool, uuids []string) (from string, viaCDI bool, err error) {
-	var why []string
-	if e.o.CDI != nil {
-		from, ok, w, err := e.o.CDI.injectCDI(s, cdiNames(e.o.GPU.Devices))
-		if err != nil || ok {
-			return from, ok, err
-		}
-		why = w
-	}
-	if len(uuids) > 0 {
-		return "", false, fmt.Errorf("GPU %s is named by UUID, and only a CDI spec can map a UUID to device nodes (%s): name it by index (nvidia-smi -L lists them), or write one with nvidia-ctk cdi generate --device-name-strategy=uuid", uuids[0], strings.Join(why, "; "))
-	}
-	if err := e.addHostDevices(s, allowed); err != nil {
-		if len(why) > 0 {
-			return "", false, fmt.Errorf("%w (and %s)", err, strings.Join(why, "; "))
-		}
-		return "", false, err
-	}
-	return "the host's " + e.o.DevRoot, false, nil
 }
 
 // allowedIndexes maps the policy's devices to GPU indexes (nil for all)
@@ -280,36 +248,6 @@ func dropNoOpHooks(s *specs.Spec) {
 	s.Hooks.CreateRuntime = slices.DeleteFunc(s.Hooks.CreateRuntime, noop)
 	s.Hooks.CreateContainer = slices.DeleteFunc(s.Hooks.CreateContainer, noop)
 	s.Hooks.StartContainer = slices.DeleteFunc(s.Hooks.StartContainer, noop)
-}
-
-// addHostDevices adds the host's device nodes for the allowed GPUs.
-func (e *Expose) addHostDevices(s *specs.Spec, allowed map[string]bool) error {
-	paths := []string{ctlDevice, uvmDevice}
-	if allowed == nil {
-		matches, _ := filepath.Glob(filepath.Join(e.o.DevRoot, "nvidia[0-9]*"))
-		for _, m := range matches {
-			if p := "/dev/" + filepath.Base(m); gpuDevice.MatchString(p) {
-				paths = append(paths, p)
-			}
-		}
-	} else {
-		for _, i := range sortedKeys(allowed) {
-			paths = append(paths, "/dev/nvidia"+i)
-		}
-	}
-	for _, p := range paths {
-		d, err := deviceFromPath(filepath.Join(e.o.DevRoot, strings.TrimPrefix(p, "/dev/")), p)
-		if err != nil {
-			return err
-		}
-		s.Linux.Devices = append(s.Linux.Devices, d)
-		if s.Linux.Resources == nil {
-			s.Linux.Resources = &specs.LinuxResources{}
-		}
-		major, minor := d.Major, d.Minor
-		s.Linux.Resources.Devices = append(s.Linux.Resources.Devices, specs.LinuxDeviceCgroup{Allow: true, Type: "c", Major: &major, Minor: &minor, Access: "rwm"})
-	}
-	return nil
 }
 
 func deviceFromPath(host, path string) (specs.LinuxDevice, error) {

@@ -94,7 +94,7 @@ func TestExposeEngineDevices(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := engineGPUSpec(t)
-			if err := NewExpose(Options{GPU: tc.g, DevRoot: t.TempDir()}).Modify(s); err != nil {
+			if err := NewExpose(Options{GPU: tc.g, Discoverer: HostDevices{DevRoot: t.TempDir()}}).Modify(s); err != nil {
 				t.Fatal(err)
 			}
 			golden.JSON(t, "expose/"+tc.name, s)
@@ -138,7 +138,7 @@ func TestExposeHostDevices(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := spectest.Base(t)
-			if err := NewExpose(Options{GPU: gpu(tc.devices, []string{"compute"}), DevRoot: dir}).Modify(s); err != nil {
+			if err := NewExpose(Options{GPU: gpu(tc.devices, []string{"compute"}), Discoverer: HostDevices{DevRoot: dir}}).Modify(s); err != nil {
 				t.Fatal(err)
 			}
 			var got []string
@@ -172,7 +172,7 @@ func TestExposeRefusals(t *testing.T) {
 		{"no driver", gpu([]string{"0"}, []string{"compute"}), "does not exist on this host: is the NVIDIA driver loaded"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			err := NewExpose(Options{GPU: tc.g, DevRoot: t.TempDir()}).Modify(spectest.Base(t))
+			err := NewExpose(Options{GPU: tc.g, Discoverer: HostDevices{DevRoot: t.TempDir()}}).Modify(spectest.Base(t))
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("error = %v, want %q", err, tc.want)
 			}
@@ -242,5 +242,39 @@ func TestHostDriverVersion(t *testing.T) {
 	}
 	if v, err := HostDriverVersion(sys, proc); v != "575.51.03" || err != nil {
 		t.Fatalf("from /sys: %q %v", v, err)
+	}
+}
+
+// TestDiscoverersWithoutHost: with no discoverer, NoDevices or the
+// placeholder, Expose adds only what they say, and says where from.
+func TestDiscoverersWithoutHost(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		d        Discoverer
+		devices  []string
+		wantDevs string
+		wantFrom string
+	}{
+		{"nil", nil, []string{"0"}, "", FromNoDiscoverer},
+		{"latest", NoDevices{}, []string{"0"}, "", FromNoDevices},
+		{"placeholder index", Placeholder{}, []string{"1", "0"}, "/dev/nvidiactl /dev/nvidia-uvm /dev/nvidia0 /dev/nvidia1", FromPlaceholder},
+		{"placeholder all", Placeholder{}, []string{"all"}, "/dev/nvidiactl /dev/nvidia-uvm /dev/nvidia0", FromPlaceholder},
+		{"placeholder uuid", Placeholder{}, []string{"GPU-8e6f1c2a-1111-2222-3333-444455556666"}, "/dev/nvidiactl /dev/nvidia-uvm", FromPlaceholder},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := spectest.Base(t)
+			if err := NewExpose(Options{GPU: gpu(tc.devices, []string{"compute"}), Discoverer: tc.d}).Modify(s); err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, d := range s.Linux.Devices {
+				if strings.HasPrefix(d.Path, "/dev/nvidia") {
+					got = append(got, d.Path)
+				}
+			}
+			if strings.Join(got, " ") != tc.wantDevs || s.Annotations[AnnotationDevicesFrom] != tc.wantFrom {
+				t.Errorf("devices %v from %q", got, s.Annotations[AnnotationDevicesFrom])
+			}
+		})
 	}
 }

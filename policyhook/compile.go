@@ -3,7 +3,10 @@
 // the runtime itself enforces (the wall-clock limit).
 //
 // It reads no file but the image's user database, when asked to, and
-// starts nothing: applying a Compiled to a spec is all it does.
+// starts nothing: applying a Compiled to a spec is all it does. What a
+// GPU policy needs from the host (device nodes, CDI specs) comes from an
+// nvproxy.Discoverer the caller injects (WithGPUDiscoverer); without one
+// nothing on the host is read.
 package policyhook
 
 import (
@@ -44,6 +47,8 @@ type Compiled struct {
 	GID     uint32
 	// Egress is set when the sandbox needs its egress gateway.
 	Egress bool
+	// Gateway is how the sandbox reaches it, when Egress is set.
+	Gateway *modifier.GatewayNetwork
 	// Warnings are the policy's own plus what the compiler could not
 	// enforce as the policy asks. A caller shows them; it never drops them.
 	Warnings policy.ErrorList
@@ -64,13 +69,12 @@ type UserLookup interface {
 }
 
 type options struct {
-	view    modifier.ViewOptions
-	users   UserLookup
-	gateway *modifier.GatewayNetwork
-	devRoot string
-	noGPUs  bool
-	cdi     *nvproxy.CDI
-	hooks   []string
+	view       modifier.ViewOptions
+	users      UserLookup
+	noLookup   bool
+	gateway    *modifier.GatewayNetwork
+	discoverer nvproxy.Discoverer
+	hooks      []string
 }
 
 // Option configures Compile.
@@ -83,28 +87,29 @@ func WithRootDir(dir string) Option { return func(o *options) { o.view.RootDir =
 func WithBundle(dir string) Option { return func(o *options) { o.view.Bundle = dir } }
 
 // WithUsers resolves run_as_user and run_as_group names.
-func WithUsers(u UserLookup) Option { return func(o *options) { o.users = u } }
+func WithUsers(u UserLookup) Option { return func(o *options) { o.users, o.noLookup = u, false } }
 
 // WithGateway says how the sandbox reaches the egress gateway the runtime
 // will start for it. Without it, a policy that allows egress compiles to
 // no network at all, with a warning: fail closed.
 func WithGateway(n modifier.GatewayNetwork) Option { return func(o *options) { o.gateway = &n } }
 
-// WithDevRoot sets where host GPU device nodes are looked up ("/dev").
-func WithDevRoot(dir string) Option { return func(o *options) { o.devRoot = dir } }
-
-// WithCDI has a GPU policy's devices injected from CDI specs (or a
-// generated one) when no engine injected them.
-func WithCDI(c nvproxy.CDI) Option { return func(o *options) { o.cdi = &c } }
+// WithGPUDiscoverer has a GPU policy's devices found by d when no engine
+// injected them: the runtime passes the host's (nvproxy.HostDevices), a
+// dry run nvproxy.Placeholder. Without it a GPU policy gets nvproxy and
+// no device nodes, and nothing on the host is read.
+func WithGPUDiscoverer(d nvproxy.Discoverer) Option { return func(o *options) { o.discoverer = d } }
 
 // WithAllowedHooks names the OCI hook binaries the spec may keep (the
 // runtime configuration's allowed_hooks); without it every hook is
 // dropped. runsc runs hooks on the host as root, outside the sandbox.
 func WithAllowedHooks(paths []string) Option { return func(o *options) { o.hooks = paths } }
 
-// WithoutGPUDevices gives a GPU policy nvproxy but no host device nodes:
-// the runtime's driver_version = "latest", on a host with no GPU.
-func WithoutGPUDevices() Option { return func(o *options) { o.noGPUs = true } }
+// WithoutUserLookup compiles a run_as_user or run_as_group name without
+// an image to look it up in (policy compile and explain with no --rootfs
+// or --spec): the name is a warning placed at its field, and the sandbox
+// is shown as the default user. Never for a sandbox that runs.
+func WithoutUserLookup() Option { return func(o *options) { o.users, o.noLookup = nil, true } }
 
 // Compile turns a validated policy into modifiers and flags.
 func Compile(p *policy.Policy, opts ...Option) (*Compiled, error) {
@@ -121,7 +126,12 @@ func Compile(p *policy.Policy, opts ...Option) (*Compiled, error) {
 	}
 
 	var err error
-	if c.UID, c.GID, err = resolveUser(p.Process, o.users); err != nil {
+	if o.noLookup {
+		c.UID, c.GID, err = placeholderUser(p.Process, warn)
+	} else {
+		c.UID, c.GID, err = resolveUser(p.Process, o.users)
+	}
+	if err != nil {
 		return nil, fmt.Errorf("compile policy %s: %w", p.File, err)
 	}
 
@@ -176,7 +186,7 @@ func Compile(p *policy.Policy, opts ...Option) (*Compiled, error) {
 	// engine sent it.
 	var gpu modifier.SpecModifier = nvproxy.Refuse{Policy: p.Name}
 	if p.GPU != nil {
-		gpu = nvproxy.NewExpose(nvproxy.Options{GPU: p.GPU, CDI: o.cdi, DevRoot: o.devRoot, NoHostDevices: o.noGPUs})
+		gpu = nvproxy.NewExpose(nvproxy.Options{GPU: p.GPU, Discoverer: o.discoverer})
 	}
 	// Hooks are dropped after the GPU decision has seen the engine's
 	// (Docker's --gpus hook asks for GPUs), and after CDI injection, so
@@ -211,6 +221,7 @@ func Compile(p *policy.Policy, opts ...Option) (*Compiled, error) {
 		c.Modifiers = c.Modifiers.Append(modifier.NewGatewayNetwork(*o.gateway))
 		c.RunscFlags = []string{FlagOCISeccomp, FlagNetworkSandbox}
 		c.Egress = true
+		c.Gateway = o.gateway
 	default:
 		c.Modifiers = c.Modifiers.Append(modifier.NewIsolateNetwork())
 		c.RunscFlags = []string{FlagOCISeccomp, FlagNetworkNone}
@@ -238,6 +249,23 @@ func parentOf(field string) string {
 		return "network_policies"
 	}
 	return field
+}
+
+// placeholderUser is resolveUser without a user database: a name is a
+// warning, and stands for the default user.
+func placeholderUser(pr policy.Process, warn func(field, format string, args ...any)) (uid, gid uint32, err error) {
+	def, _ := strconv.ParseUint(policy.DefaultUser, 10, 32)
+	name := func(field, db string) func(string) (uint32, uint32, error) {
+		return func(id string) (uint32, uint32, error) {
+			warn(field, "%q is looked up in the image's %s when the sandbox is created; shown here as %d (give --rootfs DIR or --spec FILE to look it up)", id, db, def)
+			return uint32(def), uint32(def), nil
+		}
+	}
+	if uid, gid, err = lookupID(pr.User, pr.UserField, name(pr.UserField, "/etc/passwd")); err != nil || pr.Group == "" {
+		return uid, gid, err
+	}
+	_, gid, err = lookupID(pr.Group, pr.GroupField, name(pr.GroupField, "/etc/group"))
+	return uid, gid, err
 }
 
 func resolveUser(pr policy.Process, users UserLookup) (uid, gid uint32, err error) {

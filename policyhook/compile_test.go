@@ -2,14 +2,19 @@ package policyhook
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 
+	"github.com/openshell/openshell/nvproxy"
 	"github.com/openshell/openshell/policyhook/modifier"
 	"github.com/openshell/openshell/policyhook/policy"
 	"github.com/openshell/openshell/test/golden"
@@ -35,8 +40,9 @@ func TestExamplesCompile(t *testing.T) {
 	for _, f := range files {
 		t.Run(filepath.Base(f), func(t *testing.T) {
 			p := load(t, f)
-			// Host GPU device nodes are nvproxy's tests' business: none here.
-			c, err := Compile(p, WithRootDir("/run/openshell/s/root"), WithBundle("/bundle"), WithoutGPUDevices())
+			// No GPU discoverer: a GPU policy gets no device nodes, and nothing
+			// on the host is read (nvproxy tests the discoverers).
+			c, err := Compile(p, WithRootDir("/run/openshell/s/root"), WithBundle("/bundle"))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -180,16 +186,165 @@ func TestUsers(t *testing.T) {
 	}
 }
 
+// testGateway is the runtime's gateway network with placeholder paths.
+var testGateway = modifier.GatewayNetwork{Netns: "/run/openshell/<sandbox-id>/netns/sandbox", ResolvConf: "/run/openshell/<sandbox-id>/resolv.conf", ProxyURL: "http://169.254.213.1:3128"}
+
+// TestExplain pins explain's table: no network (seed, without a gateway),
+// an L7 policy with passthrough, audit-only and binaries rules, and a GPU
+// policy on a host without GPUs.
 func TestExplain(t *testing.T) {
-	c, err := Compile(load(t, "../examples/seed.yaml"), WithRootDir("/r"))
+	for _, tc := range []struct {
+		name, file string
+		opts       []Option
+	}{
+		{"seed", "../examples/seed.yaml", nil},
+		{"seed-gateway", "../examples/seed.yaml", []Option{WithGateway(testGateway)}},
+		{"l7", "testdata/explain/l7.yaml", []Option{WithGateway(testGateway), WithoutUserLookup()}},
+		{"gpu-no-host", "../examples/gpu.yaml", []Option{WithGPUDiscoverer(nvproxy.Placeholder{})}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Compile(load(t, tc.file), append([]Option{WithRootDir("/r")}, tc.opts...)...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var lines []string
+			for _, r := range Explain(c) {
+				lines = append(lines, r.Rule+" | "+r.EnforcedBy+" | "+r.Blocks)
+			}
+			for _, w := range c.Warnings {
+				lines = append(lines, "warning: "+w.Error())
+			}
+			golden.Bytes(t, "explain/"+tc.name+".txt", []byte(strings.Join(lines, "\n")+"\n"))
+		})
+	}
+}
+
+// TestWithoutUserLookup: a user name with no image to look it up in is
+// a warning at its field, and the default user stands in; a number is
+// still a number.
+func TestWithoutUserLookup(t *testing.T) {
+	c, err := Compile(load(t, "testdata/explain/l7.yaml"), WithRootDir("/r"), WithUsers(UsersInRoot(t.TempDir())), WithoutUserLookup())
 	if err != nil {
 		t.Fatal(err)
 	}
-	var lines []string
-	for _, r := range Explain(c) {
-		lines = append(lines, r.Rule+" | "+r.EnforcedBy+" | "+r.Blocks)
+	w := strings.Join(warnings(c), "\n")
+	if c.UID != 65534 || c.GID != 65534 || !strings.Contains(w, "testdata/explain/l7.yaml:9:16: process.run_as_user: \"agent\" is looked up in the image's /etc/passwd when the sandbox is created") {
+		t.Errorf("uid %d:%d, warnings:\n%s", c.UID, c.GID, w)
 	}
-	golden.Bytes(t, "explain-seed.txt", []byte(strings.Join(lines, "\n")+"\n"))
+	// With an image, a name it lacks is an error, as when a sandbox starts.
+	if _, err := Compile(load(t, "testdata/explain/l7.yaml"), WithRootDir("/r"), WithoutUserLookup(), WithUsers(UsersInRoot(t.TempDir()))); err == nil {
+		t.Error("a name missing from the image compiled")
+	}
+}
+
+// fakeGPUs records what Expose asks of it.
+type fakeGPUs struct{ calls []nvproxy.Request }
+
+func (f *fakeGPUs) Discover(s *specs.Spec, req nvproxy.Request) (string, bool, error) {
+	f.calls = append(f.calls, req)
+	s.Linux.Devices = append(s.Linux.Devices, specs.LinuxDevice{Path: "/dev/nvidia0", Type: "c", Major: 195})
+	return "fake", false, nil
+}
+
+// TestGPUDiscovererInjected: a GPU policy's devices come only from the
+// discoverer the caller gives, once per Apply, never at Compile.
+func TestGPUDiscovererInjected(t *testing.T) {
+	f := &fakeGPUs{}
+	c, err := Compile(load(t, "../examples/gpu.yaml"), WithRootDir("/r"), WithBundle("/b"), WithGPUDiscoverer(f))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(f.calls) != 0 {
+		t.Fatalf("Compile asked the discoverer: %v", f.calls)
+	}
+	s := spectest.Base(t)
+	if err := c.Apply(s); err != nil {
+		t.Fatal(err)
+	}
+	if len(f.calls) != 1 || strings.Join(f.calls[0].Devices, ",") != "0" || !f.calls[0].Indexes["0"] {
+		t.Fatalf("calls %+v", f.calls)
+	}
+	if s.Annotations[nvproxy.AnnotationDevicesFrom] != "fake" {
+		t.Errorf("devices from %q", s.Annotations[nvproxy.AnnotationDevicesFrom])
+	}
+}
+
+// TestGPUCompileNoHostIO compiles and applies a GPU policy in a child
+// process that Landlock forbids every file access: with no discoverer
+// and with the placeholder, nothing on the host is opened. The control:
+// a read of a host file fails there.
+func TestGPUCompileNoHostIO(t *testing.T) {
+	const env = "OPENSHELL_TEST_NO_HOST_IO"
+	if os.Getenv(env) == "" {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestGPUCompileNoHostIO$", "-test.v")
+		cmd.Env = append(os.Environ(), env+"=1")
+		out, err := cmd.CombinedOutput()
+		if strings.Contains(string(out), "--- SKIP") {
+			t.Skipf("child skipped:\n%s", out)
+		}
+		if err != nil {
+			t.Fatalf("child: %v\n%s", err, out)
+		}
+		t.Logf("child:\n%s", out)
+		return
+	}
+	data, err := os.ReadFile("../examples/gpu.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := policy.Parse("gpu.yaml", data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runtime.LockOSThread() // Landlock binds this thread; the work stays on it
+	if err := denyAllFiles(); err != nil {
+		t.Skipf("landlock: %v", err)
+	}
+	if _, err := os.ReadFile("/etc/hostname"); err == nil {
+		t.Fatal("control: a host file could still be read")
+	}
+	for _, d := range []nvproxy.Discoverer{nil, nvproxy.Placeholder{}} {
+		var opts []Option
+		if d != nil {
+			opts = append(opts, WithGPUDiscoverer(d))
+		}
+		c, err := Compile(p, append(opts, WithRootDir("/r"))...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := &specs.Spec{Process: &specs.Process{}, Root: &specs.Root{Path: "/"}, Linux: &specs.Linux{}}
+		if err := c.Apply(s); err != nil {
+			t.Fatalf("%T: %v", d, err)
+		}
+		t.Logf("%T: devices from %q", d, s.Annotations[nvproxy.AnnotationDevicesFrom])
+	}
+	// The host's discoverer, in the same child, is refused: the sandbox
+	// of this test does hold.
+	g := nvproxy.HostDevices{CDI: &nvproxy.CDI{SpecDirs: []string{"/etc/cdi", "/var/run/cdi"}}}
+	if err := nvproxy.NewExpose(nvproxy.Options{GPU: &policy.GPU{Devices: []string{"all"}, Field: "gpu"}, Discoverer: g}).Modify(&specs.Spec{Process: &specs.Process{}}); err == nil {
+		t.Error("the host discoverer found devices with every file forbidden")
+	}
+}
+
+// denyAllFiles forbids the calling thread every Landlock file access.
+func denyAllFiles() error {
+	attr := unix.LandlockRulesetAttr{Handled_access_fs: unix.LANDLOCK_ACCESS_FS_EXECUTE | unix.LANDLOCK_ACCESS_FS_WRITE_FILE |
+		unix.LANDLOCK_ACCESS_FS_READ_FILE | unix.LANDLOCK_ACCESS_FS_READ_DIR | unix.LANDLOCK_ACCESS_FS_REMOVE_DIR |
+		unix.LANDLOCK_ACCESS_FS_REMOVE_FILE | unix.LANDLOCK_ACCESS_FS_MAKE_CHAR | unix.LANDLOCK_ACCESS_FS_MAKE_DIR |
+		unix.LANDLOCK_ACCESS_FS_MAKE_REG | unix.LANDLOCK_ACCESS_FS_MAKE_SOCK | unix.LANDLOCK_ACCESS_FS_MAKE_FIFO |
+		unix.LANDLOCK_ACCESS_FS_MAKE_BLOCK | unix.LANDLOCK_ACCESS_FS_MAKE_SYM}
+	fd, _, errno := unix.Syscall(unix.SYS_LANDLOCK_CREATE_RULESET, uintptr(unsafe.Pointer(&attr)), 8, 0) // ABI 1: the fs field only
+	if errno != 0 {
+		return errno
+	}
+	defer unix.Close(int(fd))
+	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+		return err
+	}
+	if _, _, errno := unix.Syscall(unix.SYS_LANDLOCK_RESTRICT_SELF, fd, 0, 0); errno != 0 {
+		return errno
+	}
+	return nil
 }
 
 // BenchmarkCompileAndApply is the cost the runtime pays per sandbox start:

@@ -75,8 +75,11 @@ func NewID() (string, error) {
 type CompileFunc func(rootDir, bundle, image string) (*policyhook.Compiled, error)
 
 // CompilePolicy is the CompileFunc for p: the mount view rooted at the
-// sandbox's own directory, user names looked up in the image.
-func CompilePolicy(p *policy.Policy, cfg *Config) CompileFunc {
+// sandbox's own directory, user names looked up in the image, a GPU
+// policy's devices found on this host. extra options come last, so a dry
+// run (openshell policy compile) can swap what reads the host, such as
+// the GPU discoverer, and keep the rest as the runtime builds it.
+func CompilePolicy(p *policy.Policy, cfg *Config, extra ...policyhook.Option) CompileFunc {
 	return func(rootDir, bundle, image string) (*policyhook.Compiled, error) {
 		opts := []policyhook.Option{
 			policyhook.WithRootDir(rootDir), policyhook.WithBundle(bundle), policyhook.WithUsers(policyhook.UsersInRoot(image)),
@@ -85,16 +88,17 @@ func CompilePolicy(p *policy.Policy, cfg *Config) CompileFunc {
 		if cfg != nil {
 			opts = append(opts, policyhook.WithAllowedHooks(cfg.AllowedHooks))
 		}
-		if cfg != nil && cfg.GPU.DriverVersion == nvproxy.DriverLatest {
-			opts = append(opts, policyhook.WithoutGPUDevices())
-		}
 		if cfg != nil && p.GPU != nil {
-			opts = append(opts, policyhook.WithCDI(nvproxy.CDI{
+			var gpus nvproxy.Discoverer = nvproxy.HostDevices{CDI: &nvproxy.CDI{
 				SpecDirs: cfg.GPU.CDISpecDirs,
 				Generate: hostspec.Generator(hostspec.Options{DriverRoot: cfg.GPU.DriverRoot}),
-			}))
+			}}
+			if cfg.GPU.DriverVersion == nvproxy.DriverLatest {
+				gpus = nvproxy.NoDevices{}
+			}
+			opts = append(opts, policyhook.WithGPUDiscoverer(gpus))
 		}
-		return policyhook.Compile(p, opts...)
+		return policyhook.Compile(p, append(opts, extra...)...)
 	}
 }
 

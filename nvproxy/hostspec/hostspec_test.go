@@ -82,7 +82,7 @@ func TestGenerator(t *testing.T) {
 	s := spectest.Base(t)
 	g := &policy.GPU{Devices: []string{"3"}, Capabilities: []string{"compute", "utility"}, Field: "sandbox.gpu"}
 	c := &nvproxy.CDI{SpecDirs: []string{t.TempDir()}, Generate: Generator(Options{DriverRoot: root, NVML: mockNVML()})}
-	if err := nvproxy.NewExpose(nvproxy.Options{GPU: g, CDI: c}).Modify(s); err != nil {
+	if err := nvproxy.NewExpose(nvproxy.Options{GPU: g, Discoverer: nvproxy.HostDevices{CDI: c}}).Modify(s); err != nil {
 		t.Fatal(err)
 	}
 	var devs, mounts []string

@@ -75,9 +75,70 @@ func TestCompileJSON(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &got); err != nil {
 		t.Fatalf("output is not JSON: %v\n%s", err, out)
 	}
-	if got.Spec.Root.Path != dryRunRoot || !got.Spec.Root.Readonly || got.Spec.Process.User.UID != 1000 ||
-		got.TimeoutSeconds != 3600 || strings.Join(got.RunscFlags, " ") != "--oci-seccomp --network=none" || len(got.Warnings) == 0 {
-		t.Errorf("unexpected compile output: %+v", got)
+	// The spec the runtime makes: its own root and the egress gateway's
+	// network, at placeholder paths.
+	ns := ""
+	for _, n := range got.Spec.Linux.Namespaces {
+		if n.Type == "network" {
+			ns = n.Path
+		}
+	}
+	if got.Spec.Root.Path != "/run/openshell/<sandbox-id>/root" || !got.Spec.Root.Readonly || got.Spec.Process.User.UID != 1000 ||
+		got.TimeoutSeconds != 3600 || strings.Join(got.RunscFlags, " ") != "--oci-seccomp --network=sandbox" ||
+		ns != "/run/openshell/<sandbox-id>/netns/sandbox" || !strings.Contains(strings.Join(got.Spec.Process.Env, " "), "HTTPS_PROXY=http://") {
+		t.Errorf("unexpected compile output: root %s netns %q flags %v env %v", got.Spec.Root.Path, ns, got.RunscFlags, got.Spec.Process.Env)
+	}
+}
+
+// TestCompileGPUWithoutHost: a GPU policy compiles on a host without
+// GPUs, its device nodes a marked placeholder.
+func TestCompileGPUWithoutHost(t *testing.T) {
+	code, out, errs := run(t, "policy", "compile", "--config", filepath.Join(t.TempDir(), "none.toml"), "../../../examples/gpu.yaml", "--json")
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	var got compileOutput
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatal(err)
+	}
+	var devs []string
+	for _, d := range got.Spec.Linux.Devices {
+		devs = append(devs, d.Path)
+	}
+	if !strings.HasPrefix(got.Spec.Annotations["io.openshell.gpu.devices-from"], "PLACEHOLDER") || !strings.Contains(strings.Join(devs, " "), "/dev/nvidiactl /dev/nvidia-uvm /dev/nvidia0") ||
+		!strings.Contains(strings.Join(got.RunscFlags, " "), "--nvproxy") {
+		t.Errorf("devices %v, annotations %v, flags %v", devs, got.Spec.Annotations, got.RunscFlags)
+	}
+}
+
+// TestUserNames: without --rootfs or --spec a run_as_user name is a
+// placed warning; with --rootfs it is looked up there, and a name the
+// image lacks fails as it would at create.
+func TestUserNames(t *testing.T) {
+	dir := t.TempDir()
+	pol := filepath.Join(dir, "p.yaml")
+	if err := os.WriteFile(pol, []byte("version: 1\nprocess:\n  run_as_user: agent\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errs := run(t, "policy", "explain", pol)
+	if code != exitOK || !strings.Contains(errs, "warning: "+pol+":3:16: process.run_as_user: \"agent\" is looked up in the image's /etc/passwd") || !strings.Contains(out, "user 65534:65534") {
+		t.Errorf("exit %d\n%s\n%s", code, out, errs)
+	}
+	root := filepath.Join(dir, "rootfs")
+	if err := os.MkdirAll(filepath.Join(root, "etc"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "etc", "passwd"), []byte("agent:x:1234:1235::/home/agent:/bin/sh\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if code, out, errs := run(t, "policy", "explain", pol, "--rootfs", root); code != exitOK || !strings.Contains(out, "user 1234:1235") || strings.Contains(errs, "run_as_user") {
+		t.Errorf("--rootfs: exit %d\n%s\n%s", code, out, errs)
+	}
+	if code, _, errs := run(t, "policy", "compile", pol, "--rootfs", t.TempDir()); code != exitFailed || !strings.Contains(errs, `process.run_as_user: "agent"`) {
+		t.Errorf("--rootfs without the user: exit %d\n%s", code, errs)
+	}
+	if code, _, _ := run(t, "policy", "compile", pol, "--rootfs", root, "--spec", pol); code != exitFailed {
+		t.Errorf("--rootfs and --spec: exit %d", code)
 	}
 }
 
@@ -91,7 +152,7 @@ func TestCompileDiffWithSpec(t *testing.T) {
 	if code != exitOK {
 		t.Fatalf("exit %d: %s", code, errs)
 	}
-	for _, want := range []string{"-      \"uid\": 0,", "+      \"uid\": 65534,", "\"source\": \"" + filepath.Join(dir, "rootfs", "usr") + "\"", "runsc flags: --oci-seccomp --network=none"} {
+	for _, want := range []string{"-      \"uid\": 0,", "+      \"uid\": 65534,", "\"source\": \"" + filepath.Join(dir, "rootfs", "usr") + "\"", "runsc flags: --oci-seccomp --network=sandbox", "\"path\": \"/run/openshell/<sandbox-id>/netns/sandbox\""} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}

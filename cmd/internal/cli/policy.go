@@ -1,9 +1,11 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -14,14 +16,17 @@ import (
 	"github.com/opencontainers/runtime-tools/generate"
 	"github.com/pmezard/go-difflib/difflib"
 
+	"github.com/openshell/openshell/nvproxy"
 	"github.com/openshell/openshell/policyhook"
+	"github.com/openshell/openshell/policyhook/modifier"
 	"github.com/openshell/openshell/policyhook/policy"
 	"github.com/openshell/openshell/runtime"
 )
 
-// dryRunRoot stands in for the per-sandbox root directory the runtime
-// creates; a dry run creates nothing.
-const dryRunRoot = "/run/openshell/SANDBOX/root"
+// dryRunID stands in for the sandbox id in the paths the runtime makes
+// per sandbox (its root, network namespace, resolv.conf): a dry run
+// creates nothing, and every path that holds it is a placeholder.
+const dryRunID = "<sandbox-id>"
 
 func runPolicy(ctx context.Context, s streams, args []string) int {
 	sub := map[string]func(context.Context, streams, []string) int{
@@ -35,7 +40,7 @@ func runPolicy(ctx context.Context, s streams, args []string) int {
 			return f(ctx, s, args[1:])
 		}
 	}
-	fmt.Fprintln(s.err, "usage: openshell policy validate FILE...\n       openshell policy compile FILE [--spec config.json] [--json]\n       openshell policy explain FILE\n       openshell policy reload SANDBOX")
+	fmt.Fprintln(s.err, "usage: openshell policy validate FILE...\n       openshell policy compile FILE [--rootfs DIR | --spec config.json] [--host-gpus] [--json]\n       openshell policy explain FILE [--rootfs DIR | --spec config.json] [--host-gpus]\n       openshell policy reload SANDBOX")
 	return exitUsage
 }
 
@@ -88,11 +93,82 @@ type compileOutput struct {
 	Policy         map[string]string `json:"policy"`
 }
 
+// dryRun is what compile and explain share: the policy compiled and
+// applied as the runtime would for a sandbox, with nothing created.
+type dryRun struct {
+	policy *policy.Policy
+	before []byte // the base spec, before the policy
+	spec   *specs.Spec
+	c      *policyhook.Compiled
+}
+
+// dryRunFlags are compile's and explain's common flags.
+type dryRunFlags struct {
+	rootfs, spec, config *string
+	hostGPUs             *bool
+}
+
+func addDryRunFlags(fs *flag.FlagSet) dryRunFlags {
+	return dryRunFlags{
+		rootfs:   fs.String("rootfs", "", "the image root, as openshell run --rootfs: the policy's paths and run_as_user names are taken from it"),
+		spec:     fs.String("spec", "", "an OCI config.json to apply the policy to; its root.path is the image (default: the spec openshell run makes)"),
+		config:   fs.String("config", runtime.DefaultConfigPath, "the runtime configuration (state root, allowed_hooks, gpu)"),
+		hostGPUs: fs.Bool("host-gpus", false, "find a GPU policy's devices on this host, as the runtime does (default: a marked placeholder; nothing on the host is read)"),
+	}
+}
+
+// compileDry compiles file through the runtime's own CompilePolicy, with
+// the per-sandbox paths as placeholders and a GPU policy's devices as a
+// placeholder unless the host's are asked for. Without --rootfs or
+// --spec, a run_as_user name is a warning, not looked up.
+func compileDry(file string, f dryRunFlags) (*dryRun, error) {
+	if *f.rootfs != "" && *f.spec != "" {
+		return nil, errors.New("give --rootfs or --spec, not both")
+	}
+	cfg, err := runtime.LoadConfig(*f.config)
+	if err != nil {
+		return nil, err
+	}
+	p, err := policy.Load(file)
+	if err != nil {
+		return nil, err
+	}
+	base, bundle, err := loadBaseSpec(*f.spec, *f.rootfs)
+	if err != nil {
+		return nil, err
+	}
+	// As runtime.Prepare: the image is the spec's root, made absolute.
+	image := base.Root.Path
+	if !filepath.IsAbs(image) {
+		image = filepath.Join(bundle, image)
+	}
+	base.Root = &specs.Root{Path: image}
+	before, err := marshalSpec(base)
+	if err != nil {
+		return nil, err
+	}
+	var extra []policyhook.Option
+	if *f.rootfs == "" && *f.spec == "" {
+		extra = append(extra, policyhook.WithoutUserLookup())
+	}
+	if !*f.hostGPUs {
+		extra = append(extra, policyhook.WithGPUDiscoverer(nvproxy.Placeholder{}))
+	}
+	dir := filepath.Join(cfg.Root, dryRunID)
+	c, err := runtime.CompilePolicy(p, cfg, extra...)(filepath.Join(dir, "root"), filepath.Join(dir, "bundle"), image)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Apply(base); err != nil {
+		return nil, err
+	}
+	return &dryRun{policy: p, before: before, spec: base, c: c}, nil
+}
+
 func runCompile(_ context.Context, s streams, args []string) int {
-	fs := newFlags(s, "policy compile", "policy compile FILE [--spec config.json] [--json]")
-	specFile := fs.String("spec", "", "an OCI config.json to apply the policy to (default: a default spec on the host's root)")
+	fs := newFlags(s, "policy compile", "policy compile FILE [--rootfs DIR | --spec config.json] [--host-gpus] [--json]")
+	df := addDryRunFlags(fs)
 	asJSON := fs.Bool("json", false, "print the resulting spec and flags as JSON instead of a diff")
-	config := fs.String("config", runtime.DefaultConfigPath, "the runtime configuration (its allowed_hooks)")
 	if err := fs.Parse(reorder(args)); err != nil {
 		return exitUsage
 	}
@@ -100,61 +176,34 @@ func runCompile(_ context.Context, s streams, args []string) int {
 		fs.Usage()
 		return exitUsage
 	}
-	cfg, err := runtime.LoadConfig(*config)
-	if err != nil {
-		fmt.Fprintf(s.err, "openshell: %s\n", err)
-		return exitFailed
-	}
-	p, err := policy.Load(fs.Arg(0))
+	d, err := compileDry(fs.Arg(0), df)
 	if err != nil {
 		printErr(s, err)
 		return exitFailed
 	}
-	base, bundle, err := loadBaseSpec(*specFile)
-	if err != nil {
-		fmt.Fprintf(s.err, "openshell: %s\n", err)
-		return exitFailed
-	}
-	image := base.Root.Path
-	if !filepath.IsAbs(image) {
-		image = filepath.Join(bundle, image)
-	}
-	c, err := policyhook.Compile(p, policyhook.WithRootDir(dryRunRoot), policyhook.WithBundle(bundle), policyhook.WithUsers(policyhook.UsersInRoot(image)),
-		policyhook.WithAllowedHooks(cfg.AllowedHooks))
-	if err != nil {
-		fmt.Fprintf(s.err, "openshell: %s\n", err)
-		return exitFailed
-	}
-	before, err := json.MarshalIndent(base, "", "  ")
-	if err != nil {
-		fmt.Fprintf(s.err, "openshell: encode spec: %s\n", err)
-		return exitFailed
-	}
-	if err := c.Apply(base); err != nil {
-		fmt.Fprintf(s.err, "openshell: %s\n", err)
-		return exitFailed
-	}
+	p, c := d.policy, d.c
 	if *asJSON {
-		out := compileOutput{Spec: base, RunscFlags: c.RunscFlags, TimeoutSeconds: c.Timeout.Seconds(),
+		out := compileOutput{Spec: d.spec, RunscFlags: c.RunscFlags, TimeoutSeconds: c.Timeout.Seconds(),
 			Policy: map[string]string{"file": p.File, "format": string(p.Format), "sha256": p.Hash}}
 		for _, w := range c.Warnings {
 			out.Warnings = append(out.Warnings, w.Error())
 		}
 		enc := json.NewEncoder(s.out)
 		enc.SetIndent("", "  ")
+		enc.SetEscapeHTML(false) // the <sandbox-id> placeholders stay readable
 		if err := enc.Encode(out); err != nil {
 			fmt.Fprintf(s.err, "openshell: %s\n", err)
 			return exitFailed
 		}
 		return exitOK
 	}
-	after, err := json.MarshalIndent(base, "", "  ")
+	after, err := marshalSpec(d.spec)
 	if err != nil {
-		fmt.Fprintf(s.err, "openshell: encode spec: %s\n", err)
+		fmt.Fprintf(s.err, "openshell: %s\n", err)
 		return exitFailed
 	}
 	diff, err := difflib.GetUnifiedDiffString(difflib.UnifiedDiff{
-		A: difflib.SplitLines(string(before) + "\n"), B: difflib.SplitLines(string(after) + "\n"),
+		A: difflib.SplitLines(string(d.before) + "\n"), B: difflib.SplitLines(string(after) + "\n"),
 		FromFile: "config.json", ToFile: "config.json (policy " + p.File + ")", Context: 2,
 	})
 	if err != nil {
@@ -163,23 +212,53 @@ func runCompile(_ context.Context, s streams, args []string) int {
 	}
 	fmt.Fprint(s.out, diff)
 	fmt.Fprintf(s.out, "\nrunsc flags: %s\n", strings.Join(c.RunscFlags, " "))
+	if p.GPU != nil {
+		fmt.Fprintln(s.out, "  plus the driver flags the runtime chooses at start (--nvproxy-driver-version, after checking the host's driver)")
+	}
 	if c.Timeout > 0 {
 		fmt.Fprintf(s.out, "wall-clock limit: %s (enforced by the runtime)\n", c.Timeout)
 	}
+	fmt.Fprintf(s.out, "placeholders: %s stands for the sandbox's id in the paths the runtime makes for it", dryRunID)
+	if c.Egress {
+		fmt.Fprint(s.out, " (root, network namespace, resolv.conf)")
+	}
+	fmt.Fprintln(s.out)
 	printWarnings(s, c.Warnings)
 	return exitOK
 }
 
-// loadBaseSpec reads a config.json, or makes the default spec of a
-// sandbox on the host's root (what `openshell run` starts from).
-func loadBaseSpec(file string) (*specs.Spec, string, error) {
+// marshalSpec is a spec as indented JSON, with the <sandbox-id>
+// placeholders left readable.
+func marshalSpec(sp *specs.Spec) ([]byte, error) {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetIndent("", "  ")
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(sp); err != nil {
+		return nil, fmt.Errorf("encode spec: %w", err)
+	}
+	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
+}
+
+// loadBaseSpec reads a config.json, or makes the spec `openshell run`
+// starts from, on rootfs (the host's root when empty).
+func loadBaseSpec(file, rootfs string) (*specs.Spec, string, error) {
 	if file == "" {
+		if rootfs == "" {
+			rootfs = "/"
+		}
+		image, err := filepath.Abs(rootfs)
+		if err != nil {
+			return nil, "", fmt.Errorf("rootfs: %w", err)
+		}
 		g, err := generate.New("linux")
 		if err != nil {
 			return nil, "", fmt.Errorf("default spec: %w", err)
 		}
-		g.SetRootPath("/")
+		g.SetRootPath(image)
 		g.SetProcessArgs([]string{"/bin/sh"})
+		g.SetHostname("openshell")
+		modifier.SetEnv(g.Config, "PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
 		return g.Config, "/", nil
 	}
 	data, err := os.ReadFile(file)
@@ -228,39 +307,35 @@ func reorder(args []string) []string {
 // the next argument.
 func takesValue(flag string) bool {
 	switch strings.TrimLeft(flag, "-") {
-	case "spec", "since", "config", "dir", "state-dir":
+	case "spec", "rootfs", "since", "config", "dir", "state-dir":
 		return true
 	}
 	return false
 }
 
 func runExplain(_ context.Context, s streams, args []string) int {
-	fs := newFlags(s, "policy explain", "policy explain FILE")
-	if err := fs.Parse(args); err != nil {
+	fs := newFlags(s, "policy explain", "policy explain FILE [--rootfs DIR | --spec config.json] [--host-gpus]")
+	df := addDryRunFlags(fs)
+	if err := fs.Parse(reorder(args)); err != nil {
 		return exitUsage
 	}
 	if fs.NArg() != 1 {
 		fs.Usage()
 		return exitUsage
 	}
-	p, err := policy.Load(fs.Arg(0))
+	d, err := compileDry(fs.Arg(0), df)
 	if err != nil {
 		printErr(s, err)
 		return exitFailed
 	}
-	c, err := policyhook.Compile(p, policyhook.WithRootDir(dryRunRoot), policyhook.WithUsers(policyhook.UsersInRoot("/")))
-	if err != nil {
-		fmt.Fprintf(s.err, "openshell: %s\n", err)
-		return exitFailed
-	}
 	tw := tabwriter.NewWriter(s.out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "RULE\tENFORCED BY\tBLOCKS")
-	for _, r := range policyhook.Explain(c) {
+	for _, r := range policyhook.Explain(d.c) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\n", r.Rule, r.EnforcedBy, r.Blocks)
 	}
 	if err := tw.Flush(); err != nil {
 		return exitFailed
 	}
-	printWarnings(s, c.Warnings)
+	printWarnings(s, d.c.Warnings)
 	return exitOK
 }
