@@ -30,10 +30,10 @@ var (
 	ErrEncodedSlash   = errors.New("request path contains an encoded / (%2F)")
 	ErrBackslash      = errors.New(`request path contains a \ (raw or %5C)`)
 	ErrInvalidUTF8    = errors.New("request path's percent-encoded bytes are not valid UTF-8 (overlong or truncated sequence)")
-	ErrConfusable     = errors.New("request path contains a non-ASCII character that compatibility-normalises to a path delimiter (/ \\ . % ; ? #)")
+	ErrConfusable     = errors.New("request path contains a non-ASCII character that Unicode compatibility normalisation (NFKC) turns into a path delimiter")
 	ErrClimb          = errors.New("request path's .. climbs above the root")
 	ErrEmptySegment   = errors.New("request path contains an empty segment (//)")
-	ErrDotSegment     = errors.New("request path contains a segment made only of dots and spaces other than . and ..")
+	ErrDotSegment     = errors.New("request path contains a segment made only of dots and spaces other than \".\" and \"..\"")
 	ErrPathParam      = errors.New("request path contains a ;parameter on an empty, . or .. segment")
 )
 
