@@ -81,11 +81,7 @@ func Explain(c *Compiled) []Row {
 
 	rows = append(rows, explainNetwork(c)...)
 	if p.Inference != nil {
-		by := "NOT ACTIVE: the egress gateway refuses inference.local in this build"
-		if !c.Egress {
-			by = "NOT ACTIVE: needs the egress gateway"
-		}
-		add("inference: "+p.Inference.RoutingEndpoint, by, "inference.local (fail closed)")
+		rows = append(rows, inferenceRows(c)...)
 	}
 	rows = append(rows, explainGPU(c)...)
 	for _, e := range p.Env {

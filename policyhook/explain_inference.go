@@ -1,0 +1,52 @@
+package policyhook
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/openshell/openshell/policyhook/policy"
+)
+
+// inferenceRows explain the sandbox's model route: what inference.local
+// leads to and what the gateway holds it to.
+func inferenceRows(c *Compiled) []Row {
+	inf := c.Policy.Inference
+	if !c.Egress {
+		return []Row{{"inference: " + inferenceRoute(inf), "NOT ACTIVE: needs the egress gateway", "inference.local (fail closed)"}}
+	}
+	rows := []Row{{"inference: " + inferenceRoute(inf),
+		"the egress gateway serves http://inference.local/v1 and adds the provider's key from the host (only when the endpoint is that provider's base_url)",
+		"the sandbox's own Authorization and x-api-key; the key never enters the sandbox"}}
+	models := "any"
+	switch {
+	case inf.Model != "":
+		models = inf.Model + " (pinned: every request is sent with it)"
+	case len(inf.Models()) > 0:
+		models = strings.Join(inf.Models(), ", ")
+	}
+	rows = append(rows, Row{"inference models: " + models, "the gateway reads each request's model", "other models (the API's own error)"})
+	apis := "all of the provider's"
+	if len(inf.APIs) > 0 {
+		apis = strings.Join(inf.APIs, ", ")
+	}
+	rows = append(rows, Row{"inference routes: " + apis, "the gateway's router", "every other path"})
+	if inf.TokenBudget > 0 {
+		rows = append(rows, Row{fmt.Sprintf("token_budget: %d", inf.TokenBudget), "tokens the model server reports, summed by the gateway", "calls once the budget is spent (429)"})
+	}
+	if r := inf.RateLimit; r != nil {
+		rows = append(rows, Row{fmt.Sprintf("inference rate_limit: %d per %s", r.Count, r.Per), "the gateway's router", "calls over the rate (429)"})
+	}
+	return rows
+}
+
+// inferenceRoute says where the route leads, in a few words.
+func inferenceRoute(inf *policy.Inference) string {
+	var parts []string
+	if inf.RoutingEndpoint != "" {
+		parts = append(parts, inf.RoutingEndpoint)
+	}
+	if inf.Provider != "" {
+		parts = append(parts, "provider "+inf.Provider)
+	}
+	return strings.Join(parts, ", ")
+}
