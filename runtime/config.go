@@ -61,6 +61,9 @@ type Config struct {
 	Egress EgressConfig `toml:"egress"`
 	// GPU configures nvproxy for policies with a gpu section.
 	GPU GPUConfig `toml:"gpu"`
+	// Inference holds the model providers a sandbox's inference route
+	// may lead to, with where their keys are (docs/inference.md).
+	Inference InferenceConfig `toml:"inference"`
 
 	file string
 }
@@ -184,6 +187,9 @@ func ParseConfig(file string, data []byte) (*Config, error) {
 		return nil, fmt.Errorf("%s: %w", file, err)
 	}
 	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	if err := c.Inference.validate(file); err != nil {
 		return nil, err
 	}
 	return c, nil
