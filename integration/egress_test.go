@@ -42,6 +42,8 @@ var zone = map[string]netip.Addr{
 	"rebind.test":   fakenet.Metadata,
 	"private.test":  fakenet.Private,
 	"hostself.test": fakenet.HostAddr,
+	"rules.test":    fakenet.WebA,
+	"pass.test":     fakenet.WebA,
 }
 
 func newEgressEnv(t *testing.T) *egressEnv {
@@ -63,7 +65,13 @@ func newEgressEnv(t *testing.T) *egressEnv {
 	})
 	e := &egressEnv{net: n, config: filepath.Join(dir, "config.toml"), audit: filepath.Join(dir, "audit"), root: root}
 	// The engine tests give their containers the policy inline.
-	cfg := fmt.Sprintf("allow_inline_policy = true\n[egress]\ndns_upstream = %q\nuplink_netns = %q\naudit_dir = %q\n", n.DNS.String(), n.Netns, e.audit)
+	// The gateway verifies the fake internet's servers against its CA
+	// where it terminates the sandbox's TLS.
+	caFile := filepath.Join(dir, "fakenet-ca.pem")
+	if err := os.WriteFile(caFile, n.CAPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := fmt.Sprintf("allow_inline_policy = true\n[egress]\ndns_upstream = %q\nuplink_netns = %q\naudit_dir = %q\nupstream_ca_file = %q\n", n.DNS.String(), n.Netns, e.audit, caFile)
 	if err := os.WriteFile(e.config, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -168,13 +168,13 @@ func openshellRun(t *testing.T, config string, flags []string, policyYAML string
 }
 
 // debianRoot is the cached debootstrapped Debian root (bash, python3,
-// curl); the test is skipped where debootstrap is missing.
+// curl, git, node); the test is skipped where debootstrap is missing.
 func debianRoot(t *testing.T) string {
 	t.Helper()
 	if skipReason != "" {
 		t.Skip(skipReason)
 	}
-	cache, _ := filepath.Abs("../.cache/debian-bookworm")
+	cache, _ := filepath.Abs(filepath.Join("../.cache", rootfs.DebianCacheName()))
 	root, err := rootfs.Cached(cache, rootfs.Debian)
 	if err != nil {
 		if strings.Contains(err.Error(), "apt-get install debootstrap") {
@@ -188,11 +188,19 @@ func debianRoot(t *testing.T) string {
 // cleanupState unmounts what runsc left in its roots (the null network
 // namespace it shares between sandboxes) and removes the state dir.
 func cleanupState(state string) {
-	roots, _ := filepath.Glob(filepath.Join(state, "*", "null-netns"))
-	for _, nullNS := range roots {
-		if err := unix.Unmount(nullNS, unix.MNT_DETACH); err != nil {
-			fmt.Fprintf(os.Stderr, "unmount %s: %v\n", nullNS, err)
+	// Whatever a killed sandbox left mounted below the state dir (runsc's
+	// null-netns, a sandbox's staged binds of an image, its namespaces)
+	// is detached first, deepest first: removing through a bind of an
+	// image would delete the image's files.
+	mounted := mountsUnder(state)
+	for i := len(mounted) - 1; i >= 0; i-- {
+		if err := unix.Unmount(mounted[i], unix.MNT_DETACH); err != nil {
+			fmt.Fprintf(os.Stderr, "unmount %s: %v\n", mounted[i], err)
 		}
+	}
+	if left := mountsUnder(state); len(left) > 0 {
+		fmt.Fprintf(os.Stderr, "not removing %s: still mounted below it: %s\n", state, strings.Join(left, ", "))
+		return
 	}
 	if err := os.RemoveAll(state); err != nil {
 		fmt.Fprintf(os.Stderr, "remove state: %v\n", err)
@@ -210,6 +218,22 @@ func cleanupState(state string) {
 	for _, p := range parents {
 		_ = os.Remove(p)
 	}
+}
+
+// mountsUnder lists the mount points below dir, in the order they were
+// mounted.
+func mountsUnder(dir string) []string {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, line := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
+			out = append(out, f[4])
+		}
+	}
+	return out
 }
 
 // assertNothingLeft checks no sandbox directory and no runsc container state

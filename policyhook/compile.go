@@ -120,6 +120,9 @@ func Compile(p *policy.Policy, opts ...Option) (*Compiled, error) {
 	for _, opt := range opts {
 		opt(&o)
 	}
+	if err := CheckHTTPRules(p); err != nil {
+		return nil, fmt.Errorf("compile policy %s: %w", p.File, err)
+	}
 	c := &Compiled{Policy: p, Timeout: p.Resources.MaxExecutionTime, Warnings: slices.Clone(p.Warnings)}
 	warn := func(field, format string, args ...any) {
 		c.Warnings = append(c.Warnings, &policy.FieldError{File: p.File, Pos: p.Position(field), Field: field, Msg: fmt.Sprintf(format, args...)})

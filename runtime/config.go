@@ -108,6 +108,10 @@ type EgressConfig struct {
 	// Default 256 MiB and 256 tasks.
 	GatewayMemoryMB int `toml:"gateway_memory_mb"`
 	GatewayPidsMax  int `toml:"gateway_pids_max"`
+	// UpstreamCAFile is the PEM bundle the gateway verifies servers
+	// against where it terminates the sandbox's TLS and opens its own.
+	// Empty: the host's trust store.
+	UpstreamCAFile string `toml:"upstream_ca_file"`
 }
 
 // DefaultRuntimeRoot is openshell-runtime's default --root.
@@ -211,7 +215,7 @@ func (c *Config) validate() error {
 	for _, e := range c.Egress.validateGateway() {
 		bad(e.field, "%s", e.msg)
 	}
-	for field, p := range map[string]string{"runsc": c.Runsc, "root": c.Root, "policy_dir": c.PolicyDir, "egress.uplink_netns": c.Egress.UplinkNetns, "egress.audit_dir": c.Egress.AuditDir, "gpu.driver_root": c.GPU.DriverRoot} {
+	for field, p := range map[string]string{"runsc": c.Runsc, "root": c.Root, "policy_dir": c.PolicyDir, "egress.uplink_netns": c.Egress.UplinkNetns, "egress.audit_dir": c.Egress.AuditDir, "egress.upstream_ca_file": c.Egress.UpstreamCAFile, "gpu.driver_root": c.GPU.DriverRoot} {
 		if p != "" && !filepath.IsAbs(p) {
 			bad(field, "%q is not an absolute path", p)
 		}

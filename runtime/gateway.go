@@ -15,19 +15,26 @@ import (
 func netnsDir(dir string) string   { return filepath.Join(dir, "netns") }
 func resolvConf(dir string) string { return filepath.Join(dir, "resolv.conf") }
 
-// gatewayNetwork is how a sandbox in dir reaches its gateway.
-func gatewayNetwork(dir string) modifier.GatewayNetwork {
+// gatewayNetwork is how a sandbox in dir, made from image, reaches its
+// gateway and trusts its CA.
+func gatewayNetwork(dir, image string) modifier.GatewayNetwork {
+	targets, _ := imageTrust(image)
 	return modifier.GatewayNetwork{
-		Netns:      egress.TopologyAt(netnsDir(dir)).Sandbox,
-		ResolvConf: resolvConf(dir),
-		ProxyURL:   egress.ProxyURL(),
+		Netns:        egress.TopologyAt(netnsDir(dir)).Sandbox,
+		ResolvConf:   resolvConf(dir),
+		ProxyURL:     egress.ProxyURL(),
+		TrustDir:     trustDir(dir),
+		TrustTargets: targets,
 	}
 }
 
-// prepareEgress makes the sandbox's network namespaces and its
-// resolv.conf: what the compiled spec points at.
-func (sb *Sandbox) prepareEgress() error {
+// prepareEgress makes the sandbox's network namespaces, its resolv.conf,
+// and its CA and trust bundle: what the compiled spec points at.
+func (sb *Sandbox) prepareEgress(image string) error {
 	if err := os.WriteFile(resolvConf(sb.Dir), []byte(egress.ResolvConf()), 0o644); err != nil {
+		return fmt.Errorf("egress: %w", err)
+	}
+	if err := makeTrust(sb.Dir, sb.ID, image); err != nil {
 		return fmt.Errorf("egress: %w", err)
 	}
 	if _, err := egress.CreateTopology(netnsDir(sb.Dir)); err != nil {
@@ -131,6 +138,10 @@ func (sb *Sandbox) startGateway(o GatewayOptions) (Owner, string, error) {
 			AuditFile:   audit,
 			DNSUpstream: upstream,
 			AuditMaxMB:  o.Config.Egress.AuditMaxMB,
+			// Where keys are, never a key: the keeper reads them.
+			InferenceProviders: o.Config.Inference.ProviderList(),
+			CAFile:             caFile(sb.Dir),
+			UpstreamCA:         o.Config.Egress.UpstreamCAFile,
 		},
 		ConfigFile:    filepath.Join(sb.Dir, "gateway.json"),
 		Topology:      egress.TopologyAt(netnsDir(sb.Dir)),

@@ -83,7 +83,7 @@ func CompilePolicy(p *policy.Policy, cfg *Config, extra ...policyhook.Option) Co
 	return func(rootDir, bundle, image string) (*policyhook.Compiled, error) {
 		opts := []policyhook.Option{
 			policyhook.WithRootDir(rootDir), policyhook.WithBundle(bundle), policyhook.WithUsers(policyhook.UsersInRoot(image)),
-			policyhook.WithGateway(gatewayNetwork(filepath.Dir(rootDir))),
+			policyhook.WithGateway(gatewayNetwork(filepath.Dir(rootDir), image)),
 		}
 		if cfg != nil {
 			opts = append(opts, policyhook.WithAllowedHooks(cfg.AllowedHooks))
@@ -169,7 +169,7 @@ func Prepare(o PrepareOptions) (sb *Sandbox, err error) {
 	}
 	sb.Compiled = c
 	if c.Egress {
-		if err := sb.prepareEgress(); err != nil {
+		if err := sb.prepareEgress(image); err != nil {
 			return sb, err
 		}
 	}

@@ -2,6 +2,7 @@ package modifier
 
 import (
 	"fmt"
+	"path/filepath"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/opencontainers/runtime-tools/generate"
@@ -29,7 +30,23 @@ type GatewayNetwork struct {
 	Netns      string // the sandbox's network namespace, which the runtime made
 	ResolvConf string // a file naming the gateway as the only nameserver
 	ProxyURL   string // the gateway's explicit proxy
+	// TrustDir, when set, is a host directory holding the sandbox CA's
+	// certificate (ca.crt) and the image's CA bundle with it appended
+	// (ca-bundle.crt): mounted read-only at TrustMount, named by the
+	// variables TLS stacks read, and laid over each of TrustTargets (the
+	// image's own bundles), so that a client trusts the certificates the
+	// gateway presents where it terminates TLS, with no flag.
+	TrustDir     string
+	TrustTargets []string
 }
+
+// TrustMount is where a sandbox sees its trust directory.
+const TrustMount = "/.openshell"
+
+// trustVars are the variables TLS stacks take a CA bundle from: OpenSSL
+// (curl, Python's ssl, Ruby), Python requests, curl, git. Node adds
+// NODE_EXTRA_CA_CERTS to its own store.
+var trustVars = []string{"SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO"}
 
 type gatewayNetwork struct{ n GatewayNetwork }
 
@@ -56,6 +73,18 @@ func (m gatewayNetwork) Modify(s *specs.Spec) error {
 		Source:      m.n.ResolvConf,
 		Options:     []string{"rbind", "ro", "nosuid", "nodev", "noexec"},
 	})
+	if m.n.TrustDir != "" {
+		ro := []string{"rbind", "ro", "nosuid", "nodev", "noexec"}
+		s.Mounts = append(s.Mounts, specs.Mount{Destination: TrustMount, Type: "bind", Source: m.n.TrustDir, Options: ro})
+		bundle := filepath.Join(m.n.TrustDir, "ca-bundle.crt")
+		for _, t := range m.n.TrustTargets {
+			s.Mounts = append(s.Mounts, specs.Mount{Destination: t, Type: "bind", Source: bundle, Options: ro})
+		}
+		for _, k := range trustVars {
+			SetEnv(s, k, TrustMount+"/ca-bundle.crt")
+		}
+		SetEnv(s, "NODE_EXTRA_CA_CERTS", TrustMount+"/ca.crt")
+	}
 	if m.n.ProxyURL != "" {
 		for _, k := range []string{"HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"} {
 			SetEnv(s, k, m.n.ProxyURL)

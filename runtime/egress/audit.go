@@ -16,6 +16,8 @@ import (
 	"unicode/utf8"
 
 	"golang.org/x/time/rate"
+
+	"github.com/openshell/openshell/runtime/inference"
 )
 
 // Decisions an audit event records.
@@ -79,10 +81,21 @@ type Event struct {
 	Host       string    `json:"host,omitempty"`
 	Port       int       `json:"port,omitempty"`
 	IP         string    `json:"ip,omitempty"`
-	BytesUp    int64     `json:"bytes_up"`
-	BytesDown  int64     `json:"bytes_down"`
-	Decision   string    `json:"decision"`
-	Reason     string    `json:"reason,omitempty"`
+	// Method, Path (no query) and Status are a request's, where the
+	// gateway reads requests; Grant is which of the endpoint's HTTP
+	// rules allowed it.
+	Method    string `json:"method,omitempty"`
+	Path      string `json:"path,omitempty"`
+	Status    int    `json:"status,omitempty"`
+	Grant     string `json:"grant,omitempty"`
+	BytesUp   int64  `json:"bytes_up"`
+	BytesDown int64  `json:"bytes_down"`
+	Decision  string `json:"decision"`
+	Reason    string `json:"reason,omitempty"`
+	// Inference is a call to inference.local (kind inference): its
+	// models, tokens, provider and the credential's source (never its
+	// value).
+	Inference *inference.Event `json:"inference,omitempty"`
 	// Count, when set, is how many events this line stands for, from
 	// Since to Time: on a summary line the repeats of an event whose first
 	// occurrence has its own line (bytes are their sum); on a suppressed
@@ -114,12 +127,30 @@ func (e *Event) Sanitize() {
 		{"rule", &e.Rule, MaxFieldBytes},
 		{"host", &e.Host, MaxFieldBytes},
 		{"ip", &e.IP, MaxFieldBytes},
+		{"method", &e.Method, MaxFieldBytes},
+		{"path", &e.Path, MaxFieldBytes},
+		{"grant", &e.Grant, MaxFieldBytes},
 		{"decision", &e.Decision, MaxFieldBytes},
 		{"reason", &e.Reason, MaxReasonBytes},
 	} {
 		var was bool
 		if *f.s, was = capString(*f.s, f.max); was {
 			cut = append(cut, f.name)
+		}
+	}
+	if in := e.Inference; in != nil {
+		for _, f := range []struct {
+			name string
+			s    *string
+		}{
+			{"inference.api", &in.API}, {"inference.provider", &in.Provider}, {"inference.upstream_host", &in.UpstreamHost},
+			{"inference.credential", &in.Credential}, {"inference.requested_model", &in.RequestedModel},
+			{"inference.sent_model", &in.SentModel}, {"inference.reported_model", &in.ReportedModel},
+		} {
+			var was bool
+			if *f.s, was = capString(*f.s, MaxFieldBytes); was {
+				cut = append(cut, f.name)
+			}
 		}
 	}
 	// What the line said of itself is kept (a field cut by the writer is
@@ -134,7 +165,9 @@ func (e *Event) Sanitize() {
 
 func fieldName(s string) bool {
 	switch s {
-	case "sandbox", "policy", "policy_sha256", "kind", "rule", "host", "ip", "decision", "reason":
+	case "sandbox", "policy", "policy_sha256", "kind", "rule", "host", "ip", "decision", "reason",
+		"inference.api", "inference.provider", "inference.upstream_host", "inference.credential",
+		"inference.requested_model", "inference.sent_model", "inference.reported_model":
 		return true
 	}
 	return false
@@ -372,7 +405,10 @@ func (l *AuditLog) Write(e *Event) error {
 		ev.Time = now.UTC()
 	}
 	l.ids = Event{Sandbox: ev.Sandbox, Policy: ev.Policy, PolicyHash: ev.PolicyHash}
-	if ev.Kind == "reload" {
+	if ev.Kind == "reload" || (ev.Inference != nil && !ev.Violation()) {
+		// An allowed inference call is an account of tokens: never
+		// folded or dropped (the calls are bounded by the route's rate
+		// and the model server's pace, and the file by rotation).
 		return l.writeLine(&ev)
 	}
 	var errs []error

@@ -248,6 +248,9 @@ func (g *Gateway) answerDNS(q []byte, maxSize int) []byte {
 	rs := g.current()
 	ev := Event{Kind: "dns", Host: name, Reason: question.Type.String()}
 
+	if name == InferenceHost && rs.policy.Inference != nil {
+		return g.answerInference(resp, question, maxSize)
+	}
 	allowed := rs.m.Name(name)
 	if len(allowed) == 0 && rs.m.DNSFiltering() {
 		resp.RCode = dnsmessage.RCodeNameError

@@ -13,6 +13,7 @@ package egress
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -34,6 +35,7 @@ import (
 
 	"github.com/openshell/openshell/policyhook/egress"
 	"github.com/openshell/openshell/policyhook/policy"
+	"github.com/openshell/openshell/runtime/inference"
 )
 
 // Config is what one gateway needs besides its sockets.
@@ -48,6 +50,18 @@ type Config struct {
 	// AuditMaxMB bounds the audit log on disk, rotated file included
 	// (egress.audit_max_mb). 0: DefaultAuditMaxBytes.
 	AuditMaxMB int `json:"audit_max_mb,omitempty"`
+	// InferenceProviders are the host's model providers
+	// ([inference.providers]): where their keys come from, never a key.
+	// The keeper reads the keys; the serving process asks it per call.
+	InferenceProviders []inference.Provider `json:"inference_providers,omitempty"`
+	// CAFile holds the sandbox CA's certificate and key (WriteCAFile):
+	// the gateway signs with it where it terminates the sandbox's TLS.
+	// Empty: no endpoint is terminated; one whose rules need it is
+	// refused (fail closed).
+	CAFile string `json:"ca_file,omitempty"`
+	// UpstreamCA is the PEM bundle servers are verified against where
+	// the gateway opens its own TLS. Empty: the host's trust store.
+	UpstreamCA string `json:"upstream_ca,omitempty"`
 }
 
 // Listeners are the sockets a gateway serves, all in the sandbox's
@@ -70,10 +84,11 @@ type rules struct {
 	policy   *policy.Policy
 	m        *egress.Matcher
 	limiters map[*policy.EgressRule]*rate.Limiter
+	l7       l7Rules
 }
 
 func newRules(p *policy.Policy) *rules {
-	r := &rules{policy: p, m: egress.New(p.Network), limiters: map[*policy.EgressRule]*rate.Limiter{}}
+	r := &rules{policy: p, m: egress.New(p.Network), limiters: map[*policy.EgressRule]*rate.Limiter{}, l7: newL7Rules(&p.Network)}
 	for i := range p.Network.Egress {
 		e := &p.Network.Egress[i]
 		if e.RateLimit != nil {
@@ -99,10 +114,18 @@ type Gateway struct {
 	// whenever the host gained it.
 	isLocal   func(netip.Addr) bool
 	transport *http.Transport
-	drops     *dropLog
-	conns     *connTable
-	dnsSlots  chan struct{} // one per UDP DNS question being answered
-	reloadMu  sync.Mutex
+	// Where the gateway terminates the sandbox's TLS: the sandbox's CA,
+	// the roots servers are verified against (nil: the host's), and the
+	// transports that open its own TLS (verifying, and tls: skip's).
+	ca            *CA
+	roots         *x509.CertPool
+	tlsTransport  *http.Transport
+	skipTransport *http.Transport
+	drops         *dropLog
+	conns         *connTable
+	dnsSlots      chan struct{} // one per UDP DNS question being answered
+	reloadMu      sync.Mutex
+	inference     inferenceState
 }
 
 // New loads the policy and opens the audit log.
@@ -132,7 +155,16 @@ func New(cfg Config, log *slog.Logger) (*Gateway, error) {
 		dnsSlots: make(chan struct{}, maxDNSInFlight),
 	}
 	g.dns = &resolver{upstream: upstream, timeout: 3 * time.Second}
+	if cfg.CAFile != "" {
+		if g.ca, err = LoadCA(cfg.CAFile); err != nil {
+			return nil, fmt.Errorf("gateway: %w", err)
+		}
+	}
+	if g.roots, err = upstreamRoots(cfg.UpstreamCA); err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
 	g.transport = g.newTransport()
+	g.tlsTransport, g.skipTransport = g.newTLSTransport(false), g.newTLSTransport(true)
 	g.drops = newDropLog()
 	g.rules.Store(newRules(p))
 	return g, nil
@@ -240,11 +272,15 @@ func (g *Gateway) Reload() error {
 	if err == nil {
 		err = SameOutsideNetwork(old.policy, p)
 	}
+	var nr *rules
+	if err == nil {
+		nr = newRules(p)
+		err = nr.l7.err()
+	}
 	if err != nil {
 		g.event(old, Event{Kind: "reload", Host: g.cfg.PolicyFile, Decision: Deny, Reason: err.Error()})
 		return fmt.Errorf("reload %s: %w", g.cfg.PolicyFile, err)
 	}
-	nr := newRules(p)
 	g.rules.Store(nr)
 	g.event(nr, Event{Kind: "reload", Host: g.cfg.PolicyFile, Decision: Allow, Reason: fmt.Sprintf("%d egress rule(s) active", len(p.Network.Egress))})
 	g.log.Info("policy reloaded", "file", g.cfg.PolicyFile, "sha256", p.Hash, "rules", len(p.Network.Egress))
@@ -380,7 +416,7 @@ func (g *Gateway) authorizeHost(ctx context.Context, rs *rules, host string, por
 		}
 		return nil, deny(r, "%s", why)
 	}
-	return &target{rule: r, addrs: ok, port: port}, nil
+	return &target{name: egress.Normalize(host), rule: r, addrs: ok, port: port}, nil
 }
 
 // authorizeIP decides a connection to a raw address: only allowed_ips
@@ -435,7 +471,7 @@ func (g *Gateway) authorizeDst(ctx context.Context, rs *rules, host string, dst 
 	if reason := g.checkIP(rs, ip, r); reason != "" {
 		return nil, deny(r, "%s: %s", ip, reason)
 	}
-	return &target{rule: r, addrs: []netip.Addr{ip}, port: port}, nil
+	return &target{name: egress.Normalize(host), rule: r, addrs: []netip.Addr{ip}, port: port}, nil
 }
 
 func (g *Gateway) checkIP(rs *rules, ip netip.Addr, r *policy.EgressRule) string {

@@ -77,6 +77,12 @@ func runKeeper(configFile string) error {
 	serveCfg := pc.Config
 	serveCfg.PolicyFile = viaFD("policy.yaml")
 	serveCfg.AuditFile = fmt.Sprintf("/proc/self/fd/%d", fdAudit)
+	caf, upf, err := openCAFiles(&serveCfg)
+	if err != nil {
+		return fail(err)
+	}
+	defer caf.Close()
+	defer upf.Close()
 	if err := writeShared(filepath.Join(dir, "gateway.json"), mustJSON(serveCfg), c.GID); err != nil {
 		return fail(err)
 	}
@@ -107,7 +113,13 @@ func runKeeper(configFile string) error {
 	for fd := fdDNSUDP; fd <= fdReady; fd++ {
 		cmd.ExtraFiles = append(cmd.ExtraFiles, os.NewFile(uintptr(fd), "inherited"))
 	}
-	cmd.ExtraFiles = append(cmd.ExtraFiles, audit, dirf)
+	cmd.ExtraFiles = append(cmd.ExtraFiles, audit, dirf, caf, upf)
+	creds, err := startCredentials(pc, cmd)
+	if err != nil {
+		_ = RemoveGatewayCgroups(pc.Sandbox)
+		return fail(err)
+	}
+	defer creds.Close()
 	// Open /dev/null here: the forking thread cannot once Landlock holds it.
 	null, err := os.Open(os.DevNull)
 	if err != nil {
@@ -192,6 +204,46 @@ func runKeeper(configFile string) error {
 			}
 		}
 	}
+}
+
+// hostTrustStores are where hosts keep the CA bundle their TLS stacks
+// read (Debian and Ubuntu; RHEL and Fedora; openSUSE; Alpine).
+var hostTrustStores = []string{
+	"/etc/ssl/certs/ca-certificates.crt",
+	"/etc/pki/tls/certs/ca-bundle.crt",
+	"/etc/ssl/ca-bundle.pem",
+	"/etc/ssl/cert.pem",
+}
+
+// openCAFiles opens the sandbox's CA and the bundle servers are verified
+// against (the config's, or the host's trust store) for the serving
+// process, and points cfg at the descriptors it will have them on. A nil
+// file is one the config does not name: the serving process gets none.
+func openCAFiles(cfg *Config) (ca, upstream *os.File, err error) {
+	if cfg.CAFile != "" {
+		if ca, err = os.Open(cfg.CAFile); err != nil {
+			return nil, nil, fmt.Errorf("sandbox CA: %w", err)
+		}
+		cfg.CAFile = fmt.Sprintf("/proc/self/fd/%d", fdCA)
+	}
+	names := hostTrustStores
+	if cfg.UpstreamCA != "" {
+		names = []string{cfg.UpstreamCA}
+	}
+	for _, n := range names {
+		if upstream, err = os.Open(n); err == nil {
+			cfg.UpstreamCA = fmt.Sprintf("/proc/self/fd/%d", fdUpstreamCA)
+			return ca, upstream, nil
+		}
+	}
+	if cfg.UpstreamCA != "" {
+		ca.Close()
+		return nil, nil, fmt.Errorf("egress.upstream_ca_file: %w", err)
+	}
+	// No trust store on this host: servers cannot be verified, so no
+	// terminated endpoint can be served (the serving process fails them).
+	cfg.UpstreamCA = ""
+	return ca, nil, nil
 }
 
 // mirrorPolicy copies the policy file to dst, atomically. Where src

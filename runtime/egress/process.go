@@ -37,6 +37,11 @@ const (
 	// fdDir is the serving process's directory (its config and policy
 	// copy), opened by its keeper.
 	fdDir
+	// fdCA is the sandbox CA's certificate and key, and fdUpstreamCA the
+	// bundle servers are verified against: both opened by the keeper,
+	// since the serving process may not read them by name.
+	fdCA
+	fdUpstreamCA
 )
 
 // StartOptions start a sandbox's gateway process.
@@ -191,6 +196,9 @@ func runServing(configFile string) error {
 	}
 	g, err := New(cfg, log)
 	if err != nil {
+		return fail(err)
+	}
+	if err := g.openCredentials(); err != nil {
 		return fail(err)
 	}
 	if err := CheckConfined(); err != nil {

@@ -24,10 +24,8 @@ import (
 	"github.com/openshell/openshell/policyhook/policy"
 )
 
-// InferenceHost is the name the sandbox calls for model inference. The
-// gateway refuses it until inference routing is built on this seam: the
-// router will take requests to it, add the provider's credential, and
-// forward them to the policy's routing_endpoint.
+// InferenceHost is the name the sandbox calls for model inference: the
+// gateway serves it itself (inference.go), as plain HTTP on port 80.
 const InferenceHost = "inference.local"
 
 func (g *Gateway) httpServer(transparent bool) *http.Server {
@@ -58,6 +56,9 @@ type proxyHandler struct {
 	tunnel     bool
 	tunnelHost string
 	tunnelPort int
+	// tls is set inside a TLS connection the gateway terminated: the
+	// sandbox's side is TLS, and requests go on over the gateway's own.
+	tls bool
 }
 
 // denyBody is the JSON a refused HTTP request gets with its 403.
@@ -115,9 +116,12 @@ func (h *proxyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case h.tunnel:
 		host, port = h.tunnelHost, h.tunnelPort
-		if r.Method == http.MethodConnect {
+		switch {
+		case r.Method == http.MethodConnect:
 			err = errors.New("CONNECT inside a tunnel")
-		} else {
+		case !sameHostHeader(r, host):
+			err = fmt.Errorf("a request for host %q on a connection opened for %s", r.Host, host)
+		default:
 			t, d = g.authorizeHost(ctx, rs, host, port)
 		}
 	case h.transparent:
@@ -139,37 +143,54 @@ func (h *proxyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	default:
 		err = fmt.Errorf("the proxy takes CONNECT and absolute http:// URLs; got %s %s", r.Method, r.URL)
 	}
-	ev := Event{Kind: "http", Host: host, Port: port}
+	ev := Event{Kind: "http", Host: host, Port: port, Method: r.Method}
+	if h.tls {
+		ev.Kind = "https"
+	}
+	var info requestInfo
 	if err != nil {
 		d = deny(nil, "bad request: %s", err)
 	}
 	if host == InferenceHost {
-		d = deny(nil, "inference routing is not available in this build")
+		g.serveInference(w, r)
+		return
 	}
 	if d == nil {
-		d = admit(r, rs, t, host)
+		d = admit(r, rs, t, host, h.tls, &info)
+	}
+	ev.Path = info.path
+	if ev.Path == "" {
+		ev.Path = auditPath(r)
 	}
 	if d == nil {
 		d = prebuffer(r, t)
 	}
 	if d != nil {
 		ev.Rule, ev.Decision, ev.Reason = ruleName(d.rule), Deny, d.reason
-		g.event(rs, ev)
 		code := http.StatusForbidden
 		if d.rateLimited {
 			code = http.StatusTooManyRequests
 		}
+		ev.Status = code
+		g.event(rs, ev)
 		writeDenial(w, code, host, port, d)
 		return
+	}
+	if info.rule != "" {
+		ev.Grant = info.rule
 	}
 	h.forward(w, r, rs, t, host, ev)
 }
 
-// admit applies a request's per-rule limits: tls_required, the request's
-// size as it goes on the wire (its headers and the body it declares), and
-// the rate limit, which counts every request.
-func admit(r *http.Request, rs *rules, t *target, host string) *denial {
-	if t.rule.TLSRequired {
+// admit applies a request's per-rule checks: the endpoint's HTTP rules,
+// tls_required (met where the gateway terminated the sandbox's TLS), the
+// request's size as it goes on the wire (its headers and the body it
+// declares), and the rate limit, which counts every request.
+func admit(r *http.Request, rs *rules, t *target, host string, overTLS bool, info *requestInfo) *denial {
+	if d := rs.l7.decide(t, r, info); d != nil {
+		return d
+	}
+	if t.rule.TLSRequired && !overTLS {
 		if d := t.violate(deny(t.rule, "tls_required: plain HTTP to %s is refused", host)); d != nil {
 			return d
 		}
@@ -289,17 +310,25 @@ func (h *proxyHandler) forward(w http.ResponseWriter, r *http.Request, rs *rules
 	// writes instead.
 	ctx := context.WithoutCancel(r.Context())
 	r = r.WithContext(httptrace.WithClientTrace(context.WithValue(ctx, targetKey{}, t), trace))
+	scheme, transport := "http", g.transport
+	if h.tls {
+		scheme, transport = "https", g.tlsTransport
+		if t.rule.TLS == "skip" {
+			transport = g.skipTransport
+		}
+	}
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.Out.URL.Scheme = "http"
+			pr.Out.URL.Scheme = scheme
 			pr.Out.URL.Host = net.JoinHostPort(host, strconv.Itoa(t.port))
 			pr.Out.Host = r.Host
 			pr.Out.Header.Del("Proxy-Authorization")
 			pr.Out.Header.Del("Proxy-Connection")
 		},
-		Transport:  g.transport,
+		Transport:  transport,
 		BufferPool: copyBuffers,
 		ModifyResponse: func(resp *http.Response) error {
+			ev.Status = resp.StatusCode
 			down = &counter{r: resp.Body}
 			if t.rule.MaxResponseMB > 0 && t.rule.Enforcement != policy.EnforcementAudit {
 				down.limit = t.rule.MaxResponseMB << 20
@@ -314,11 +343,11 @@ func (h *proxyHandler) forward(w http.ResponseWriter, r *http.Request, rs *rules
 		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) {
 			var le *limitError
 			if errors.As(err, &le) {
-				ev.Decision, ev.Reason = Deny, le.Error()
+				ev.Decision, ev.Reason, ev.Status = Deny, le.Error(), http.StatusForbidden
 				writeDenial(w, http.StatusForbidden, host, t.port, deny(t.rule, "%s", le.Error()))
 				return
 			}
-			ev.Decision, ev.Reason = Allow, "upstream: "+err.Error()
+			ev.Decision, ev.Reason, ev.Status = Allow, "upstream: "+err.Error(), http.StatusBadGateway
 			http.Error(w, "openshell gateway: "+err.Error(), http.StatusBadGateway)
 		},
 	}
@@ -454,13 +483,16 @@ func (h *proxyHandler) connect(w http.ResponseWriter, r *http.Request, rs *rules
 	case err != nil || port == 0:
 		d = deny(nil, "CONNECT needs host:port, got %q", r.Host)
 	case host == InferenceHost:
-		d = deny(nil, "inference routing is not available in this build")
+		h.connectInference(w, r, rs, port)
+		return
 	default:
 		t, d = g.authorizeHost(r.Context(), rs, host, port)
 	}
-	// Port 80 may carry requests the gateway can read: they are counted
-	// once it knows, not the tunnel.
-	maybeHTTP := d == nil && port == 80 && !t.rule.TLSRequired
+	// Port 80 may carry requests the gateway can read, and an endpoint
+	// with HTTP rules has its requests read (its TLS terminated): they
+	// are counted once it knows, not the tunnel.
+	inspect := d == nil && rs.l7.inspect[t.rule]
+	maybeHTTP := d == nil && (inspect || port == 80 && !t.rule.TLSRequired)
 	if d == nil && !maybeHTTP {
 		d = t.limit(rs)
 	}
@@ -514,6 +546,12 @@ func (h *proxyHandler) connect(w http.ResponseWriter, r *http.Request, rs *rules
 			h.tunnelHTTP(down, br, host, port)
 			return
 		}
+		if inspect {
+			ev.Decision, ev.Reason = Allow, "TLS terminated: each request is decided and audited on its own"
+			g.event(rs, ev)
+			g.terminate(rs, ev, t, &bufferedConn{Conn: down, r: br}, host, port)
+			return
+		}
 		// TLS on port 80: no requests to see, so the tunnel counts.
 		if d := t.limit(rs); d != nil {
 			ev.Decision, ev.Reason = Deny, d.reason
@@ -557,9 +595,15 @@ func buffered(br *bufio.Reader) []byte {
 // tunnelHTTP serves the plain HTTP a CONNECT tunnel to host:port carries,
 // until the client closes it or it idles.
 func (h *proxyHandler) tunnelHTTP(down net.Conn, br *bufio.Reader, host string, port int) {
-	l := &oneConnListener{c: &bufferedConn{Conn: down, r: br}, done: make(chan struct{})}
+	serveConn(&bufferedConn{Conn: down, r: br}, &proxyHandler{g: h.g, tunnel: true, tunnelHost: host, tunnelPort: port})
+}
+
+// serveConn serves the requests one connection carries with h, until the
+// client closes it or it idles.
+func serveConn(c net.Conn, h *proxyHandler) {
+	l := &oneConnListener{c: c, done: make(chan struct{})}
 	srv := &http.Server{
-		Handler:           &proxyHandler{g: h.g, tunnel: true, tunnelHost: host, tunnelPort: port},
+		Handler:           h,
 		ReadHeaderTimeout: headerTimeout,
 		IdleTimeout:       keepAliveTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
@@ -645,8 +689,17 @@ func (g *Gateway) handleTLS(c net.Conn) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	t, d := g.authorizeDst(ctx, rs, sni, dst)
-	if d == nil && sni == InferenceHost {
-		d = deny(nil, "inference routing is not available in this build")
+	if sni == InferenceHost {
+		t, d = nil, deny(nil, "inference.local is served as plain HTTP on port 80 only (http://inference.local/v1)")
+	}
+	if d == nil && rs.l7.inspect[t.rule] {
+		// Each request is decided and counted; the connection is not.
+		defer tracked(c).hold()()
+		ev.Rule, ev.Decision, ev.Reason = ruleName(t.rule), Allow, "TLS terminated: each request is decided and audited on its own"
+		g.event(rs, ev)
+		all := append([]byte(nil), rec.Bytes()...)
+		g.terminate(rs, ev, t, &prefixConn{Conn: c, r: io.MultiReader(bytes.NewReader(all), c)}, sni, int(dst.Port()))
+		return
 	}
 	if d == nil {
 		d = t.limit(rs)

@@ -6,11 +6,13 @@
 package fakenet
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -45,6 +47,11 @@ type Net struct {
 	zone    map[string]netip.Addr
 	queries []string // "name TYPE" as the DNS server received them
 	udp     int
+	hellos  []string // "server-name alpn,alpn" of each TLS handshake
+
+	// CAPEM is the certificate of the CA that signed the HTTPS servers'
+	// certificate: what a gateway that verifies them must trust.
+	CAPEM []byte
 
 	closers []io.Closer
 }
@@ -83,10 +90,11 @@ func Start(dir string, zone map[string]netip.Addr) (n *Net, err error) {
 	if err := n.links(); err != nil {
 		return n, err
 	}
-	cert, err := selfSigned()
+	cert, caPEM, err := signedCert()
 	if err != nil {
 		return n, err
 	}
+	n.CAPEM = caPEM
 	if err := egress.Do(n.Netns, func() error {
 		l, err := net.Listen("tcp4", netip.AddrPortFrom(HostAddr, 80).String())
 		if err != nil {
@@ -128,7 +136,13 @@ func Start(dir string, zone map[string]netip.Addr) (n *Net, err error) {
 			}
 			srv := &http.Server{Handler: handler(a, "https"), ReadHeaderTimeout: 10 * time.Second}
 			n.closers = append(n.closers, srv)
-			go func() { _ = srv.Serve(tls.NewListener(l, &tls.Config{Certificates: []tls.Certificate{cert}})) }()
+			cfg := &tls.Config{Certificates: []tls.Certificate{cert}, GetConfigForClient: func(hi *tls.ClientHelloInfo) (*tls.Config, error) {
+				n.mu.Lock()
+				n.hellos = append(n.hellos, hi.ServerName+" "+strings.Join(hi.SupportedProtos, ","))
+				n.mu.Unlock()
+				return nil, nil
+			}}
+			go func() { _ = srv.Serve(tls.NewListener(l, cfg)) }()
 		}
 		return nil
 	})
@@ -248,26 +262,68 @@ func handler(a netip.Addr, scheme string) http.Handler {
 			}
 			return
 		}
+		if strings.HasSuffix(r.URL.Path, "/info/refs") && r.URL.Query().Get("service") == "git-upload-pack" {
+			// Enough of git's smart HTTP for `git ls-remote`: one ref.
+			w.Header().Set("Content-Type", "application/x-git-upload-pack-advertisement")
+			pkt := func(s string) string { return fmt.Sprintf("%04x%s", len(s)+4, s) }
+			const head = "0123456789abcdef0123456789abcdef01234567"
+			fmt.Fprint(w, pkt("# service=git-upload-pack\n")+"0000"+pkt(head+" HEAD\x00symref=HEAD:refs/heads/main\n")+pkt(head+" refs/heads/main\n")+"0000")
+			return
+		}
 		body, _ := io.ReadAll(r.Body)
 		fmt.Fprintf(w, "hello from %s %s host=%s got=%d\n", scheme, a, r.Host, len(body))
 	})
 }
 
-func selfSigned() (tls.Certificate, error) {
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
+// signedCert makes a CA and, signed by it, the certificate every HTTPS
+// server presents: the fake internet's names and addresses.
+func signedCert() (tls.Certificate, []byte, error) {
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return tls.Certificate{}, err
+		return tls.Certificate{}, nil, err
+	}
+	now := time.Now()
+	caTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "fakenet CA"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		return tls.Certificate{}, nil, err
+	}
+	ca, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		return tls.Certificate{}, nil, err
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, nil, err
 	}
 	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "fakenet"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		DNSNames: []string{"*.test", "allowed.test"},
+		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "fakenet"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
+		DNSNames:    []string{"*.test", "allowed.test", "denied.test", "other.test", "pass.test", "rules.test", "limited.test"},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	for _, a := range webAddresses {
+		tmpl.IPAddresses = append(tmpl.IPAddresses, a.AsSlice())
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
 	if err != nil {
-		return tls.Certificate{}, err
+		return tls.Certificate{}, nil, err
 	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
+	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})
+	return tls.Certificate{Certificate: [][]byte{der, caDER}, PrivateKey: key}, caPEM, nil
+}
+
+// Hellos are the TLS handshakes the HTTPS servers saw, in order, each
+// "server-name alpn,alpn": what the client offered, so a test tells the
+// sandbox's own ClientHello (passthrough) from the gateway's.
+func (n *Net) Hellos() []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return append([]string(nil), n.hellos...)
 }
 
 func (n *Net) serveDNS(pc net.PacketConn) {

@@ -4,7 +4,10 @@
 package rootfs
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -69,8 +72,16 @@ func Busybox(dir string) error {
 }
 
 // DebianPackages are what Debian builds an agent's root filesystem with:
-// a shell, an interpreter and an HTTP client.
-var DebianPackages = []string{"bash", "python3", "curl"}
+// a shell, the interpreters and clients agents use (python3, node, curl,
+// git), and the CA bundle their TLS stacks read.
+var DebianPackages = []string{"bash", "python3", "curl", "ca-certificates", "git", "nodejs"}
+
+// DebianCacheName names a cached Debian root by its package list, so a
+// cache built with other packages is never taken for this one.
+func DebianCacheName() string {
+	sum := sha256.Sum256([]byte(strings.Join(DebianPackages, ",")))
+	return "debian-bookworm-" + hex.EncodeToString(sum[:4])
+}
 
 // Debian builds a minimal Debian bookworm root filesystem in dir with
 // debootstrap from Debian's mirror, with DebianPackages. It takes a few
@@ -80,6 +91,11 @@ func Debian(dir string) error {
 		return fmt.Errorf("debian rootfs: %w (apt-get install debootstrap)", err)
 	}
 	tmp := dir + ".partial"
+	// A debootstrap that failed leaves its /proc (and more) mounted in
+	// the tree: detach them before removing it, or the removal would
+	// walk the host's /proc.
+	unmountBelow(tmp)
+	defer unmountBelow(tmp)
 	if err := os.RemoveAll(tmp); err != nil {
 		return fmt.Errorf("debian rootfs: %w", err)
 	}
@@ -96,13 +112,43 @@ func Debian(dir string) error {
 	return os.Rename(tmp, dir)
 }
 
-// Cached returns dir, building it with build first when it does not exist.
+// unmountBelow detaches every mount at or below dir, deepest first.
+func unmountBelow(dir string) {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return
+	}
+	var points []string
+	for _, line := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && (f[4] == dir || strings.HasPrefix(f[4], dir+"/")) {
+			points = append(points, f[4])
+		}
+	}
+	for i := len(points) - 1; i >= 0; i-- {
+		_ = unix.Unmount(points[i], unix.MNT_DETACH)
+	}
+}
+
+// Cached returns dir, building it with build first when it does not
+// exist. Concurrent callers (test binaries of other packages, other
+// sessions' runs) wait on a lock: one builds, the others take its tree.
 func Cached(dir string, build func(string) error) (string, error) {
 	if _, err := os.Stat(dir); err == nil {
 		return dir, nil
 	}
 	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
 		return "", err
+	}
+	lock, err := os.OpenFile(dir+".lock", os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return "", err
+	}
+	defer lock.Close()
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
+		return "", fmt.Errorf("lock %s: %w", dir, err)
+	}
+	if _, err := os.Stat(dir); err == nil {
+		return dir, nil
 	}
 	return dir, build(dir)
 }

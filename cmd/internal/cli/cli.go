@@ -36,6 +36,7 @@ func commands() []command {
 		{"run", "run a command in a gVisor sandbox under a policy", runRun},
 		{"policy", "validate, compile and explain policies", runPolicy},
 		{"audit", "read the egress audit log: every allowed and denied connection", runAudit},
+		{"inference", "sum the tokens and cost of each sandbox's model calls", runInference},
 		{"doctor", "check this host: runsc, platform, kernel, each enforcement layer", runDoctor},
 		{"version", "print version information", runVersion},
 	}

@@ -56,6 +56,9 @@ func runValidate(_ context.Context, s streams, args []string) int {
 	code := exitOK
 	for _, f := range fs.Args() {
 		p, err := policy.Load(f)
+		if err == nil {
+			err = policyhook.CheckHTTPRules(p)
+		}
 		if err != nil {
 			printErr(s, err)
 			code = exitFailed

@@ -1,0 +1,142 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"slices"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/openshell/openshell/runtime"
+	"github.com/openshell/openshell/runtime/egress"
+)
+
+// runInference is `openshell inference usage [SANDBOX]`: the tokens and
+// cost of the model calls in the audit log, per sandbox, provider and
+// model.
+func runInference(_ context.Context, s streams, args []string) int {
+	if len(args) == 0 || args[0] != "usage" {
+		fmt.Fprintln(s.err, "usage: openshell inference usage [SANDBOX] [--dir DIR] [--config FILE]")
+		return exitUsage
+	}
+	fs := newFlags(s, "inference usage", "inference usage [SANDBOX] [--dir DIR]")
+	config := fs.String("config", runtime.DefaultConfigPath, "the runtime configuration")
+	dir := fs.String("dir", "", "the audit directory (default: the configuration's egress.audit_dir)")
+	if err := fs.Parse(reorder(args[1:])); err != nil {
+		return exitUsage
+	}
+	if fs.NArg() > 1 {
+		fs.Usage()
+		return exitUsage
+	}
+	if *dir == "" {
+		cfg, err := runtime.LoadConfig(*config)
+		if err != nil {
+			fmt.Fprintf(s.err, "openshell: configuration: %s\n", err)
+			return exitFailed
+		}
+		*dir = cfg.Egress.AuditDir
+	}
+	var files []string
+	if fs.NArg() == 1 {
+		id := fs.Arg(0)
+		if id != filepath.Base(id) || strings.HasPrefix(id, ".") {
+			fmt.Fprintf(s.err, "openshell: %q is not a sandbox id\n", id)
+			return exitUsage
+		}
+		files = egress.AuditFiles(filepath.Join(*dir, id+".jsonl"))
+	} else {
+		live, _ := filepath.Glob(filepath.Join(*dir, "*.jsonl"))
+		for _, f := range live {
+			files = append(files, egress.AuditFiles(f)...)
+		}
+	}
+	type key struct{ sandbox, provider, model string }
+	type sum struct {
+		calls, denied      int
+		in, out, cacheRead int64
+		cost               float64
+	}
+	sums := map[key]*sum{}
+	for _, f := range files {
+		err := egress.ReadAuditLog(f, func(e *egress.Event) error {
+			if e.Kind != "inference" {
+				return nil
+			}
+			n := max(e.Count, 1)
+			k := key{e.Sandbox, "-", "-"}
+			if in := e.Inference; in != nil {
+				k.provider = dashed(in.Provider)
+				k.model = dashed(firstNonEmpty(in.ReportedModel, in.SentModel, in.RequestedModel))
+			}
+			sm := sums[k]
+			if sm == nil {
+				sm = &sum{}
+				sums[k] = sm
+			}
+			if e.Violation() {
+				sm.denied += n
+				return nil
+			}
+			sm.calls += n
+			if in := e.Inference; in != nil {
+				sm.in += int64(n) * in.TokensIn
+				sm.out += int64(n) * in.TokensOut
+				sm.cacheRead += int64(n) * in.CacheReadTokens
+				sm.cost += float64(n) * in.CostUSD
+			}
+			return nil
+		})
+		var bad *egress.BadLinesError
+		switch {
+		case errors.As(err, &bad):
+			fmt.Fprintf(s.err, "openshell: warning: %s\n", strings.ReplaceAll(bad.Error(), "\n", "\nopenshell: warning: "))
+		case err != nil:
+			fmt.Fprintf(s.err, "openshell: %s\n", err)
+			return exitFailed
+		}
+	}
+	keys := make([]key, 0, len(sums))
+	for k := range sums {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b key) int {
+		return strings.Compare(a.sandbox+"\x00"+a.provider+"\x00"+a.model, b.sandbox+"\x00"+b.provider+"\x00"+b.model)
+	})
+	// Model and provider names came from the sandbox or the model
+	// server: printed escaped.
+	w := tabwriter.NewWriter(s.out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "SANDBOX\tPROVIDER\tMODEL\tCALLS\tDENIED\tTOKENS IN\tTOKENS OUT\tCACHED IN\tTOTAL\tCOST USD")
+	var total sum
+	for _, k := range keys {
+		sm := sums[k]
+		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%.6f\n", shown(k.sandbox), shown(k.provider), shown(k.model), sm.calls, sm.denied, sm.in, sm.out, sm.cacheRead, sm.in+sm.out, sm.cost)
+		total.calls += sm.calls
+		total.denied += sm.denied
+		total.in += sm.in
+		total.out += sm.out
+		total.cacheRead += sm.cacheRead
+		total.cost += sm.cost
+	}
+	fmt.Fprintf(w, "total\t\t\t%d\t%d\t%d\t%d\t%d\t%d\t%.6f\n", total.calls, total.denied, total.in, total.out, total.cacheRead, total.in+total.out, total.cost)
+	_ = w.Flush()
+	return exitOK
+}
+
+func dashed(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func firstNonEmpty(s ...string) string {
+	for _, v := range s {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}

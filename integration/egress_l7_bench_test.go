@@ -1,0 +1,192 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/runtime-tools/generate"
+	"golang.org/x/sys/unix"
+
+	"github.com/openshell/openshell/test/fakenet"
+)
+
+// httpsBenchProbe measures HTTPS inside the sandbox: 500 requests on one
+// keep-alive connection (the latency each adds), and 100 MB downloads
+// (the median of three). cafile "default" trusts what the sandbox
+// trusts (its CA, where the gateway terminates); a PEM argument is the
+// fake internet's CA (direct, and passthrough, where the sandbox talks
+// to the server itself).
+const httpsBenchProbe = `
+import http.client, json, socket, ssl, sys, time
+host, ip, ca = sys.argv[1], sys.argv[2], sys.argv[3]
+if ip == "resolve":
+    ip = socket.gethostbyname(host)
+ctx = ssl.create_default_context() if ca == "default" else ssl.create_default_context(cadata=ca)
+def conn():
+    c = http.client.HTTPConnection(host)
+    c.sock = ctx.wrap_socket(socket.create_connection((ip, 443)), server_hostname=host)
+    return c
+c = conn()
+lat = []
+for i in range(520):
+    t0 = time.perf_counter()
+    c.request("GET", "/x")
+    r = c.getresponse(); r.read()
+    assert r.status == 200, r.status
+    if i >= 20:
+        lat.append(time.perf_counter() - t0)
+c.close()
+size = 100 << 20
+def download():
+    c = conn()
+    t0 = time.perf_counter()
+    c.request("GET", "/bytes?n=%d" % size)
+    r = c.getresponse(); total = 0
+    while True:
+        b = r.read(1 << 20)
+        if not b:
+            break
+        total += len(b)
+    d = time.perf_counter() - t0
+    c.close()
+    return total, d
+runs = [download() for _ in range(3)]
+lat.sort()
+pct = lambda v, p: v[min(len(v) - 1, int(len(v) * p))] * 1000
+print(json.dumps({"p50": pct(lat, .5), "p99": pct(lat, .99), "mbps": sorted(r[0] / r[1] / 1e6 for r in runs)[1], "bytes": min(r[0] for r in runs)}))
+`
+
+const l7BenchPolicy = `version: 1
+filesystem_policy:
+  read_only: [/usr, /lib, /lib64, /bin, /etc, /sbin]
+  read_write: [/tmp]
+network_policies:
+  terminated:
+    endpoints:
+      - {host: rules.test, port: 443, protocol: rest, access: read-only}
+  passthrough:
+    endpoints:
+      - {host: pass.test, port: 443}
+`
+
+type httpsFigures struct {
+	P50   float64 `json:"p50"`
+	P99   float64 `json:"p99"`
+	MBps  float64 `json:"mbps"`
+	Bytes int64   `json:"bytes"`
+}
+
+// TestEgressL7Bench compares, in one run, HTTPS through an endpoint
+// whose TLS the gateway terminates (each request decided), through a
+// passthrough endpoint (SNI decided, bytes spliced), and the same runsc
+// sandbox routed straight to the server. It runs only when
+// OPENSHELL_BENCH is set (make bench sets it).
+func TestEgressL7Bench(t *testing.T) {
+	if os.Getenv("OPENSHELL_BENCH") == "" {
+		t.Skip("a benchmark: set OPENSHELL_BENCH=1 (make bench does)")
+	}
+	e := newEgressEnv(t)
+	dir := t.TempDir()
+	pf := writePolicy(t, l7BenchPolicy)
+	ca := string(e.net.CAPEM)
+	run := func(c *exec.Cmd) httpsFigures {
+		out, err := c.Output()
+		if err != nil {
+			var stderr []byte
+			if ee, ok := err.(*exec.ExitError); ok {
+				stderr = ee.Stderr
+			}
+			t.Fatalf("%s: %v\n%s\n%s", c.Args[0], err, out, stderr)
+		}
+		var f httpsFigures
+		if err := json.Unmarshal(out, &f); err != nil {
+			t.Fatalf("probe output %q: %v", out, err)
+		}
+		return f
+	}
+	gateway := func(host, cafile string) httpsFigures {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		return run(exec.CommandContext(ctx, openshellBin, "run", "--config", e.config, "--runsc", runscBin, "--state-dir", stateDir,
+			"--rootfs", e.root, "--policy", pf, "--", "/usr/bin/python3", "-c", httpsBenchProbe, host, "resolve", cafile))
+	}
+	direct := func() httpsFigures {
+		removeDirect, err := e.net.Direct(filepath.Join(dir, "direct"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() {
+			if err := removeDirect(); err != nil {
+				t.Error(err)
+			}
+		}()
+		bundle := t.TempDir()
+		g, err := generate.New("linux")
+		if err != nil {
+			t.Fatal(err)
+		}
+		g.SetRootPath(e.root)
+		g.SetRootReadonly(true)
+		g.SetProcessArgs([]string{"/usr/bin/python3", "-c", httpsBenchProbe, "pass.test", fakenet.WebA.String(), ca})
+		g.SetProcessTerminal(false)
+		if err := g.AddOrReplaceLinuxNamespace("network", filepath.Join(dir, "direct")); err != nil {
+			t.Fatal(err)
+		}
+		writeBundleSpec(t, bundle, g.Config)
+		root := filepath.Join(dir, "runsc-root")
+		defer func() { _ = unix.Unmount(filepath.Join(root, "null-netns"), unix.MNT_DETACH) }()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		return run(exec.CommandContext(ctx, runscBin, "--root", root, "--network=sandbox", "run", "--bundle", bundle, "egress-l7-bench-direct"))
+	}
+	rounds := 3
+	if v, err := strconv.Atoi(os.Getenv("BENCH_RUNS")); err == nil && v > 0 && v < rounds {
+		rounds = v
+	}
+	var dr, ps, tm []httpsFigures
+	for range rounds {
+		dr = append(dr, direct())
+		ps = append(ps, gateway("pass.test", ca))
+		tm = append(tm, gateway("rules.test", "default"))
+	}
+	med := func(fs []httpsFigures, f func(httpsFigures) float64) float64 {
+		v := make([]float64, len(fs))
+		for i, x := range fs {
+			v[i] = f(x)
+		}
+		slices.Sort(v)
+		return v[len(v)/2]
+	}
+	fmt.Printf("egress HTTPS: %d rounds, 500 keep-alive requests and 3 downloads of 100 MB each (medians of the rounds)\n", rounds)
+	fmt.Printf("%-24s %10s %12s %12s %16s %16s\n", "", "direct", "passthrough", "terminated", "pass-direct", "term-direct")
+	for _, m := range []struct {
+		name string
+		f    func(httpsFigures) float64
+		diff bool
+	}{
+		{"request p50 (ms)", func(x httpsFigures) float64 { return x.P50 }, true},
+		{"request p99 (ms)", func(x httpsFigures) float64 { return x.P99 }, true},
+		{"100 MB (MB/s)", func(x httpsFigures) float64 { return x.MBps }, false},
+	} {
+		d, p, tt := med(dr, m.f), med(ps, m.f), med(tm, m.f)
+		if m.diff {
+			fmt.Printf("%-24s %10.3f %12.3f %12.3f %+13.3f ms %+13.3f ms\n", m.name, d, p, tt, p-d, tt-d)
+		} else {
+			fmt.Printf("%-24s %10.1f %12.1f %12.1f %15.2fx %15.2fx\n", m.name, d, p, tt, p/d, tt/d)
+		}
+	}
+	fmt.Printf("terminated / passthrough throughput: %.2fx\n", med(tm, func(x httpsFigures) float64 { return x.MBps })/med(ps, func(x httpsFigures) float64 { return x.MBps }))
+	for _, x := range slices.Concat(dr, ps, tm) {
+		if x.Bytes < 100<<20 {
+			t.Errorf("a download got %d bytes, want %d", x.Bytes, 100<<20)
+		}
+	}
+}

@@ -1,0 +1,174 @@
+package egress
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/openshell/openshell/policyhook/policy"
+	"github.com/openshell/openshell/runtime/inference"
+)
+
+// Keys reach the serving process one call at a time, from its keeper:
+// the keeper (root, outside Landlock on every thread but the one that
+// forked) holds one end of a SOCK_SEQPACKET pair, the serving process the
+// other. The serving process sends "credential SEQ NAME"; the keeper
+// reads the provider's credential afresh (a rotated file takes effect at
+// the next call) and answers "ok SEQ KEY" or "err SEQ REASON" (SEQ lets a
+// late answer to a question that timed out be told apart). It answers only for
+// the provider the sandbox's current policy routes to. A key is never
+// written to a file, the serving process's environment or a log.
+
+// envCredFD names the serving process's end of the pair.
+const envCredFD = "OPENSHELL_EGRESS_CRED_FD"
+
+// maxCredMessage bounds a message either way (a key is at most 16 KiB).
+const maxCredMessage = 32 << 10
+
+// startCredentials gives cmd (the serving process, not yet started) its
+// end of the pair and starts answering on the keeper's. Variables that
+// env: credentials name are taken out of cmd's environment. With no
+// providers configured it does nothing.
+func startCredentials(pc processConfig, cmd *exec.Cmd) (io.Closer, error) {
+	providers := pc.InferenceProviders
+	if len(providers) == 0 {
+		return io.NopCloser(nil), nil
+	}
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("credential channel: %w", err)
+	}
+	keeper, child := os.NewFile(uintptr(fds[0]), "credentials"), os.NewFile(uintptr(fds[1]), "credentials")
+	cmd.ExtraFiles = append(cmd.ExtraFiles, child)
+	var hidden []string
+	for _, p := range providers {
+		if kind, name, err := inference.ParseSource(p.Credential); err == nil && kind == "env" {
+			hidden = append(hidden, name+"=")
+		}
+	}
+	cmd.Env = slices.DeleteFunc(cmd.Env, func(kv string) bool {
+		return slices.ContainsFunc(hidden, func(prefix string) bool { return strings.HasPrefix(kv, prefix) })
+	})
+	cmd.Env = append(cmd.Env, fmt.Sprintf("%s=%d", envCredFD, 3+len(cmd.ExtraFiles)-1))
+	go serveCredentials(keeper, pc.PolicyFile, providers, os.Getenv)
+	return keeper, nil
+}
+
+// serveCredentials answers on c until the serving process closes its end.
+func serveCredentials(c *os.File, policyFile string, providers []inference.Provider, getenv func(string) string) {
+	buf := make([]byte, maxCredMessage)
+	for {
+		n, err := c.Read(buf)
+		if err != nil || n == 0 {
+			return
+		}
+		q, ok := strings.CutPrefix(string(buf[:n]), "credential ")
+		seq, name, ok2 := strings.Cut(q, " ")
+		var reply []byte
+		if key, err := credentialFor(name, ok && ok2, policyFile, providers, getenv); err != nil {
+			reply = []byte("err " + seq + " " + err.Error())
+		} else {
+			reply = append([]byte("ok "+seq+" "), key...)
+		}
+		_, err = c.Write(reply)
+		clear(reply)
+		if err != nil {
+			return
+		}
+	}
+}
+
+// credentialFor is the key of provider name, when the sandbox's current
+// policy routes to it.
+func credentialFor(name string, ok bool, policyFile string, providers []inference.Provider, getenv func(string) string) (string, error) {
+	if !ok {
+		return "", errors.New("not a credential request")
+	}
+	i := slices.IndexFunc(providers, func(p inference.Provider) bool { return p.Name == name })
+	if i < 0 {
+		return "", fmt.Errorf("no provider %q is configured", name)
+	}
+	p, err := policy.Load(policyFile)
+	if err != nil {
+		return "", fmt.Errorf("the sandbox's policy: %w", err)
+	}
+	if p.Inference == nil {
+		return "", errors.New("the sandbox's policy has no inference route")
+	}
+	t, err := inference.Resolve(p.Inference, providers)
+	if err != nil {
+		return "", err
+	}
+	if t.Provider == nil || t.Provider.Name != name {
+		return "", fmt.Errorf("the sandbox's route does not lead to provider %s", name)
+	}
+	return inference.ReadCredential(providers[i].Credential, getenv)
+}
+
+// credClient is the serving process's end: one question at a time.
+type credClient struct {
+	mu  sync.Mutex
+	f   *os.File
+	seq uint64
+}
+
+// openCredentials takes the end of the pair the keeper gave this
+// process, if it gave one.
+func (g *Gateway) openCredentials() error {
+	v := os.Getenv(envCredFD)
+	if v == "" {
+		return nil
+	}
+	fd, err := strconv.Atoi(v)
+	if err != nil || fd < 3 {
+		return fmt.Errorf("%s=%q is not a descriptor", envCredFD, v)
+	}
+	// Non-blocking, so that a question can time out.
+	if err := unix.SetNonblock(fd, true); err != nil {
+		return fmt.Errorf("credential channel: %w", err)
+	}
+	c := &credClient{f: os.NewFile(uintptr(fd), "credentials")}
+	g.inference.cred = c.get
+	return nil
+}
+
+func (c *credClient) get(ctx context.Context, name string) (string, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	dl := time.Now().Add(5 * time.Second)
+	if d, ok := ctx.Deadline(); ok && d.Before(dl) {
+		dl = d
+	}
+	_ = c.f.SetDeadline(dl)
+	c.seq++
+	seq := strconv.FormatUint(c.seq, 10)
+	if _, err := c.f.Write([]byte("credential " + seq + " " + name)); err != nil {
+		return "", fmt.Errorf("ask the gateway's keeper: %w", err)
+	}
+	buf := make([]byte, maxCredMessage)
+	defer clear(buf)
+	for {
+		n, err := c.f.Read(buf)
+		if err != nil {
+			return "", fmt.Errorf("ask the gateway's keeper: %w", err)
+		}
+		if key, ok := bytes.CutPrefix(buf[:n], []byte("ok "+seq+" ")); ok {
+			return string(key), nil
+		}
+		if why, ok := bytes.CutPrefix(buf[:n], []byte("err "+seq+" ")); ok {
+			return "", errors.New(string(why))
+		}
+		// An answer to an earlier question that timed out: skipped.
+	}
+}
