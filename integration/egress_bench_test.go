@@ -121,35 +121,10 @@ func TestEgressBench(t *testing.T) {
 		return egressRun(t, c)
 	}
 	direct := func() egressFigures {
-		// runsc takes the addresses off the namespace's link: a new
-		// namespace for every run.
-		removeDirect, err := e.net.Direct(filepath.Join(dir, "direct"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer func() {
-			if err := removeDirect(); err != nil {
-				t.Error(err)
-			}
-		}()
-		bundle := t.TempDir()
-		g, err := generate.New("linux")
-		if err != nil {
-			t.Fatal(err)
-		}
-		g.SetRootPath(e.root)
-		g.SetRootReadonly(true)
-		g.SetProcessArgs([]string{"/usr/bin/python3", "-c", egressBenchProbe, "allowed.test", fakenet.WebA.String(), "none"})
-		g.SetProcessTerminal(false)
-		if err := g.AddOrReplaceLinuxNamespace("network", filepath.Join(dir, "direct")); err != nil {
-			t.Fatal(err)
-		}
-		writeBundleSpec(t, bundle, g.Config)
-		root := filepath.Join(dir, "runsc-root")
-		defer func() { _ = unix.Unmount(filepath.Join(root, "null-netns"), unix.MNT_DETACH) }()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
-		c := exec.CommandContext(ctx, runscBin, "--root", root, "--network=sandbox", "run", "--bundle", bundle, "egress-bench-direct")
+		c, done := e.directCommand(t, ctx, dir, "egress-bench-direct", "/usr/bin/python3", "-c", egressBenchProbe, "allowed.test", fakenet.WebA.String(), "none")
+		defer done()
 		return egressRun(t, c)
 	}
 	rounds := 3
@@ -197,6 +172,42 @@ func TestEgressBench(t *testing.T) {
 			t.Errorf("a download got %d bytes, want %d", x.Bytes, 100<<20)
 		}
 	}
+}
+
+// directCommand is runsc running args in e's root, routed straight to
+// the fake internet (no policy, no gateway): the baseline the egress
+// benchmarks compare with. done removes what it made.
+func (e *egressEnv) directCommand(t *testing.T, ctx context.Context, dir, id string, args ...string) (c *exec.Cmd, done func()) {
+	t.Helper()
+	// runsc takes the addresses off the namespace's link: a new
+	// namespace for every run.
+	removeDirect, err := e.net.Direct(filepath.Join(dir, "direct"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := filepath.Join(dir, "runsc-root")
+	done = func() {
+		_ = unix.Unmount(filepath.Join(root, "null-netns"), unix.MNT_DETACH)
+		if err := removeDirect(); err != nil {
+			t.Error(err)
+		}
+	}
+	bundle := t.TempDir()
+	g, err := generate.New("linux")
+	if err != nil {
+		done()
+		t.Fatal(err)
+	}
+	g.SetRootPath(e.root)
+	g.SetRootReadonly(true)
+	g.SetProcessArgs(args)
+	g.SetProcessTerminal(false)
+	if err := g.AddOrReplaceLinuxNamespace("network", filepath.Join(dir, "direct")); err != nil {
+		done()
+		t.Fatal(err)
+	}
+	writeBundleSpec(t, bundle, g.Config)
+	return exec.CommandContext(ctx, runscBin, "--root", root, "--network=sandbox", "run", "--bundle", bundle, id), done
 }
 
 func egressRun(t *testing.T, c *exec.Cmd) egressFigures {

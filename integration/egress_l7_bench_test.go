@@ -6,14 +6,10 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"testing"
 	"time"
-
-	"github.com/opencontainers/runtime-tools/generate"
-	"golang.org/x/sys/unix"
 
 	"github.com/openshell/openshell/test/fakenet"
 )
@@ -119,33 +115,11 @@ func TestEgressL7Bench(t *testing.T) {
 			"--rootfs", e.root, "--policy", pf, "--", "/usr/bin/python3", "-c", httpsBenchProbe, host, "resolve", cafile))
 	}
 	direct := func() httpsFigures {
-		removeDirect, err := e.net.Direct(filepath.Join(dir, "direct"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer func() {
-			if err := removeDirect(); err != nil {
-				t.Error(err)
-			}
-		}()
-		bundle := t.TempDir()
-		g, err := generate.New("linux")
-		if err != nil {
-			t.Fatal(err)
-		}
-		g.SetRootPath(e.root)
-		g.SetRootReadonly(true)
-		g.SetProcessArgs([]string{"/usr/bin/python3", "-c", httpsBenchProbe, "pass.test", fakenet.WebA.String(), ca})
-		g.SetProcessTerminal(false)
-		if err := g.AddOrReplaceLinuxNamespace("network", filepath.Join(dir, "direct")); err != nil {
-			t.Fatal(err)
-		}
-		writeBundleSpec(t, bundle, g.Config)
-		root := filepath.Join(dir, "runsc-root")
-		defer func() { _ = unix.Unmount(filepath.Join(root, "null-netns"), unix.MNT_DETACH) }()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
-		return run(exec.CommandContext(ctx, runscBin, "--root", root, "--network=sandbox", "run", "--bundle", bundle, "egress-l7-bench-direct"))
+		c, done := e.directCommand(t, ctx, dir, "egress-l7-bench-direct", "/usr/bin/python3", "-c", httpsBenchProbe, "pass.test", fakenet.WebA.String(), ca)
+		defer done()
+		return run(c)
 	}
 	rounds := 3
 	if v, err := strconv.Atoi(os.Getenv("BENCH_RUNS")); err == nil && v > 0 && v < rounds {

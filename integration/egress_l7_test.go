@@ -1,8 +1,6 @@
 package integration
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -111,21 +109,7 @@ func TestEgressL7(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	pf := writePolicy(t, l7Policy)
-	c := e.command(ctx, pf, l7Probe)
-	stdin, err := c.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := c.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var errb bytes.Buffer
-	c.Stderr = &errb
-	if err := c.Start(); err != nil {
-		t.Fatal(err)
-	}
-	lines := bufio.NewScanner(stdout)
+	c, stdin, lines, errb := e.startPiped(t, ctx, pf, l7Probe)
 	if !lines.Scan() || !strings.HasPrefix(lines.Text(), "-----BEGIN CERTIFICATE-----") {
 		_ = c.Process.Kill()
 		_ = c.Wait()

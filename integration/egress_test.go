@@ -106,6 +106,16 @@ func (e *egressEnv) command(ctx context.Context, pf, program string) *exec.Cmd {
 // the host) before it writes that line and reads the rest.
 func (e *egressEnv) startPaused(t *testing.T, ctx context.Context, pf, program, first string) (*exec.Cmd, io.Writer, *bufio.Scanner, *bytes.Buffer) {
 	t.Helper()
+	c, stdin, lines, errb := e.startPiped(t, ctx, pf, program)
+	if !lines.Scan() || lines.Text() != first {
+		t.Fatalf("sandbox: first line %q, want %q\n%s", lines.Text(), first, errb.String())
+	}
+	return c, stdin, lines, errb
+}
+
+// startPiped starts program with its stdin and stdout on pipes.
+func (e *egressEnv) startPiped(t *testing.T, ctx context.Context, pf, program string) (*exec.Cmd, io.Writer, *bufio.Scanner, *bytes.Buffer) {
+	t.Helper()
 	c := e.command(ctx, pf, program)
 	stdin, err := c.StdinPipe()
 	if err != nil {
@@ -120,11 +130,7 @@ func (e *egressEnv) startPaused(t *testing.T, ctx context.Context, pf, program, 
 	if err := c.Start(); err != nil {
 		t.Fatal(err)
 	}
-	lines := bufio.NewScanner(stdout)
-	if !lines.Scan() || lines.Text() != first {
-		t.Fatalf("sandbox: first line %q, want %q\n%s", lines.Text(), first, errb.String())
-	}
-	return c, stdin, lines, &errb
+	return c, stdin, bufio.NewScanner(stdout), &errb
 }
 
 // run runs program to the end and returns its output.
