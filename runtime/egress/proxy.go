@@ -15,6 +15,7 @@ import (
 	"net/http/httptrace"
 	"net/http/httputil"
 	"net/netip"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -179,7 +180,7 @@ func (h *proxyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if info.rule != "" {
 		ev.Grant = info.rule
 	}
-	h.forward(w, r, rs, t, host, ev)
+	h.forward(w, r, rs, t, host, info.checked, ev)
 }
 
 // admit applies a request's per-rule checks: the endpoint's HTTP rules,
@@ -285,7 +286,12 @@ func (g *Gateway) newTransport() *http.Transport {
 
 // forward sends an allowed plain-HTTP request on, to the address the
 // policy checked, counting bytes both ways and holding the size limits.
-func (h *proxyHandler) forward(w http.ResponseWriter, r *http.Request, rs *rules, t *target, host string, ev Event) {
+//
+// checked, when set, is the path the endpoint's HTTP rules decided on (dot
+// segments resolved, escapes normalised): it is the path sent, so the
+// server is asked for exactly what was checked, never a raw path it might
+// resolve otherwise.
+func (h *proxyHandler) forward(w http.ResponseWriter, r *http.Request, rs *rules, t *target, host, checked string, ev Event) {
 	g := h.g
 	ev.Rule = ruleName(t.rule)
 	body := r.Body
@@ -321,6 +327,11 @@ func (h *proxyHandler) forward(w http.ResponseWriter, r *http.Request, rs *rules
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.Out.URL.Scheme = scheme
 			pr.Out.URL.Host = net.JoinHostPort(host, strconv.Itoa(t.port))
+			if checked != "" {
+				if p, err := url.PathUnescape(checked); err == nil {
+					pr.Out.URL.Path, pr.Out.URL.RawPath = p, checked
+				}
+			}
 			pr.Out.Host = r.Host
 			pr.Out.Header.Del("Proxy-Authorization")
 			pr.Out.Header.Del("Proxy-Connection")
@@ -329,6 +340,12 @@ func (h *proxyHandler) forward(w http.ResponseWriter, r *http.Request, rs *rules
 		BufferPool: copyBuffers,
 		ModifyResponse: func(resp *http.Response) error {
 			ev.Status = resp.StatusCode
+			if resp.StatusCode == http.StatusSwitchingProtocols {
+				// An upgrade (WebSocket) the rules allowed as a GET of its
+				// path: from here the connection is a two-way stream that
+				// ReverseProxy splices, which needs the body writable.
+				return nil
+			}
 			down = &counter{r: resp.Body}
 			if t.rule.MaxResponseMB > 0 && t.rule.Enforcement != policy.EnforcementAudit {
 				down.limit = t.rule.MaxResponseMB << 20

@@ -68,6 +68,9 @@ func (l *l7Rules) err() error {
 type requestInfo struct {
 	rule string // the grant that matched, from the endpoint's rules
 	path string
+	// checked is the normalised path the rules decided on: the path
+	// forwarded (set only where the endpoint has rules).
+	checked string
 }
 
 // decide applies t's HTTP rules to r; nil when r may go.
@@ -87,7 +90,7 @@ func (l *l7Rules) decide(t *target, r *http.Request, info *requestInfo) *denial 
 	}
 	dec := ep.Decide(r.Method, r.RequestURI)
 	if dec.Path != "" {
-		info.path = dec.Path
+		info.path, info.checked = dec.Path, dec.Path
 	}
 	info.rule = dec.Rule
 	if !dec.Allow {
