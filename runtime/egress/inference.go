@@ -85,7 +85,7 @@ func (g *Gateway) serveInference(w http.ResponseWriter, r *http.Request) {
 	rs := g.current()
 	rt := g.router(rs)
 	if rt == nil {
-		d := deny(nil, "no inference routing: the sandbox's policy has no inference section")
+		d := deny(nil, "%s", noRoute)
 		g.event(rs, Event{Kind: "inference", Host: InferenceHost, Port: 80, Decision: Deny, Reason: d.reason})
 		writeDenial(w, http.StatusForbidden, InferenceHost, 80, d)
 		return
@@ -93,18 +93,22 @@ func (g *Gateway) serveInference(w http.ResponseWriter, r *http.Request) {
 	rt.ServeHTTP(w, r)
 }
 
+// noRoute is why inference.local is refused to a policy without a route.
+const noRoute = "no inference routing: the sandbox's policy has no inference section"
+
 // connectInference serves a CONNECT to inference.local: port 80 is
-// served request by request, like plain HTTP in any tunnel; any other
-// port (HTTPS among them, until the gateway terminates TLS for it) is
-// refused.
+// served request by request, like plain HTTP in any tunnel, port 443 as
+// HTTPS (serveInferenceTLS); any other port is refused.
 func (h *proxyHandler) connectInference(w http.ResponseWriter, r *http.Request, rs *rules, port int) {
 	g := h.g
-	if port != 80 || rs.policy.Inference == nil {
-		reason := "inference.local is served as plain HTTP on port 80 only"
+	ev := Event{Kind: "connect", Host: InferenceHost, Port: port}
+	if (port != 80 && port != 443) || rs.policy.Inference == nil {
+		reason := "inference.local is served on port 80 (HTTP) and 443 (HTTPS) only"
 		if rs.policy.Inference == nil {
-			reason = "no inference routing: the sandbox's policy has no inference section"
+			reason = noRoute
 		}
-		g.event(rs, Event{Kind: "connect", Host: InferenceHost, Port: port, Decision: Deny, Reason: reason})
+		ev.Decision, ev.Reason = Deny, reason
+		g.event(rs, ev)
 		writeDenial(w, http.StatusForbidden, InferenceHost, port, deny(nil, "%s", reason))
 		return
 	}
@@ -121,7 +125,54 @@ func (h *proxyHandler) connectInference(w http.ResponseWriter, r *http.Request, 
 	if _, err := down.Write([]byte("HTTP/1.1 200 Connection established\r\n\r\n")); err != nil {
 		return
 	}
+	if port == 443 {
+		g.serveInferenceTLS(rs, ev, &bufferedConn{Conn: down, r: brw.Reader})
+		return
+	}
 	h.tunnelHTTP(down, brw.Reader, InferenceHost, 80)
+}
+
+// serveInferenceTLS serves https://inference.local on down, whose reader
+// starts with the sandbox's ClientHello (captured 443, or a CONNECT
+// tunnel to port 443). The gateway is the server itself: TLS ends here,
+// with a certificate for inference.local that the sandbox's CA signs
+// (the sandbox trusts it: SSL_CERT_FILE and the image's bundles), and
+// each request inside goes to the model router. ev is the connection's
+// audit line; the calls have their own.
+func (g *Gateway) serveInferenceTLS(rs *rules, ev Event, down net.Conn) {
+	ev.Host = InferenceHost
+	switch {
+	case rs.policy.Inference == nil:
+		ev.Decision, ev.Reason = Deny, noRoute
+	case g.ca == nil:
+		ev.Decision, ev.Reason = Deny, "https://inference.local needs the sandbox's CA, and this gateway has none (http://inference.local is served)"
+	default:
+		tc, err := g.handshake(down, InferenceHost)
+		if err != nil {
+			ev.Decision, ev.Reason = Deny, "TLS handshake with the sandbox: "+err.Error()
+			break
+		}
+		ev.Decision, ev.Reason = Allow, "served by the gateway: TLS terminated with the sandbox's CA; each call is routed and audited on its own"
+		g.event(rs, ev)
+		serveConn(tc, inferenceTLSHandler{g})
+		return
+	}
+	g.event(rs, ev)
+}
+
+// inferenceTLSHandler serves the requests of one TLS connection to
+// inference.local: each is a call for the model router, and no other
+// host rides on it.
+type inferenceTLSHandler struct{ g *Gateway }
+
+func (h inferenceTLSHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodConnect || !sameHostHeader(r, InferenceHost) {
+		d := deny(nil, "a request for host %q on a TLS connection to inference.local", r.Host)
+		h.g.event(h.g.current(), Event{Kind: "https", Host: InferenceHost, Port: 443, Method: r.Method, Decision: Deny, Reason: d.reason})
+		writeDenial(w, http.StatusForbidden, InferenceHost, 443, d)
+		return
+	}
+	h.g.serveInference(w, r)
 }
 
 // metadataAddrs are never dialled for a model server, whoever vouched

@@ -2,8 +2,11 @@ package egress
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -152,5 +155,104 @@ func TestCredentialChannel(t *testing.T) {
 	_ = os.Chmod(keyFile, 0o644)
 	if _, err := c.get(ctx, "routed"); err == nil || !strings.Contains(err.Error(), "mode 0644") || strings.Contains(err.Error(), "sk-") {
 		t.Errorf("world-readable file: %v", err)
+	}
+}
+
+// withCA gives g a sandbox CA, as the runtime does at create, and
+// returns the pool a sandbox trusting it verifies with.
+func withCA(t *testing.T, g *Gateway) *x509.CertPool {
+	t.Helper()
+	f := filepath.Join(t.TempDir(), "ca.pem")
+	certPEM, err := WriteCAFile(f, "sb1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.ca, err = LoadCA(f); err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(certPEM)
+	return roots
+}
+
+// TestInferenceHTTPS: https://inference.local is served with the
+// sandbox's CA, through CONNECT inference.local:443 (the proxy
+// variables) and captured 443 (no proxy), as http://inference.local is.
+func TestInferenceHTTPS(t *testing.T) {
+	llm := &fakellm.Server{}
+	up := httptest.NewServer(llm)
+	defer up.Close()
+	base := up.URL + "/v1"
+	g, _, audit := newTestGateway(t, inferencePolicy(base, "    allowed_models: [m]\n"))
+	g.cfg.InferenceProviders = []inference.Provider{{Name: "local", BaseURL: base, API: "openai", Auth: "bearer", Credential: "env:K"}}
+	g.inference.cred = func(context.Context, string) (string, error) { return "sk-unit-0123456789", nil }
+	roots := withCA(t, g)
+
+	proxy := httptest.NewServer(&proxyHandler{g: g})
+	defer proxy.Close()
+	pu, _ := url.Parse(proxy.URL)
+	captured, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer captured.Close()
+	go serve(captured, g.handleTLS)
+
+	tlsConfig := &tls.Config{RootCAs: roots}
+	clients := map[string]*http.Client{
+		"CONNECT": {Transport: &http.Transport{Proxy: http.ProxyURL(pu), TLSClientConfig: tlsConfig}},
+		"captured": {Transport: &http.Transport{TLSClientConfig: tlsConfig,
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				return (&net.Dialer{}).DialContext(ctx, "tcp", captured.Addr().String())
+			}}},
+	}
+	for name, c := range clients {
+		for _, model := range []string{"m", "m", "other"} {
+			req, _ := http.NewRequest(http.MethodPost, "https://inference.local/v1/chat/completions", strings.NewReader(`{"model":"`+model+`","messages":[]}`))
+			req.Header.Set("Authorization", "Bearer sandbox-token")
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			data, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if want := map[string]int{"m": 200, "other": 403}[model]; resp.StatusCode != want {
+				t.Errorf("%s %s: %d %s", name, model, resp.StatusCode, data)
+			}
+		}
+	}
+	for _, r := range llm.Requests() {
+		if h := r.Header.Get("Authorization"); h != "Bearer sk-unit-0123456789" {
+			t.Errorf("upstream Authorization %q", h)
+		}
+	}
+	if n := len(llm.Requests()); n != 4 {
+		t.Errorf("%d calls reached the model server, want 4", n)
+	}
+
+	// A request for another host may not ride the connection; a gateway
+	// without a CA refuses the handshake (no certificate to present).
+	c := clients["captured"]
+	req, _ := http.NewRequest(http.MethodGet, "https://inference.local/v1/models", nil)
+	req.Host = "api.example.com"
+	if resp, err := c.Do(req); err != nil || resp.StatusCode != 403 {
+		t.Errorf("another Host on inference.local's connection: %v %v", resp, err)
+	}
+	c.CloseIdleConnections()
+	g.ca = nil
+	if _, err := c.Get("https://inference.local/v1/models"); err == nil {
+		t.Error("a gateway without a CA served https://inference.local")
+	}
+
+	g.audit.Close()
+	// One connection each way (kept alive), and the one refused.
+	conns := map[string]int{}
+	for _, e := range readEvents(t, audit) {
+		if e.Host == InferenceHost && (e.Kind == "tls" || e.Kind == "connect") {
+			conns[e.Decision]++
+		}
+	}
+	if conns[Allow] != 2 || conns[Deny] != 1 {
+		t.Errorf("TLS connections to inference.local audited: %v", conns)
 	}
 }

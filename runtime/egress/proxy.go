@@ -26,7 +26,7 @@ import (
 )
 
 // InferenceHost is the name the sandbox calls for model inference: the
-// gateway serves it itself (inference.go), as plain HTTP on port 80.
+// gateway serves it itself (inference.go): HTTP on port 80, HTTPS on 443.
 const InferenceHost = "inference.local"
 
 func (g *Gateway) httpServer(transparent bool) *http.Server {
@@ -617,7 +617,7 @@ func (h *proxyHandler) tunnelHTTP(down net.Conn, br *bufio.Reader, host string, 
 
 // serveConn serves the requests one connection carries with h, until the
 // client closes it or it idles.
-func serveConn(c net.Conn, h *proxyHandler) {
+func serveConn(c net.Conn, h http.Handler) {
 	l := &oneConnListener{c: c, done: make(chan struct{})}
 	srv := &http.Server{
 		Handler:           h,
@@ -703,12 +703,14 @@ func (g *Gateway) handleTLS(c net.Conn) {
 	}).Handshake()
 	_ = c.SetReadDeadline(time.Time{})
 	ev := Event{Kind: "tls", Host: sni, Port: int(dst.Port()), IP: dst.Addr().Unmap().String()}
+	if sni == InferenceHost {
+		defer tracked(c).hold()()
+		g.serveInferenceTLS(rs, ev, &prefixConn{Conn: c, r: io.MultiReader(bytes.NewReader(rec.Bytes()), c)})
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	t, d := g.authorizeDst(ctx, rs, sni, dst)
-	if sni == InferenceHost {
-		t, d = nil, deny(nil, "inference.local is served as plain HTTP on port 80 only (http://inference.local/v1)")
-	}
 	if d == nil && rs.l7.inspect[t.rule] {
 		// Each request is decided and counted; the connection is not.
 		defer tracked(c).hold()()

@@ -179,6 +179,20 @@ func (g *Gateway) terminate(rs *rules, ev Event, t *target, down net.Conn, host 
 		g.event(rs, ev)
 		return
 	}
+	tc, err := g.handshake(down, host)
+	if err != nil {
+		ev.Rule, ev.Decision, ev.Reason = ruleName(t.rule), Deny, "TLS handshake with the sandbox: "+err.Error()
+		g.event(rs, ev)
+		return
+	}
+	serveConn(tc, &proxyHandler{g: g, tunnel: true, tunnelHost: host, tunnelPort: port, tls: true})
+}
+
+// handshake answers the TLS handshake the sandbox opened to host on down
+// with a certificate for host signed by the sandbox's CA (HTTP/1.1 only),
+// refusing a server name other than host.
+// Preconditions: g.ca is not nil.
+func (g *Gateway) handshake(down net.Conn, host string) (*tls.Conn, error) {
 	tc := tls.Server(down, &tls.Config{
 		MinVersion: tls.VersionTLS12,
 		NextProtos: []string{"http/1.1"},
@@ -193,11 +207,9 @@ func (g *Gateway) terminate(rs *rules, ev Event, t *target, down net.Conn, host 
 	err := tc.Handshake()
 	_ = down.SetDeadline(time.Time{})
 	if err != nil {
-		ev.Rule, ev.Decision, ev.Reason = ruleName(t.rule), Deny, "TLS handshake with the sandbox: "+err.Error()
-		g.event(rs, ev)
-		return
+		return nil, err
 	}
-	serveConn(tc, &proxyHandler{g: g, tunnel: true, tunnelHost: host, tunnelPort: port, tls: true})
+	return tc, nil
 }
 
 // prefixConn reads head before the connection itself: the bytes already
