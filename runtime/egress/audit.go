@@ -304,6 +304,10 @@ type aggKey struct {
 	port           int
 	rule, decision string
 	reason         string
+	// A request folds only into repeats of itself: same method, path,
+	// grant and status.
+	method, path, grant string
+	status              int
 }
 
 // aggregate is one open window: the line written for its first event and
@@ -412,7 +416,7 @@ func (l *AuditLog) Write(e *Event) error {
 		return l.writeLine(&ev)
 	}
 	var errs []error
-	k := aggKey{ev.Kind, ev.Host, ev.Port, ev.Rule, ev.Decision, ev.Reason}
+	k := aggKey{ev.Kind, ev.Host, ev.Port, ev.Rule, ev.Decision, ev.Reason, ev.Method, ev.Path, ev.Grant, ev.Status}
 	if a, ok := l.open[k]; ok {
 		if now.Before(a.end) {
 			a.count++

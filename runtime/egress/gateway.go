@@ -109,6 +109,9 @@ type Gateway struct {
 	dns   *resolver
 	// dialer dials out from the gateway's own network namespace.
 	dialer net.Dialer
+	// dialTCP is dialer.DialContext; tests put a server at an address
+	// the policy allows through it.
+	dialTCP func(ctx context.Context, network, addr string) (net.Conn, error)
 	// isLocal reports whether an address is the uplink's own, asked of
 	// the kernel at each decision and each dial: never a destination,
 	// whenever the host gained it.
@@ -154,6 +157,7 @@ func New(cfg Config, log *slog.Logger) (*Gateway, error) {
 		conns:    newConnTable(maxConns),
 		dnsSlots: make(chan struct{}, maxDNSInFlight),
 	}
+	g.dialTCP = g.dialer.DialContext
 	g.dns = &resolver{upstream: upstream, timeout: 3 * time.Second}
 	if cfg.CAFile != "" {
 		if g.ca, err = LoadCA(cfg.CAFile); err != nil {
@@ -511,7 +515,7 @@ func (g *Gateway) dial(ctx context.Context, t *target) (net.Conn, netip.AddrPort
 			errs = append(errs, fmt.Errorf("dial %s: %w", ap, errHostAddr))
 			continue
 		}
-		c, err := g.dialer.DialContext(ctx, "tcp", ap.String())
+		c, err := g.dialTCP(ctx, "tcp", ap.String())
 		if err != nil {
 			errs = append(errs, err)
 			continue

@@ -40,7 +40,7 @@ type upstream struct {
 	pc   net.PacketConn
 }
 
-func startUpstream(t *testing.T, zone map[string]string) *upstream {
+func startUpstream(t testing.TB, zone map[string]string) *upstream {
 	t.Helper()
 	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
 	if err != nil {
@@ -90,7 +90,7 @@ func (u *upstream) questions() []string {
 	return append([]string(nil), u.seen...)
 }
 
-func newTestGateway(t *testing.T, policyYAML string) (*Gateway, *upstream, string) {
+func newTestGateway(t testing.TB, policyYAML string) (*Gateway, *upstream, string) {
 	t.Helper()
 	dir := t.TempDir()
 	pf := filepath.Join(dir, "policy.yaml")
