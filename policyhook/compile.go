@@ -217,6 +217,9 @@ func Compile(p *policy.Policy, opts ...Option) (*Compiled, error) {
 		}),
 		modifier.NewResources(p.Resources.MaxMemoryMB, p.Resources.MaxCPUCores),
 		sc,
+		// Before the policy's own env, which wins; only where the
+		// gateway serves inference.local.
+		modifier.NewInferenceEnv(p.Inference != nil && p.Inference.SetEnv && o.gateway != nil),
 		modifier.NewEnv(p.Env),
 	)
 	switch {

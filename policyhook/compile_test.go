@@ -472,3 +472,61 @@ func TestCompileDropsHooks(t *testing.T) {
 		t.Fatalf("GPU request through a hook: %v", err)
 	}
 }
+
+// TestCompileInferenceEnv: inference.set_env points the sandbox's SDKs at
+// inference.local where the gateway serves it; the policy's own env wins;
+// without a gateway, nothing is set (there is no inference.local).
+func TestCompileInferenceEnv(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "p.yaml")
+	data := `version: "1.0"
+name: env
+sandbox:
+  environment:
+    OPENAI_BASE_URL: "http://inference.local/v1/custom"
+  inference:
+    routing_endpoint: "https://api.openai.com/v1"
+    set_env: true
+`
+	if err := os.WriteFile(f, []byte(data), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		opts []Option
+		want []string
+	}{
+		{"gateway", []Option{WithGateway(testGateway)}, []string{
+			"OPENAI_BASE_URL=http://inference.local/v1/custom",
+			"OPENAI_API_KEY=" + modifier.InferenceOpenAIKey,
+			"ANTHROPIC_BASE_URL=" + modifier.InferenceAnthropicBaseURL,
+			"ANTHROPIC_API_KEY=" + modifier.InferenceAnthropicKey,
+		}},
+		{"no-gateway", nil, []string{"OPENAI_BASE_URL=http://inference.local/v1/custom"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Compile(load(t, f), append([]Option{WithRootDir("/r"), WithBundle("/bundle"), WithoutUserLookup()}, tc.opts...)...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := spectest.Base(t)
+			s.Process.Env = append(s.Process.Env, "OPENAI_API_KEY=sk-from-the-engine")
+			if err := c.Apply(s); err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, e := range s.Process.Env {
+				if strings.HasPrefix(e, "OPENAI_") || strings.HasPrefix(e, "ANTHROPIC_") {
+					got = append(got, e)
+				}
+			}
+			if tc.name == "no-gateway" {
+				tc.want = append([]string{"OPENAI_API_KEY=sk-from-the-engine"}, tc.want...)
+			}
+			slices.Sort(got)
+			slices.Sort(tc.want)
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("env %q, want %q", got, tc.want)
+			}
+		})
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/openshell/openshell/policyhook/modifier"
 	"github.com/openshell/openshell/policyhook/policy"
 )
 
@@ -30,6 +31,13 @@ func inferenceRows(c *Compiled) []Row {
 		apis = strings.Join(inf.APIs, ", ")
 	}
 	rows = append(rows, Row{"inference routes: " + apis, "the gateway's router", "every other path"})
+	if inf.SetEnv {
+		var names []string
+		for _, kv := range modifier.InferenceEnv {
+			names = append(names, kv[0])
+		}
+		rows = append(rows, Row{"inference set_env: " + strings.Join(names, ", "), "the spec's environment (the keys are placeholders the gateway strips)", "nothing: it points SDKs at inference.local"})
+	}
 	if inf.TokenBudget > 0 {
 		rows = append(rows, Row{fmt.Sprintf("token_budget: %d", inf.TokenBudget), "tokens the model server reports, summed by the gateway", "calls once the budget is spent (429)"})
 	}

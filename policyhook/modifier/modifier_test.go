@@ -255,6 +255,22 @@ func TestEnv(t *testing.T) {
 	})
 }
 
+func TestInferenceEnv(t *testing.T) {
+	if NewInferenceEnv(false) != nil {
+		t.Fatal("NewInferenceEnv(false) is not nil")
+	}
+	run(t, []tcase{
+		{name: "set", mod: ok(NewInferenceEnv(true))},
+		// The engine's key (docker run -e OPENAI_API_KEY=...) is
+		// replaced, not kept beside the placeholder.
+		{name: "replaces-engine-key", base: func(t testing.TB) *specs.Spec {
+			s := spectest.Base(t)
+			s.Process.Env = append(s.Process.Env, "OPENAI_API_KEY=sk-real-from-engine", "ANTHROPIC_BASE_URL=https://api.anthropic.com")
+			return s
+		}, mod: ok(NewInferenceEnv(true))},
+	})
+}
+
 // An engine's spec can name a variable twice (image ENV plus -e); the
 // policy's value must be the only one left, in the first one's place.
 func TestSetEnv(t *testing.T) {

@@ -42,7 +42,11 @@ type Inference struct {
 	// Timeout bounds the wait for the response to start and every quiet
 	// gap in it; DefaultInferenceTimeout when the policy is silent.
 	Timeout time.Duration
-	Field   string // sandbox.inference
+	// SetEnv asks for the SDKs' variables in the sandbox
+	// (OPENAI_BASE_URL and the like, pointing at inference.local, with a
+	// placeholder key the gateway strips): modifier.NewInferenceEnv.
+	SetEnv bool
+	Field  string // sandbox.inference
 }
 
 // The routes a policy's apis may name. The OpenAI ones are served under
@@ -84,6 +88,7 @@ type seedInference struct {
 	RateLimit       string            `yaml:"rate_limit"`
 	TokenBudget     int64             `yaml:"token_budget"`
 	TimeoutSeconds  int64             `yaml:"timeout_seconds"`
+	SetEnv          bool              `yaml:"set_env"`
 }
 
 // fromSeedInference builds the model's Inference from the seed section.
@@ -97,6 +102,7 @@ func fromSeedInference(si *seedInference, field string, s *errSink) *Inference {
 		APIs:            si.APIs,
 		TokenBudget:     si.TokenBudget,
 		Timeout:         time.Duration(si.TimeoutSeconds) * time.Second,
+		SetEnv:          si.SetEnv,
 		Field:           field,
 	}
 	if si.TimeoutSeconds == 0 {

@@ -91,7 +91,7 @@ func TestInferenceRejections(t *testing.T) {
 		{"budget", seed("    provider: x\n    token_budget: -1\n"), "p.yaml:5:19: sandbox.inference.token_budget: -1 is out of range (1-1125899906842624; leave it out for no budget)"},
 		{"timeout", seed("    provider: x\n    timeout_seconds: 99999\n"), "p.yaml:5:22: sandbox.inference.timeout_seconds: 99999 is out of range (1-3600)"},
 		{"rate", seed("    provider: x\n    rate_limit: lots\n"), `p.yaml:5:17: sandbox.inference.rate_limit: "lots" is not a rate: write COUNT/second, COUNT/minute or COUNT/hour, e.g. "5/minute"`},
-		{"key-field", seed("    provider: x\n    api_key: sk-123\n"), "p.yaml:5:5: sandbox.inference.api_key: unknown field (known fields here: routing_endpoint, provider, model, allowed_models, model_aliases, apis, rate_limit, token_budget, timeout_seconds)"},
+		{"key-field", seed("    provider: x\n    api_key: sk-123\n"), "p.yaml:5:5: sandbox.inference.api_key: unknown field (known fields here: routing_endpoint, provider, model, allowed_models, model_aliases, apis, rate_limit, token_budget, timeout_seconds, set_env)"},
 		{"openshell-format", "version: 1\ninference: {routing_endpoint: \"http://a/v1\"}\n", `p.yaml:2:1: inference: not supported: NVIDIA OpenShell's format has no inference route; write the policy in openshell's format (version: "1.0") and set sandbox.inference`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
