@@ -8,7 +8,7 @@ import (
 
 // inferenceWidenings: a policy's model route must be the ceiling's
 // (endpoint and provider), name no model, route or rate the ceiling does
-// not allow, and spend no more tokens.
+// not allow, and spend no more tokens or dollars.
 func inferenceWidenings(c, p *policy.Inference, add addFunc) {
 	switch {
 	case p == nil:
@@ -51,6 +51,9 @@ func inferenceWidenings(c, p *policy.Inference, add addFunc) {
 	}
 	if c.TokenBudget > 0 && (p.TokenBudget == 0 || p.TokenBudget > c.TokenBudget) {
 		add(p.Field+".token_budget", "%d exceeds the ceiling's %d (0 is no budget)", p.TokenBudget, c.TokenBudget)
+	}
+	if c.CostBudgetUSD > 0 && (p.CostBudgetUSD == 0 || p.CostBudgetUSD > c.CostBudgetUSD) {
+		add(p.Field+".cost_budget_usd", "%g exceeds the ceiling's %g (0 is no budget)", p.CostBudgetUSD, c.CostBudgetUSD)
 	}
 	if cr := c.RateLimit; cr != nil {
 		if pr := p.RateLimit; pr == nil || float64(pr.Count)/pr.Per.Seconds() > float64(cr.Count)/cr.Per.Seconds() {

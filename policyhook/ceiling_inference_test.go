@@ -14,7 +14,7 @@ func TestInferenceWidenings(t *testing.T) {
 		return &policy.Inference{
 			RoutingEndpoint: "https://api.openai.com/v1", Provider: "openai",
 			AllowedModels: []string{"gpt-4o-mini"}, ModelAliases: map[string]string{"fast": "gpt-4o-mini"},
-			APIs: []string{"chat_completions"}, TokenBudget: 1000, RateLimit: &policy.RateLimit{Count: 10, Per: time.Minute},
+			APIs: []string{"chat_completions"}, TokenBudget: 1000, CostBudgetUSD: 5, RateLimit: &policy.RateLimit{Count: 10, Per: time.Minute},
 			Timeout: time.Minute, Field: "sandbox.inference",
 		}
 	}
@@ -25,7 +25,7 @@ func TestInferenceWidenings(t *testing.T) {
 	}{
 		{"same", func(*policy.Inference) {}, ""},
 		{"narrower", func(p *policy.Inference) {
-			p.ModelAliases, p.TokenBudget, p.RateLimit = nil, 10, &policy.RateLimit{Count: 1, Per: time.Minute}
+			p.ModelAliases, p.TokenBudget, p.CostBudgetUSD, p.RateLimit = nil, 10, 0.5, &policy.RateLimit{Count: 1, Per: time.Minute}
 		}, ""},
 		{"endpoint", func(p *policy.Inference) { p.RoutingEndpoint = "http://evil/v1" }, `sandbox.inference.routing_endpoint: "http://evil/v1" differs`},
 		{"provider", func(p *policy.Inference) { p.Provider = "other" }, `sandbox.inference.provider: "other" differs`},
@@ -35,6 +35,8 @@ func TestInferenceWidenings(t *testing.T) {
 		{"pinned-other", func(p *policy.Inference) { p.AllowedModels, p.ModelAliases, p.Model = nil, nil, "o1" }, `"o1" (sent as "o1") is not allowed`},
 		{"apis", func(p *policy.Inference) { p.APIs = nil }, "sandbox.inference.apis: every route is served"},
 		{"budget", func(p *policy.Inference) { p.TokenBudget = 0 }, "sandbox.inference.token_budget: 0 exceeds"},
+		{"no-cost-budget", func(p *policy.Inference) { p.CostBudgetUSD = 0 }, "sandbox.inference.cost_budget_usd: 0 exceeds the ceiling's 5"},
+		{"cost-budget", func(p *policy.Inference) { p.CostBudgetUSD = 5.01 }, "sandbox.inference.cost_budget_usd: 5.01 exceeds"},
 		{"rate", func(p *policy.Inference) { p.RateLimit = &policy.RateLimit{Count: 1, Per: time.Second} }, "sandbox.inference.rate_limit: is above"},
 		{"timeout", func(p *policy.Inference) { p.Timeout = time.Hour }, "sandbox.inference.timeout_seconds: 1h0m0s exceeds"},
 	} {

@@ -41,6 +41,9 @@ func inferenceRows(c *Compiled) []Row {
 	if inf.TokenBudget > 0 {
 		rows = append(rows, Row{fmt.Sprintf("token_budget: %d", inf.TokenBudget), "tokens the model server reports, summed by the gateway", "calls once the budget is spent (429)"})
 	}
+	if b := inf.CostBudgetUSD; b > 0 {
+		rows = append(rows, Row{fmt.Sprintf("cost_budget_usd: %g", b), "tokens the model server reports at the provider's cost per token (the host's configuration), summed by the gateway", "calls once the budget is spent (429); every call, where the provider has no cost"})
+	}
 	if r := inf.RateLimit; r != nil {
 		rows = append(rows, Row{fmt.Sprintf("inference rate_limit: %d per %s", r.Count, r.Per), "the gateway's router", "calls over the rate (429)"})
 	}

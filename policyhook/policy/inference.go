@@ -39,6 +39,10 @@ type Inference struct {
 	// TokenBudget bounds the tokens (in plus out, as the model server
 	// reports them) the sandbox may use in its lifetime; 0: no bound.
 	TokenBudget int64
+	// CostBudgetUSD bounds what the sandbox's calls cost, in US dollars,
+	// at the provider's cost per token (the host's configuration); 0: no
+	// bound. A route whose provider has no cost refuses every call.
+	CostBudgetUSD float64
 	// Timeout bounds the wait for the response to start and every quiet
 	// gap in it; DefaultInferenceTimeout when the policy is silent.
 	Timeout time.Duration
@@ -69,6 +73,7 @@ const (
 	DefaultInferenceTimeout = 120 * time.Second
 	MaxInferenceTimeout     = time.Hour
 	maxTokenBudget          = 1 << 50
+	maxCostBudgetUSD        = 1e9
 	maxModelName            = 256
 )
 
@@ -87,6 +92,7 @@ type seedInference struct {
 	APIs            []string          `yaml:"apis"`
 	RateLimit       string            `yaml:"rate_limit"`
 	TokenBudget     int64             `yaml:"token_budget"`
+	CostBudgetUSD   float64           `yaml:"cost_budget_usd"`
 	TimeoutSeconds  int64             `yaml:"timeout_seconds"`
 	SetEnv          bool              `yaml:"set_env"`
 }
@@ -101,6 +107,7 @@ func fromSeedInference(si *seedInference, field string, s *errSink) *Inference {
 		ModelAliases:    si.ModelAliases,
 		APIs:            si.APIs,
 		TokenBudget:     si.TokenBudget,
+		CostBudgetUSD:   si.CostBudgetUSD,
 		Timeout:         time.Duration(si.TimeoutSeconds) * time.Second,
 		SetEnv:          si.SetEnv,
 		Field:           field,
@@ -190,6 +197,10 @@ func validateInference(inf *Inference, s *errSink) {
 	}
 	if inf.TokenBudget < 0 || inf.TokenBudget > maxTokenBudget {
 		s.addf(f+".token_budget", "%d is out of range (1-%d; leave it out for no budget)", inf.TokenBudget, int64(maxTokenBudget))
+	}
+	// NaN fails every comparison: it is out of range too.
+	if b := inf.CostBudgetUSD; !(b >= 0 && b <= maxCostBudgetUSD) {
+		s.addf(f+".cost_budget_usd", "%v is out of range (more than 0, at most %g; leave it out for no budget)", b, float64(maxCostBudgetUSD))
 	}
 }
 

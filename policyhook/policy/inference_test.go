@@ -89,9 +89,11 @@ func TestInferenceRejections(t *testing.T) {
 		{"model-space", seed("    provider: x\n    model: \"a b\"\n"), `p.yaml:5:12: sandbox.inference.model: "a b" contains a space or a control character`},
 		{"api", seed("    provider: x\n    apis: [chat]\n"), `p.yaml:5:12: sandbox.inference.apis[0]: "chat" is not a route (one of chat_completions, completions, responses, embeddings, models, messages)`},
 		{"budget", seed("    provider: x\n    token_budget: -1\n"), "p.yaml:5:19: sandbox.inference.token_budget: -1 is out of range (1-1125899906842624; leave it out for no budget)"},
+		{"cost-budget", seed("    provider: x\n    cost_budget_usd: -0.5\n"), "p.yaml:5:22: sandbox.inference.cost_budget_usd: -0.5 is out of range (more than 0, at most 1e+09; leave it out for no budget)"},
+		{"cost-budget-nan", seed("    provider: x\n    cost_budget_usd: .nan\n"), "p.yaml:5:22: sandbox.inference.cost_budget_usd: .nan is not a finite number"},
 		{"timeout", seed("    provider: x\n    timeout_seconds: 99999\n"), "p.yaml:5:22: sandbox.inference.timeout_seconds: 99999 is out of range (1-3600)"},
 		{"rate", seed("    provider: x\n    rate_limit: lots\n"), `p.yaml:5:17: sandbox.inference.rate_limit: "lots" is not a rate: write COUNT/second, COUNT/minute or COUNT/hour, e.g. "5/minute"`},
-		{"key-field", seed("    provider: x\n    api_key: sk-123\n"), "p.yaml:5:5: sandbox.inference.api_key: unknown field (known fields here: routing_endpoint, provider, model, allowed_models, model_aliases, apis, rate_limit, token_budget, timeout_seconds, set_env)"},
+		{"key-field", seed("    provider: x\n    api_key: sk-123\n"), "p.yaml:5:5: sandbox.inference.api_key: unknown field (known fields here: routing_endpoint, provider, model, allowed_models, model_aliases, apis, rate_limit, token_budget, cost_budget_usd, timeout_seconds, set_env)"},
 		{"openshell-format", "version: 1\ninference: {routing_endpoint: \"http://a/v1\"}\n", `p.yaml:2:1: inference: not supported: NVIDIA OpenShell's format has no inference route; write the policy in openshell's format (version: "1.0") and set sandbox.inference`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -55,7 +55,8 @@ type Provider struct {
 	// Headers are sent on every call to the provider, after the
 	// sandbox's (e.g. anthropic-version, OpenAI-Organization).
 	Headers map[string]string `json:"headers,omitempty" toml:"headers"`
-	// Costs in US dollars per token, for openshell inference usage.
+	// Costs in US dollars per token: openshell inference usage and a
+	// policy's cost_budget_usd count in them.
 	CostPerInputToken  float64 `json:"cost_per_input_token,omitempty" toml:"cost_per_input_token"`
 	CostPerOutputToken float64 `json:"cost_per_output_token,omitempty" toml:"cost_per_output_token"`
 }

@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -84,10 +85,31 @@ type DialFunc func(ctx context.Context, network, addr string, trusted bool) (net
 
 // Usage is what a sandbox has spent; it outlives a router that a policy
 // reload replaces.
-type Usage struct{ tokens atomic.Int64 }
+type Usage struct {
+	tokens atomic.Int64
+	mu     sync.Mutex
+	cost   float64 // US dollars
+}
 
 // Tokens are the tokens spent so far.
 func (u *Usage) Tokens() int64 { return u.tokens.Load() }
+
+// CostUSD is what the calls so far cost, in US dollars, at their
+// providers' costs per token.
+func (u *Usage) CostUSD() float64 {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.cost
+}
+
+func (u *Usage) add(tokens int64, cost float64) {
+	u.tokens.Add(tokens)
+	if cost > 0 {
+		u.mu.Lock()
+		u.cost += cost
+		u.mu.Unlock()
+	}
+}
 
 // Options build a Router.
 type Options struct {
@@ -125,6 +147,13 @@ func New(o Options) *Router {
 		r.usage = &Usage{}
 	}
 	r.target, r.broken = Resolve(o.Route, o.Providers)
+	if p := r.target.Provider; r.broken == nil && o.Route.CostBudgetUSD > 0 && (p == nil || p.CostPerInputToken == 0 && p.CostPerOutputToken == 0) {
+		// Fail closed: a budget that cannot be counted is not a budget.
+		r.broken = errors.New("the policy's cost_budget_usd needs the provider's cost_per_input_token or cost_per_output_token in the host's configuration, and this route's provider has none")
+		if p == nil {
+			r.broken = errors.New("the policy's cost_budget_usd needs a provider with costs in the host's configuration, and no provider has this route's endpoint")
+		}
+	}
 	r.apis = o.Route.APIs
 	if len(r.apis) == 0 {
 		switch {
@@ -255,6 +284,10 @@ func (r *Router) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	}
 	if b := r.route.TokenBudget; b > 0 && r.usage.Tokens() >= b {
 		c.fail(w, http.StatusTooManyRequests, "insufficient_quota", "token_budget_exceeded", fmt.Sprintf("openshell: the sandbox's token_budget of %d is spent (%d used)", b, r.usage.Tokens()))
+		return
+	}
+	if b := r.route.CostBudgetUSD; b > 0 && r.usage.CostUSD() >= b {
+		c.fail(w, http.StatusTooManyRequests, "insufficient_quota", "cost_budget_exceeded", fmt.Sprintf("openshell: the sandbox's cost_budget_usd of %g is spent ($%.6f used)", b, r.usage.CostUSD()))
 		return
 	}
 	if r.limiter != nil && !r.limiter.Allow() {
@@ -543,10 +576,10 @@ func (c *call) audit() {
 	c.ev.TokensIn, c.ev.TokensOut = t.in(), t.out
 	c.ev.CacheReadTokens, c.ev.CacheWriteTokens = t.cacheRead, t.cacheWrite
 	c.ev.ReportedModel = t.model
-	c.r.usage.tokens.Add(c.ev.TokensIn + c.ev.TokensOut)
 	if p := c.r.target.Provider; p != nil {
 		c.ev.CostUSD = float64(c.ev.TokensIn)*p.CostPerInputToken + float64(c.ev.TokensOut)*p.CostPerOutputToken
 	}
+	c.r.usage.add(c.ev.TokensIn+c.ev.TokensOut, c.ev.CostUSD)
 	c.ev.LatencyMS = time.Since(c.start).Milliseconds()
 	if c.ev.Decision == "" {
 		c.ev.Decision = Deny

@@ -327,6 +327,80 @@ func TestBudgetAndRate(t *testing.T) {
 	}
 }
 
+// TestCostBudget: calls start while the sandbox's spend, at the
+// provider's cost per token, is under cost_budget_usd; then 429 in the
+// API's shape. Streamed calls count, and what was spent outlives a
+// router a reload replaces.
+func TestCostBudget(t *testing.T) {
+	// newEnv's provider: $0.001 an input token, $0.002 an output token.
+	perCall := fakellm.OpenAIPrompt*0.001 + fakellm.OpenAICompletion*0.002
+	e := newEnv(t, inference.APIOpenAI, func(base string) *policy.Inference {
+		return &policy.Inference{RoutingEndpoint: base, CostBudgetUSD: 1.5 * perCall}
+	})
+	for i, c := range []struct {
+		body string
+		want int
+	}{
+		{`{"model":"m"}`, 200},
+		{`{"model":"m","stream":true}`, 200},
+		{`{"model":"m"}`, 429},
+	} {
+		resp, body := e.post(t, "/v1/chat/completions", c.body)
+		if resp.StatusCode != c.want {
+			t.Fatalf("call %d: %d %s", i, resp.StatusCode, body)
+		}
+		if c.want == 429 && (!strings.Contains(body, `"type":"insufficient_quota"`) || !strings.Contains(body, `"code":"cost_budget_exceeded"`)) {
+			t.Errorf("budget error shape %s", body)
+		}
+	}
+	if n := len(e.llm.Requests()); n != 2 {
+		t.Errorf("model server got %d calls, want 2", n)
+	}
+	if got := e.router.Usage().CostUSD(); got < 2*perCall*0.999 || got > 2*perCall*1.001 {
+		t.Errorf("cost %v, want %v", got, 2*perCall)
+	}
+	if ev := e.lastEvent(t); ev.Decision != inference.Deny || !strings.Contains(ev.Reason, "cost_budget_usd") {
+		t.Errorf("audit %+v", ev)
+	}
+
+	// Anthropic's shape, and the spend carried into a new router (a
+	// reload) over the same Usage.
+	a := newEnv(t, inference.APIAnthropic, func(base string) *policy.Inference {
+		return &policy.Inference{RoutingEndpoint: base, CostBudgetUSD: 0.01}
+	})
+	if resp, body := a.post(t, "/v1/messages", `{"model":"m"}`); resp.StatusCode != 200 {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
+	base := a.up.URL + "/v1"
+	again := inference.New(inference.Options{
+		Route:      &policy.Inference{RoutingEndpoint: base, CostBudgetUSD: 0.01, Timeout: time.Second},
+		Providers:  []inference.Provider{{Name: "prov", BaseURL: base, API: inference.APIAnthropic, Auth: inference.AuthAPIKey, Credential: "env:KEY", CostPerInputToken: 0.001}},
+		Credential: func(context.Context, string) (string, error) { return testKey, nil },
+		Usage:      a.router.Usage(),
+	})
+	w := httptest.NewRecorder()
+	again.ServeHTTP(w, httptest.NewRequest(http.MethodPost, "/v1/messages", strings.NewReader(`{"model":"m"}`)))
+	if w.Code != 429 || !strings.Contains(w.Body.String(), `"type":"rate_limit_error"`) {
+		t.Errorf("after a reload: %d %s", w.Code, w.Body)
+	}
+
+	// A budget that cannot be counted refuses every call: no provider
+	// (an endpoint no provider has), or a provider with no costs.
+	e = newEnv(t, inference.APIOpenAI, func(base string) *policy.Inference {
+		return &policy.Inference{RoutingEndpoint: base + "/other", CostBudgetUSD: 1}
+	})
+	if resp, body := e.post(t, "/v1/chat/completions", `{"model":"m"}`); resp.StatusCode != 503 || !strings.Contains(body, "cost_budget_usd") || len(e.llm.Requests()) != 0 {
+		t.Errorf("no provider: %d %s, %d calls sent", resp.StatusCode, body, len(e.llm.Requests()))
+	}
+	free := inference.New(inference.Options{
+		Route:     &policy.Inference{RoutingEndpoint: base, CostBudgetUSD: 1, Timeout: time.Second},
+		Providers: []inference.Provider{{Name: "free", BaseURL: base, API: inference.APIOpenAI, Auth: inference.AuthNone}},
+	})
+	if _, err := free.Target(); err == nil || !strings.Contains(err.Error(), "cost_per_input_token") {
+		t.Errorf("a provider with no costs: %v", err)
+	}
+}
+
 func TestKeyGoesOnlyToItsProvider(t *testing.T) {
 	// An endpoint no provider has: forwarded with no key.
 	e := newEnv(t, inference.APIOpenAI, func(base string) *policy.Inference {
