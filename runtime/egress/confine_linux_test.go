@@ -9,9 +9,19 @@ import (
 
 // TestSeccompFilter runs the filter in the BPF VM over seccomp_data.
 func TestSeccompFilter(t *testing.T) {
+	if seccompAuditArch == 0 {
+		t.Skip("no seccomp table for this architecture: the gateway refuses to start")
+	}
 	raw, err := seccompFilter()
 	if err != nil {
 		t.Fatal(err)
+	}
+	seen := map[uintptr]bool{}
+	for _, nr := range seccompAllowed {
+		if seen[nr] {
+			t.Errorf("system call %d is listed twice", nr)
+		}
+		seen[nr] = true
 	}
 	var prog []bpf.Instruction
 	for _, r := range raw {
@@ -44,19 +54,19 @@ func TestSeccompFilter(t *testing.T) {
 		arg0     uint64
 		want     uint32
 	}{
-		{"read", auditArchX8664, unix.SYS_READ, 0, unix.SECCOMP_RET_ALLOW},
-		{"connect", auditArchX8664, unix.SYS_CONNECT, 0, unix.SECCOMP_RET_ALLOW},
-		{"shutdown (last in the list)", auditArchX8664, unix.SYS_SHUTDOWN, 0, unix.SECCOMP_RET_ALLOW},
-		{"thread clone", auditArchX8664, unix.SYS_CLONE, unix.CLONE_VM | unix.CLONE_THREAD, unix.SECCOMP_RET_ALLOW},
-		{"clone into a new user namespace", auditArchX8664, unix.SYS_CLONE, unix.CLONE_NEWUSER, eperm},
-		{"clone3", auditArchX8664, unix.SYS_CLONE3, 0, unix.SECCOMP_RET_ERRNO | uint32(unix.ENOSYS)},
-		{"execve", auditArchX8664, unix.SYS_EXECVE, 0, eperm},
-		{"unshare", auditArchX8664, unix.SYS_UNSHARE, 0, eperm},
-		{"setns", auditArchX8664, unix.SYS_SETNS, 0, eperm},
-		{"ptrace", auditArchX8664, unix.SYS_PTRACE, 0, eperm},
-		{"mount", auditArchX8664, unix.SYS_MOUNT, 0, eperm},
-		{"setuid", auditArchX8664, unix.SYS_SETUID, 0, eperm},
-		{"x32 read", auditArchX8664, unix.SYS_READ | x32SyscallBit, 0, eperm},
+		{"read", seccompAuditArch, unix.SYS_READ, 0, unix.SECCOMP_RET_ALLOW},
+		{"connect", seccompAuditArch, unix.SYS_CONNECT, 0, unix.SECCOMP_RET_ALLOW},
+		{"shutdown (last in the list)", seccompAuditArch, unix.SYS_SHUTDOWN, 0, unix.SECCOMP_RET_ALLOW},
+		{"thread clone", seccompAuditArch, unix.SYS_CLONE, unix.CLONE_VM | unix.CLONE_THREAD, unix.SECCOMP_RET_ALLOW},
+		{"clone into a new user namespace", seccompAuditArch, unix.SYS_CLONE, unix.CLONE_NEWUSER, eperm},
+		{"clone3", seccompAuditArch, unix.SYS_CLONE3, 0, unix.SECCOMP_RET_ERRNO | uint32(unix.ENOSYS)},
+		{"execve", seccompAuditArch, unix.SYS_EXECVE, 0, eperm},
+		{"unshare", seccompAuditArch, unix.SYS_UNSHARE, 0, eperm},
+		{"setns", seccompAuditArch, unix.SYS_SETNS, 0, eperm},
+		{"ptrace", seccompAuditArch, unix.SYS_PTRACE, 0, eperm},
+		{"mount", seccompAuditArch, unix.SYS_MOUNT, 0, eperm},
+		{"setuid", seccompAuditArch, unix.SYS_SETUID, 0, eperm},
+		{"x32 read", seccompAuditArch, unix.SYS_READ | x32SyscallBit, 0, eperm},
 		{"i386", 0x40000003, 3, 0, unix.SECCOMP_RET_KILL_PROCESS},
 	} {
 		if got := run(c.arch, c.nr, c.arg0); got != c.want {
