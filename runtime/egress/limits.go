@@ -22,10 +22,6 @@ const (
 	// headerTimeout is how long a connection may take to send its HTTP
 	// request headers or its TLS ClientHello (slowloris).
 	headerTimeout = 10 * time.Second
-	// idleTimeout ends a tunnel, a relayed connection, or a request
-	// body, when no byte has moved either way for this long, and a
-	// keep-alive HTTP connection waiting for its next request.
-	idleTimeout = 2 * time.Minute
 	// keepAliveTimeout is how long an idle keep-alive HTTP connection
 	// from the sandbox is kept.
 	keepAliveTimeout = 60 * time.Second
@@ -38,6 +34,12 @@ const (
 	// idle clock when the kernel copies socket to socket.
 	spliceChunk = 256 << 10
 )
+
+// idleTimeout ends a tunnel, a relayed connection, or a request body,
+// when no byte has moved either way for this long, and a keep-alive HTTP
+// connection waiting for its next request. A variable only so that the
+// package's tests can shorten it; nothing else sets it.
+var idleTimeout = 2 * time.Minute
 
 // connTable counts the connections the gateway holds. At the bound, a new
 // connection takes the slot of the oldest one that is not busy (still
