@@ -209,6 +209,7 @@ func (sb *Sandbox) Remove(ctx context.Context, r *runsc.Runsc) error {
 // is still mounted below it, so a leftover bind mount can never turn a
 // removal into deleting the host's files.
 func (sb *Sandbox) Cleanup() error {
+	sb.stopMonitor()
 	if err := sb.removeEgress(); err != nil {
 		return err
 	}

@@ -48,6 +48,10 @@ type State struct {
 	// log it writes; both unset when the policy allows no egress.
 	Gateway   *Owner `json:"gateway,omitempty"`
 	AuditFile string `json:"auditFile,omitempty"`
+	// Monitor is the sandbox's process monitor, and TimelineFile the
+	// timeline it writes; both unset when the sandbox has none.
+	Monitor      *Owner `json:"monitor,omitempty"`
+	TimelineFile string `json:"timelineFile,omitempty"`
 }
 
 // PolicyRef says which policy a container runs under.

@@ -51,6 +51,8 @@ type Policy struct {
 	Env        []EnvVar
 	// GPU is nil unless the policy gives the sandbox GPUs.
 	GPU *GPU
+	// Audit is what the sandbox's timeline records beyond its defaults.
+	Audit Audit
 
 	// Warnings are fields that were accepted but whose effect under gVisor
 	// differs from what their name suggests. They are shown by every
@@ -65,6 +67,14 @@ type Policy struct {
 func (p *Policy) Position(field string) Pos {
 	s := errSink{pos: p.pos}
 	return s.lookup(field)
+}
+
+// Audit is what the sandbox's timeline records beyond its processes and
+// connections.
+type Audit struct {
+	// FileOpens adds every file open (path, flags, result) to the
+	// timeline; off by default, since tracing an open triples its cost.
+	FileOpens bool
 }
 
 // PathRule is one path the sandbox may see, and the field that granted it.

@@ -22,6 +22,11 @@ type seedSandbox struct {
 	Environment map[string]string `yaml:"environment"`
 	Inference   *seedInference    `yaml:"inference"`
 	GPU         *seedGPU          `yaml:"gpu"`
+	Audit       *seedAudit        `yaml:"audit"`
+}
+
+type seedAudit struct {
+	FileOpens bool `yaml:"file_opens"`
 }
 
 type seedGPU struct {
@@ -180,6 +185,9 @@ func fromSeed(f *seedFile, s *errSink) *Policy {
 		p.Inference = fromSeedInference(sb.Inference, root+".inference", s)
 	}
 
+	if a := sb.Audit; a != nil {
+		p.Audit.FileOpens = a.FileOpens
+	}
 	if g := sb.GPU; g != nil {
 		const gf = root + ".gpu"
 		switch {

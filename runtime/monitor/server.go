@@ -22,6 +22,18 @@ const maxConns = 4
 // events to m until ctx ends or l is closed. It returns when every
 // connection it accepted has ended.
 func Serve(ctx context.Context, l *net.UnixListener, m *Monitor) error {
+	return serve(ctx, l, m, false)
+}
+
+// serve is Serve; with untilDone it also returns once a connection has
+// been served and none is left: the sandbox's sentry is gone.
+func serve(ctx context.Context, l *net.UnixListener, m *Monitor, untilDone bool) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		mu     sync.Mutex
+		active int
+	)
 	stop := context.AfterFunc(ctx, func() { _ = l.Close() })
 	defer stop()
 	var wg sync.WaitGroup
@@ -42,10 +54,20 @@ func Serve(ctx context.Context, l *net.UnixListener, m *Monitor) error {
 			_ = c.Close()
 			continue
 		}
+		mu.Lock()
+		active++
+		mu.Unlock()
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			defer func() { <-slots }()
+			defer func() {
+				mu.Lock()
+				defer mu.Unlock()
+				if active--; active == 0 && untilDone {
+					cancel()
+				}
+			}()
 			stopConn := context.AfterFunc(ctx, func() { _ = c.Close() })
 			defer stopConn()
 			if err := serveConn(c, m); err != nil && ctx.Err() == nil {

@@ -36,6 +36,7 @@ func commands() []command {
 		{"run", "run a command in a gVisor sandbox under a policy", runRun},
 		{"policy", "validate, compile and explain policies", runPolicy},
 		{"audit", "read the egress audit log: every allowed and denied connection", runAudit},
+		{"timeline", "replay what a sandbox's processes did: execs, forks, exits, connects", runTimeline},
 		{"inference", "sum the tokens and cost of each sandbox's model calls", runInference},
 		{"doctor", "check this host: runsc, platform, kernel, each enforcement layer", runDoctor},
 		{"version", "print version information", runVersion},
@@ -54,6 +55,9 @@ func Main(ctx context.Context, args []string, in io.Reader, out, errw io.Writer)
 	}
 	if args[0] == "gateway" {
 		return runGateway(ctx, s, args[1:])
+	}
+	if args[0] == "monitor" {
+		return runMonitor(ctx, s, args[1:])
 	}
 	for _, c := range commands() {
 		if c.name == args[0] {

@@ -310,7 +310,7 @@ func reorder(args []string) []string {
 // the next argument.
 func takesValue(flag string) bool {
 	switch strings.TrimLeft(flag, "-") {
-	case "spec", "rootfs", "since", "config", "dir", "state-dir":
+	case "spec", "rootfs", "since", "config", "dir", "state-dir", "pid":
 		return true
 	}
 	return false

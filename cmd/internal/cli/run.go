@@ -37,6 +37,8 @@ func runRun(ctx context.Context, s streams, args []string) int {
 	stateDir := fs.String("state-dir", "", "where sandbox state is kept (default: the configuration's root, /run/openshell)")
 	plat := fs.String("platform", "", "runsc platform (default: the configuration's, else systrap)")
 	config := fs.String("config", runtime.DefaultConfigPath, "the runtime configuration")
+	timeline := fs.Bool("timeline", true, "record the sandbox's processes and connections (openshell timeline)")
+	fileOpens := fs.Bool("file-opens", false, "record file opens in the timeline too (as sandbox.audit.file_opens)")
 	var env multiFlag
 	fs.Var(&env, "e", "set an environment variable in the sandbox (K=V; repeatable)")
 	if err := fs.Parse(args); err != nil {
@@ -136,6 +138,14 @@ func runRun(ctx context.Context, s streams, args []string) int {
 		}
 	}
 	r.Flags = append(r.Flags, c.RunscFlags...)
+	if *timeline {
+		flag, err := sb.StartMonitor(st, runtime.MonitorOptions{Config: cfg, FileOpens: *fileOpens || p.Audit.FileOpens, DieWithParent: true})
+		if err != nil {
+			_ = sb.Cleanup()
+			return fail("%s", err)
+		}
+		r.Flags = append(r.Flags, flag)
+	}
 
 	code, err := runSandbox(ctx, s, r, sb, c.Timeout)
 	// Always clean up, whatever happened above.

@@ -1,0 +1,95 @@
+package runtime
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+
+	"github.com/openshell/openshell/runtime/monitor"
+)
+
+// MonitorOptions start a sandbox's process monitor.
+type MonitorOptions struct {
+	// Command runs the monitor given its config file's path. Empty: this
+	// binary's own "monitor" command.
+	Command []string
+	Config  *Config
+	// FileOpens records file opens too (the policy's
+	// sandbox.audit.file_opens, or a command-line flag).
+	FileOpens bool
+	// DieWithParent ends the monitor with its starter.
+	DieWithParent bool
+}
+
+// monitorSocket is where runsc's sink finds sandbox dir's monitor: in
+// the state directory when the path fits a unix socket address, else
+// under the state root by a hash of dir.
+func monitorSocket(dir string) string {
+	if p := filepath.Join(dir, "monitor.sock"); len(p) <= 100 {
+		return p
+	}
+	sum := sha256.Sum256([]byte(dir))
+	return filepath.Join(filepath.Dir(dir), "m-"+hex.EncodeToString(sum[:8])+".sock")
+}
+
+// StartMonitor starts the sandbox's process monitor and records it, and
+// its timeline, in st, which it saves. It returns the runsc flag that
+// makes the sandbox's sentry report to it; runsc's create fails when the
+// monitor is not there to take the connection.
+func (sb *Sandbox) StartMonitor(st *State, o MonitorOptions) (string, error) {
+	if len(o.Command) == 0 {
+		self, err := os.Executable()
+		if err != nil {
+			return "", fmt.Errorf("monitor: %w", err)
+		}
+		o.Command = []string{self, "monitor"}
+	}
+	auditDir := DefaultAuditDir
+	maxBytes := int64(DefaultAuditMaxMB) << 20
+	if o.Config != nil {
+		if o.Config.Egress.AuditDir != "" {
+			auditDir = o.Config.Egress.AuditDir
+		}
+		if o.Config.Egress.AuditMaxMB > 0 {
+			maxBytes = int64(o.Config.Egress.AuditMaxMB) << 20
+		}
+	}
+	if err := os.MkdirAll(auditDir, 0o750); err != nil {
+		return "", fmt.Errorf("audit dir: %w", err)
+	}
+	timeline := monitor.TimelineFile(auditDir, sb.ID)
+	podInit := filepath.Join(sb.Dir, "pod-init.json")
+	pid, err := monitor.Start(monitor.StartOptions{
+		Command:       o.Command,
+		Config:        monitor.ProcessConfig{Sandbox: sb.ID, Timeline: timeline, MaxBytes: maxBytes},
+		ConfigFile:    filepath.Join(sb.Dir, "monitor.json"),
+		PodInitConfig: podInit,
+		Socket:        monitorSocket(sb.Dir),
+		Options:       monitor.Options{FileOpens: o.FileOpens},
+		LogFile:       filepath.Join(sb.Dir, "monitor.log"),
+		DieWithParent: o.DieWithParent,
+	})
+	if err != nil {
+		return "", err
+	}
+	owner := OwnerOf(pid)
+	st.Monitor, st.TimelineFile = &owner, timeline
+	if err := sb.SaveState(st); err != nil {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+		return "", err
+	}
+	return "--pod-init-config=" + podInit, nil
+}
+
+// stopMonitor ends the sandbox's monitor, which has usually ended with
+// the sandbox already, and removes its socket. The timeline stays.
+func (sb *Sandbox) stopMonitor() {
+	if _, st, err := Open(filepath.Dir(sb.Dir), sb.ID); err == nil && st != nil && st.Monitor != nil && st.Monitor.Alive() {
+		// SIGTERM: it flushes and writes its closing line.
+		_ = syscall.Kill(st.Monitor.Pid, syscall.SIGTERM)
+	}
+	_ = os.Remove(monitorSocket(sb.Dir))
+}
