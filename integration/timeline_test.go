@@ -87,7 +87,9 @@ func TestTimeline(t *testing.T) {
 		t.Fatalf("no start of /bin/sh")
 	}
 	sh := evs[iStart].Pid
-	iPy := at(func(e *monitor.Event) bool { return e.Kind == monitor.KindExec && strings.HasPrefix(e.Binary, "/usr/bin/python3") })
+	iPy := at(func(e *monitor.Event) bool {
+		return e.Kind == monitor.KindExec && strings.HasPrefix(e.Binary, "/usr/bin/python3")
+	})
 	iCurl := at(func(e *monitor.Event) bool { return e.Kind == monitor.KindExec && e.Binary == "/usr/bin/curl" })
 	if iPy < 0 || iCurl < 0 {
 		t.Fatalf("exec of python3 (%d) or curl (%d) missing", iPy, iCurl)
