@@ -82,14 +82,44 @@ func TestEgressGatewayConfined(t *testing.T) {
 	if data, err := os.ReadFile(filepath.Join(cgroups[len(cgroups)-1], "pids.max")); err != nil || strings.TrimSpace(string(data)) != strconv.Itoa(egress.DefaultGatewayPidsMax) {
 		t.Errorf("pids.max: %q %v", data, err)
 	}
-	// The keeper holds no socket: everything the sandbox sends reaches
-	// the serving process only.
-	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", st.Gateway.Pid))
-	for _, fd := range fds {
-		if l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", st.Gateway.Pid, fd.Name())); strings.HasPrefix(l, "socket:") {
-			t.Errorf("the keeper holds a socket: fd %s", fd.Name())
+	// The keeper holds no network socket: everything the sandbox sends
+	// reaches the serving process only. Its channels to the serving
+	// process (audit rotation, credentials) are Unix socket pairs.
+	unixTable, _ := os.ReadFile(fmt.Sprintf("/proc/%d/net/unix", st.Gateway.Pid))
+	unixSockets := map[string]bool{}
+	for _, l := range strings.Split(string(unixTable), "\n") {
+		if f := strings.Fields(l); len(f) >= 7 {
+			unixSockets[f[6]] = true // the Inode column
 		}
 	}
+	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", st.Gateway.Pid))
+	for _, fd := range fds {
+		l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", st.Gateway.Pid, fd.Name()))
+		inode, ok := strings.CutPrefix(l, "socket:[")
+		if !ok {
+			continue
+		}
+		if !unixSockets[strings.TrimSuffix(inode, "]")] {
+			t.Errorf("the keeper holds a socket that is not a Unix one: fd %s (%s)", fd.Name(), l)
+		}
+	}
+	// The keeper keeps CAP_KILL and CAP_DAC_READ_SEARCH only, in every
+	// set and on every thread, and cannot regain the rest.
+	const keeperCaps = 1<<5 | 1<<2 // CAP_KILL, CAP_DAC_READ_SEARCH
+	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", st.Gateway.Pid))
+	for _, task := range tasks {
+		ks := procStatusFile(t, fmt.Sprintf("/proc/%d/task/%s/status", st.Gateway.Pid, task.Name()))
+		for k, want := range map[string]uint64{"CapInh": 0, "CapPrm": keeperCaps, "CapEff": keeperCaps, "CapBnd": keeperCaps, "CapAmb": 0} {
+			if v, _ := strconv.ParseUint(ks[k], 16, 64); v != want {
+				t.Errorf("keeper thread %s: %s %s, want %016x", task.Name(), k, ks[k], want)
+			}
+		}
+		if ks["NoNewPrivs"] != "1" {
+			t.Errorf("keeper thread %s: NoNewPrivs %s", task.Name(), ks["NoNewPrivs"])
+		}
+	}
+	keeper := procStatus(t, st.Gateway.Pid)
+	t.Logf("keeper %d: %d threads, CapEff %s CapBnd %s NoNewPrivs %s", st.Gateway.Pid, len(tasks), keeper["CapEff"], keeper["CapBnd"], keeper["NoNewPrivs"])
 	fmt.Fprintln(stdin)
 	if !lines.Scan() || lines.Text() != "allowed 200 denied 403" {
 		t.Errorf("after the checks: %q", lines.Text())
@@ -126,7 +156,11 @@ func childOf(t *testing.T, pid int) int {
 }
 
 func procStatus(t *testing.T, pid int) map[string]string {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	return procStatusFile(t, fmt.Sprintf("/proc/%d/status", pid))
+}
+
+func procStatusFile(t *testing.T, path string) map[string]string {
+	data, err := os.ReadFile(path)
 	if err != nil && t != nil {
 		t.Fatal(err)
 	}

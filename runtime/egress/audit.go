@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -32,6 +34,12 @@ const (
 // KindSuppressed is the kind of the line that counts the events the rate
 // limit kept out of the log.
 const KindSuppressed = "suppressed"
+
+// KindRotated is the kind of the first line of a rotated audit file: it
+// says where the earlier lines went and how many bytes of the oldest ones
+// the bound removed (decision allow), or, where the file could not be
+// rotated and was emptied, how many were lost (decision deny).
+const KindRotated = "rotated"
 
 // Bounds of the audit log. Everything in an event but its numbers comes,
 // directly or not, from the sandbox (a DNS name, an SNI, a Host header, an
@@ -274,7 +282,8 @@ func (l AuditLimits) withDefaults() AuditLimits {
 //     a "suppressed" line says how many, and names a few, at most once a
 //     second per class. Summary and suppressed lines are charged to the
 //     limit but never dropped. Reload lines are never folded or dropped.
-//   - The file is rotated by size (AuditLimits.MaxBytes).
+//   - The file is rotated by size (AuditLimits.MaxBytes); the new file's
+//     first line says so, and how much the bound removed.
 //   - Every string field is capped (Sanitize) and every control character
 //     escaped (MarshalEvent).
 //
@@ -291,7 +300,13 @@ type AuditLog struct {
 	viol   *budget
 	allow  *budget
 	ids    Event // sandbox and policy of the latest event, for our own lines
-	closed bool
+	// rotator, where set, rotates for a writer that cannot rename in
+	// the audit directory (the confined gateway: its keeper does it) and
+	// returns the new live file, the bytes of the rotated file it
+	// replaced, and the rotated file's name. Nil: the log renames and
+	// reopens by path itself.
+	rotator func() (f *os.File, removed int64, rotated string, err error)
+	closed  bool
 	// started is set when the clock goroutine runs (OpenAuditLog); tests
 	// drive flush with their own clock instead.
 	started bool
@@ -362,10 +377,24 @@ func openAuditLog(path string, limits AuditLimits, now func() time.Time) (*Audit
 	return l, nil
 }
 
+// procFD is how the confined gateway is told its audit file: a
+// descriptor its keeper opened, which it takes as it is (it may not open
+// the file by name, even through /proc).
+const procFD = "/proc/self/fd/"
+
 func (l *AuditLog) reopen() error {
-	f, err := os.OpenFile(l.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
-	if err != nil {
-		return fmt.Errorf("open audit log: %w", err)
+	var f *os.File
+	if n, ok := strings.CutPrefix(l.path, procFD); ok {
+		fd, err := strconv.Atoi(n)
+		if err != nil || fd < 3 {
+			return fmt.Errorf("open audit log: %s is not a descriptor", l.path)
+		}
+		f = os.NewFile(uintptr(fd), l.path)
+	} else {
+		var err error
+		if f, err = os.OpenFile(l.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640); err != nil {
+			return fmt.Errorf("open audit log: %w", err)
+		}
 	}
 	st, err := f.Stat()
 	if err != nil {
@@ -531,20 +560,87 @@ func (l *AuditLog) writeLine(e *Event) error {
 }
 
 // rotate moves the live file to <path>.1, replacing the one there, and
-// opens a new one. Where the rename fails the live file is emptied
-// instead: the bound holds either way.
+// starts a new one whose first line (KindRotated) says so. Where the
+// rotation fails the live file is emptied instead, and the first line
+// says how much was lost: the bound holds either way, and no line goes
+// without a trace.
 // Preconditions: l.mu must be locked.
 func (l *AuditLog) rotate() error {
-	if l.f != nil {
-		if err := os.Rename(l.path, l.path+".1"); err != nil {
-			terr := l.f.Truncate(0)
-			l.size = 0
+	if l.f == nil {
+		return l.reopen()
+	}
+	was := l.size
+	removed, rotated, err := l.rotateFile()
+	note := l.ids
+	note.Time, note.Kind = l.now().UTC(), KindRotated
+	if err == nil {
+		note.Decision = Allow
+		note.Reason = fmt.Sprintf("audit log rotated at %d bytes (half its bound of %d): the earlier lines are in %s", was, l.lim.MaxBytes, rotated)
+		if removed > 0 {
+			note.Reason += fmt.Sprintf("; the %d bytes it held before were removed", removed)
+		}
+	} else {
+		terr := l.f.Truncate(0)
+		l.size = 0
+		if terr != nil {
 			return errors.Join(fmt.Errorf("rotate audit log %s: %w", l.path, err), terr)
 		}
-		_ = l.f.Close()
-		l.f = nil
+		note.Decision = Deny
+		note.Reason = fmt.Sprintf("audit log emptied at %d bytes (half its bound of %d): %d bytes of earlier lines lost, since it could not be rotated: %v", was, l.lim.MaxBytes, was, err)
 	}
-	return l.reopen()
+	note.Sanitize()
+	line, merr := MarshalEvent(&note)
+	if merr != nil {
+		return merr
+	}
+	// A failed rotation is told in the file itself (that line), and the
+	// line that caused it is written after it.
+	n, werr := l.f.Write(line)
+	l.size += int64(n)
+	if werr != nil {
+		return fmt.Errorf("rotate audit log %s: %w", l.path, werr)
+	}
+	return nil
+}
+
+// rotateFile moves the live file aside and opens its successor as l.f:
+// through the rotator where there is one, else by renaming. It returns
+// the size of the rotated file it replaced.
+// Preconditions: l.mu must be locked.
+func (l *AuditLog) rotateFile() (removed int64, rotated string, err error) {
+	if l.rotator != nil {
+		f, removed, rotated, err := l.rotator()
+		if err != nil {
+			return 0, "", err
+		}
+		st, err := f.Stat()
+		if err != nil {
+			f.Close()
+			return 0, "", err
+		}
+		_ = l.f.Close()
+		l.f, l.size = f, st.Size()
+		return removed, rotated, nil
+	}
+	if st, err := os.Lstat(l.path + ".1"); err == nil {
+		removed = st.Size()
+	}
+	if err := os.Rename(l.path, l.path+".1"); err != nil {
+		return 0, "", err
+	}
+	_ = l.f.Close()
+	l.f = nil
+	if err := l.reopen(); err != nil {
+		return 0, "", err
+	}
+	return removed, filepath.Base(l.path) + ".1", nil
+}
+
+// SetRotator makes fn rotate the file from now on (see AuditLog.rotator).
+func (l *AuditLog) SetRotator(fn func() (f *os.File, removed int64, rotated string, err error)) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.rotator = fn
 }
 
 // Close writes what is pending (summaries, suppressed counts) and closes

@@ -198,7 +198,7 @@ func TestAuditRotationKeepsBound(t *testing.T) {
 	l.size = 2 * total // as if the file were full
 	write(t, l, c, denyEvent("after.example", 443))
 	l.Close()
-	if ev := readEvents(t, path); len(ev) != 1 || ev[0].Host != "after.example" {
+	if ev := readEvents(t, path); len(ev) != 2 || ev[0].Kind != KindRotated || ev[1].Host != "after.example" {
 		t.Errorf("live file after a rotation at open: %d lines (was %d bytes)", len(ev), before.Size())
 	}
 }

@@ -229,10 +229,11 @@ func (r *ruleset) Close() error { return unix.Close(r.fd) }
 // gatewayRuleset is the gateway's view of the filesystem: read and
 // execute the files its binary maps (the binary, its loader and
 // libraries: exec needs them), read the loader's cache and the node's
-// resolv.conf, read the directory holding its config and policy copy,
-// read and write its audit file. Nothing else: not /proc of other
-// processes, not the state directory, not the host's files.
-func gatewayRuleset(confDir, auditFile string) (*ruleset, error) {
+// resolv.conf, read the directory holding its config and policy copy;
+// nothing else: not /proc of other processes, not the state directory,
+// not the host's files, not even its audit file by name (it writes the
+// descriptors its keeper gives it).
+func gatewayRuleset(confDir string) (*ruleset, error) {
 	rs, err := newRuleset()
 	if rs == nil || err != nil {
 		return nil, err
@@ -250,7 +251,6 @@ func gatewayRuleset(confDir, auditFile string) (*ruleset, error) {
 		rs.allow("/etc/ld.so.cache", llFileRead),
 		rs.allow("/etc/resolv.conf", llFileRead),
 		rs.allow(confDir, llDirRead),
-		rs.allow(auditFile, llFileWrite),
 	)
 	if err := errors.Join(errs...); err != nil {
 		rs.Close()

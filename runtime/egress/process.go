@@ -201,6 +201,9 @@ func runServing(configFile string) error {
 	if err := g.openCredentials(); err != nil {
 		return fail(err)
 	}
+	if err := g.openKeeperChannels(log); err != nil {
+		return fail(err)
+	}
 	if err := CheckConfined(); err != nil {
 		return fail(err)
 	}
