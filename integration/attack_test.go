@@ -473,6 +473,7 @@ func TestAttack(t *testing.T) {
 	cases = append(cases, engineAttacks()...)
 	cases = append(cases, policyChoiceAttacks()...)
 	cases = append(cases, validatorAttacks()...)
+	cases = append(cases, networkAttacks()...)
 	held, escapedN := 0, 0
 	for _, c := range cases {
 		t.Run(c.area+"/"+c.name, func(t *testing.T) {
