@@ -39,8 +39,12 @@ func (c fakeAddrConn) RemoteAddr() net.Addr {
 // that opens a client connection through its proxy (CONNECT, then TLS
 // trusting the sandbox CA).
 func terminatedSetup(tb testing.TB, handler http.Handler) (*Gateway, string, func() *tls.Conn) {
+	return terminatedSetupPolicy(tb, l7TestPolicy, handler)
+}
+
+func terminatedSetupPolicy(tb testing.TB, policyYAML string, handler http.Handler) (*Gateway, string, func() *tls.Conn) {
 	tb.Helper()
-	g, _, audit := newTestGateway(tb, l7TestPolicy)
+	g, _, audit := newTestGateway(tb, policyYAML)
 	dir := tb.TempDir()
 	// The upstream's certificate comes from a CA of its own, the roots
 	// the gateway verifies against.
@@ -175,6 +179,34 @@ func TestTerminateDecidesEachRequest(t *testing.T) {
 	}
 	if https != 4 {
 		t.Errorf("%d https audit lines for 4 requests", https)
+	}
+}
+
+// TestTerminateAuditMode: an endpoint in enforcement: audit lets a
+// request its rules would refuse through, and its line says it would
+// have been denied and why.
+func TestTerminateAuditMode(t *testing.T) {
+	_, audit, open := terminatedSetupPolicy(t, strings.Replace(l7TestPolicy, "access: read-only}", "access: read-only, enforcement: audit}", 1), bytesHandler())
+	tc := open()
+	defer tc.Close()
+	io.WriteString(tc, "DELETE /repo HTTP/1.1\r\nHost: api.example.com\r\n\r\n")
+	tc.SetDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(tc), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || !strings.Contains(string(body), "DELETE /repo") {
+		t.Fatalf("audit mode: %d %q, want the server's answer", resp.StatusCode, body)
+	}
+	var saw bool
+	for _, ev := range readEvents(t, audit) {
+		if ev.Kind == "https" && ev.Method == "DELETE" && ev.Decision == Audit && strings.Contains(ev.Reason, "would deny") {
+			saw = true
+		}
+	}
+	if !saw {
+		t.Errorf("no audit line says the DELETE would have been denied: %+v", readEvents(t, audit))
 	}
 }
 
