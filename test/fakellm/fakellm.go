@@ -4,7 +4,10 @@
 // receives (method, path, headers, body). A request whose text holds one
 // of the trigger words misbehaves on purpose: ECHO_KEY answers 401
 // quoting the credential it got, TRUNCATE cuts its stream short, STALL
-// goes quiet mid-stream.
+// goes quiet mid-stream. A streamed chat or completion naming
+// fake_chunks (a field no real API has) streams that many content
+// events of fake_chunk_bytes each (default 64): the relay benchmarks'
+// load.
 package fakellm
 
 import (
@@ -16,6 +19,9 @@ import (
 	"sync"
 	"time"
 )
+
+// maxFakeChunks bounds a fake_chunks stream.
+const maxFakeChunks = 1 << 20
 
 // Fixed token counts the fake reports.
 const (
@@ -70,6 +76,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		StreamOptions *struct {
 			IncludeUsage bool `json:"include_usage"`
 		} `json:"stream_options"`
+		FakeChunks     int `json:"fake_chunks"`
+		FakeChunkBytes int `json:"fake_chunk_bytes"`
 	}
 	_ = json.Unmarshal(body, &req)
 	text := string(body)
@@ -96,7 +104,18 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		sse := startSSE(w)
-		for _, word := range []string{"hello ", "from ", "fake ", "openai"} {
+		words := []string{"hello ", "from ", "fake ", "openai"}
+		if n := min(req.FakeChunks, maxFakeChunks); n > 0 {
+			size := req.FakeChunkBytes
+			if size <= 0 || size > 64<<10 {
+				size = 64
+			}
+			words = make([]string, n)
+			for i := range words {
+				words[i] = strings.Repeat("x", size)
+			}
+		}
+		for _, word := range words {
 			sse.data(map[string]any{"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": req.Model, "choices": []any{map[string]any{"index": 0, "delta": map[string]string{"content": word}}}})
 			if s.misbehave(w, text, sse) {
 				return
