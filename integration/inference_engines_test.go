@@ -27,10 +27,9 @@ import (
 // the engines).
 type inferenceEnv struct {
 	*egressEnv
-	llm, llm2   *fakellm.Server
-	keyA, keyB  string
-	keyFiles    []string
-	providerCfg string
+	llm, llm2  *fakellm.Server
+	keyA, keyB string
+	keyFiles   []string
 }
 
 func newInferenceEnv(t *testing.T) *inferenceEnv {
