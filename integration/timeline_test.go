@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -12,9 +13,11 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/openshell/openshell/runtime"
 	"github.com/openshell/openshell/runtime/egress"
 	"github.com/openshell/openshell/runtime/monitor"
 )
@@ -201,4 +204,86 @@ func TestTimelineBench(t *testing.T) {
 		t.Logf("openshell run %s -- /bin/true: median %v of %d", kinds[k], med[k].Round(100*time.Microsecond), runs)
 	}
 	t.Logf("the monitor adds %v to start-to-exit (%.1f%%)", (med[1] - med[0]).Round(100*time.Microsecond), 100*float64(med[1]-med[0])/float64(med[0]))
+}
+
+// TestTimelineMonitorConfined: the monitor, which parses what the
+// sentry sends, runs as an unprivileged user with no capability in any
+// set, no new privileges and a seccomp filter; it holds its timeline (a
+// root-owned file) as a descriptor and no other file by name, least of
+// all the audit log; and the timeline still records.
+func TestTimelineMonitorConfined(t *testing.T) {
+	e := newEgressEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	c, stdin, lines, errb := e.startPaused(t, ctx, writePolicy(t, egressPolicy), confineProbe, "allowed 200 denied 403")
+	id := sandboxPid(t, "egress-it")
+	_, st, err := runtime.Open(stateDir, id)
+	if err != nil || st.Monitor == nil || !st.Monitor.Alive() {
+		t.Fatalf("state: %v %+v", err, st)
+	}
+	pid := st.Monitor.Pid
+	status := procStatus(t, pid)
+	for _, k := range []string{"Uid", "Gid"} {
+		for _, v := range strings.Fields(status[k]) {
+			if v != "65534" {
+				t.Errorf("%s: %s, want 65534", k, status[k])
+				break
+			}
+		}
+	}
+	if g := strings.TrimSpace(status["Groups"]); g != "" {
+		t.Errorf("supplementary groups: %s", g)
+	}
+	for _, k := range []string{"CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"} {
+		if v, _ := strconv.ParseUint(status[k], 16, 64); v != 0 {
+			t.Errorf("%s: %s", k, status[k])
+		}
+	}
+	if status["NoNewPrivs"] != "1" || status["Seccomp"] != "2" {
+		t.Errorf("NoNewPrivs %s Seccomp %s, want 1 and 2", status["NoNewPrivs"], status["Seccomp"])
+	}
+	// Its files: the timeline (live and rotated), its log, /dev/null;
+	// everything else is a socket, pipe or anonymous inode.
+	timeline := monitor.TimelineFile(e.audit, id)
+	allowed := map[string]bool{timeline: true, timeline + ".1": true, filepath.Join(stateDir, id, "monitor.log"): true, os.DevNull: true}
+	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	for _, fd := range fds {
+		l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
+		if strings.HasPrefix(l, "/") && !allowed[l] {
+			t.Errorf("the monitor holds %s (fd %s)", l, fd.Name())
+		}
+	}
+	// The timeline and the audit log are root's: the monitor writes the
+	// one through its descriptor and cannot open either.
+	for _, f := range []string{timeline, filepath.Join(e.audit, id+".jsonl")} {
+		fi, err := os.Stat(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s := fi.Sys().(*syscall.Stat_t); s.Uid != 0 || fi.Mode().Perm()&0o027 != 0 {
+			t.Errorf("%s: owner %d mode %v, want root's, not group-writable nor world-readable", f, s.Uid, fi.Mode())
+		}
+	}
+	fmt.Fprintln(stdin)
+	if !lines.Scan() || lines.Text() != "allowed 200 denied 403" {
+		t.Errorf("after the checks: %q", lines.Text())
+	}
+	if err := c.Wait(); err != nil {
+		t.Fatalf("sandbox: %v\n%s", err, errb.String())
+	}
+	assertNothingLeft(t, stateDir)
+	_, evs := timelineOf(t, e.audit)
+	if len(evs) == 0 || evs[0].Kind != monitor.KindMonitor || !strings.HasPrefix(evs[0].Note, "monitor confined: uid 65534") {
+		t.Fatalf("first line: %+v", evs)
+	}
+	t.Log(evs[0].Note)
+	curls := 0
+	for _, ev := range evs {
+		if ev.Kind == monitor.KindExec && ev.Binary == "/usr/bin/curl" {
+			curls++
+		}
+	}
+	if curls != 4 {
+		t.Errorf("%d execs of curl in the timeline, want 4", curls)
+	}
 }

@@ -104,6 +104,10 @@ type EgressConfig struct {
 	// GatewayUser is the user the gateway serves as: a name, a uid, or
 	// uid:gid, never root. Default 65534 (nobody:nogroup).
 	GatewayUser string `toml:"gateway_user"`
+	// MonitorUser is the user each sandbox's process monitor runs as, in
+	// the same forms as GatewayUser, never root. Default 65534: give it a
+	// user of its own to keep it apart from the gateways.
+	MonitorUser string `toml:"monitor_user"`
 	// GatewayMemoryMB and GatewayPidsMax bound the gateway's own cgroup.
 	// Default 256 MiB and 256 tasks.
 	GatewayMemoryMB int `toml:"gateway_memory_mb"`

@@ -27,6 +27,11 @@ func (e EgressConfig) validateGateway() []fieldError {
 			errs = append(errs, fieldError{"egress.gateway_user", err.Error()})
 		}
 	}
+	if e.MonitorUser != "" {
+		if _, _, err := parseGatewayUser(e.MonitorUser); err != nil {
+			errs = append(errs, fieldError{"egress.monitor_user", err.Error()})
+		}
+	}
 	if m := e.GatewayMemoryMB; m != 0 && (m < minGatewayMemoryMB || m > maxGatewayMemoryMB) {
 		errs = append(errs, fieldError{"egress.gateway_memory_mb", fmt.Sprintf("%d is not between %d and %d (MiB)", m, minGatewayMemoryMB, maxGatewayMemoryMB)})
 	}

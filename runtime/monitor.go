@@ -41,11 +41,9 @@ func monitorSocket(dir string) string {
 // monitor is not there to take the connection.
 func (sb *Sandbox) StartMonitor(st *State, o MonitorOptions) (string, error) {
 	if len(o.Command) == 0 {
-		self, err := os.Executable()
-		if err != nil {
-			return "", fmt.Errorf("monitor: %w", err)
-		}
-		o.Command = []string{self, "monitor"}
+		// This binary through /proc: the monitor's user need not be able
+		// to reach it by its path.
+		o.Command = []string{monitor.SelfExe, "monitor"}
 	}
 	auditDir := DefaultAuditDir
 	maxBytes := int64(DefaultAuditMaxMB) << 20
@@ -60,6 +58,13 @@ func (sb *Sandbox) StartMonitor(st *State, o MonitorOptions) (string, error) {
 	if err := os.MkdirAll(auditDir, 0o750); err != nil {
 		return "", fmt.Errorf("audit dir: %w", err)
 	}
+	var uid, gid int
+	if o.Config != nil && o.Config.Egress.MonitorUser != "" {
+		var err error
+		if uid, gid, err = parseGatewayUser(o.Config.Egress.MonitorUser); err != nil {
+			return "", fmt.Errorf("egress.monitor_user: %w", err)
+		}
+	}
 	timeline := monitor.TimelineFile(auditDir, sb.ID)
 	podInit := filepath.Join(sb.Dir, "pod-init.json")
 	pid, err := monitor.Start(monitor.StartOptions{
@@ -71,6 +76,8 @@ func (sb *Sandbox) StartMonitor(st *State, o MonitorOptions) (string, error) {
 		Options:       monitor.Options{FileOpens: o.FileOpens},
 		LogFile:       filepath.Join(sb.Dir, "monitor.log"),
 		DieWithParent: o.DieWithParent,
+		UID:           uid,
+		GID:           gid,
 	})
 	if err != nil {
 		return "", err

@@ -90,6 +90,16 @@ func lastCap() int {
 // confined gateway must not: it is run by the gateway before it says
 // ready, so a confinement that did not take fails closed.
 func CheckConfined() error {
+	if err := CheckUnprivileged(); err != nil {
+		return fmt.Errorf("gateway not confined: %w", err)
+	}
+	return nil
+}
+
+// CheckUnprivileged reports what the calling process holds that a
+// process started by StartConfined must not: root's ids, groups, any
+// capability, a bounding set, or the lack of no_new_privs.
+func CheckUnprivileged() error {
 	var errs []error
 	if os.Getuid() == 0 || os.Geteuid() == 0 || os.Getgid() == 0 || os.Getegid() == 0 {
 		errs = append(errs, fmt.Errorf("runs as uid %d gid %d", os.Geteuid(), os.Getegid()))
@@ -118,10 +128,7 @@ func CheckConfined() error {
 	if n, err := unix.PrctlRetInt(unix.PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0); err != nil || n != 1 {
 		errs = append(errs, errors.New("no_new_privs is not set"))
 	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("gateway not confined: %w", err)
-	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // Landlock, through the raw system calls: go-landlock applies a ruleset

@@ -12,7 +12,7 @@ func TestSeccompFilter(t *testing.T) {
 	if seccompAuditArch == 0 {
 		t.Skip("no seccomp table for this architecture: the gateway refuses to start")
 	}
-	raw, err := seccompFilter()
+	raw, err := seccompFilter(seccompAllowed)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -207,7 +207,7 @@ func runServing(configFile string) error {
 	if err := CheckConfined(); err != nil {
 		return fail(err)
 	}
-	if err := installSeccomp(); err != nil {
+	if err := installSeccomp(seccompAllowed); err != nil {
 		return fail(err)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)

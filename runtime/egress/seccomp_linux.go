@@ -17,12 +17,13 @@ const cloneNamespaces = unix.CLONE_NEWNS | unix.CLONE_NEWUTS | unix.CLONE_NEWIPC
 // call number has it, so the same check costs one instruction there.
 const x32SyscallBit = 0x40000000
 
-// seccompFilter is the serving process's filter for the architecture it
-// was built for (seccomp_calls_linux.go and seccomp_linux_ARCH.go): a
-// system call made through another architecture's entry is killed, and
-// an architecture without a table refuses to start the gateway.
-func seccompFilter() ([]bpf.RawInstruction, error) {
-	if seccompAuditArch == 0 || len(seccompAllowed) == 0 {
+// seccompFilter is the filter allowing only the calls in allowed (the
+// serving process's: seccomp_calls_linux.go and seccomp_linux_ARCH.go)
+// for the architecture it was built for: a system call made through
+// another architecture's entry is killed, and an architecture without a
+// table refuses to start the gateway.
+func seccompFilter(allowed []uintptr) ([]bpf.RawInstruction, error) {
+	if seccompAuditArch == 0 || len(allowed) == 0 {
 		return nil, fmt.Errorf("seccomp filter: no table for %s", goruntime.GOARCH)
 	}
 	const (
@@ -31,7 +32,7 @@ func seccompFilter() ([]bpf.RawInstruction, error) {
 		retNOSYS = unix.SECCOMP_RET_ERRNO | uint32(unix.ENOSYS)
 		retKill  = unix.SECCOMP_RET_KILL_PROCESS
 	)
-	n := len(seccompAllowed)
+	n := len(allowed)
 	prog := []bpf.Instruction{
 		bpf.LoadAbsolute{Off: 4, Size: 4}, // arch
 		bpf.JumpIf{Cond: bpf.JumpEqual, Val: seccompAuditArch, SkipTrue: 1},
@@ -42,7 +43,7 @@ func seccompFilter() ([]bpf.RawInstruction, error) {
 		bpf.JumpIf{Cond: bpf.JumpEqual, Val: unix.SYS_CLONE3, SkipTrue: uint8(n + 7)}, // to ENOSYS
 		bpf.JumpIf{Cond: bpf.JumpEqual, Val: unix.SYS_CLONE, SkipTrue: uint8(n + 2)},  // to the flags check
 	}
-	for i, nr := range seccompAllowed {
+	for i, nr := range allowed {
 		// Allowed: jump to the allow after the list.
 		prog = append(prog, bpf.JumpIf{Cond: bpf.JumpEqual, Val: uint32(nr), SkipTrue: uint8(n - i)})
 	}
@@ -62,10 +63,10 @@ func seccompFilter() ([]bpf.RawInstruction, error) {
 	return bpf.Assemble(prog)
 }
 
-// installSeccomp applies the filter to every thread of the process
-// (TSYNC); no_new_privs must be set already.
-func installSeccomp() error {
-	raw, err := seccompFilter()
+// installSeccomp applies the filter allowing allowed to every thread of
+// the process (TSYNC); no_new_privs must be set already.
+func installSeccomp(allowed []uintptr) error {
+	raw, err := seccompFilter(allowed)
 	if err != nil {
 		return err
 	}

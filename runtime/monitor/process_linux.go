@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -13,16 +14,21 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/openshell/openshell/runtime/egress"
 )
 
-// The monitor process gets its listening socket and its ready pipe as
-// inherited files.
+// The monitor process gets everything it uses as inherited files: its
+// listening socket, its ready pipe, its config, and its timeline's live
+// and rotated files. It opens nothing by name.
 const (
 	fdListener = 3 + iota
 	fdReady
+	fdConfig
+	fdTimeline
+	fdTimelineOld
 )
 
 // ProcessConfig is the file the monitor process is started with.
@@ -35,7 +41,7 @@ type ProcessConfig struct {
 // StartOptions start a sandbox's monitor process.
 type StartOptions struct {
 	// Command is the monitor's command line without the config path,
-	// e.g. {"/usr/bin/openshell", "monitor"}.
+	// e.g. {"/usr/bin/openshell", "monitor"}, or {SelfExe, "monitor"}.
 	Command []string
 	Config  ProcessConfig
 	// ConfigFile is where Config is written for the process, and
@@ -49,18 +55,43 @@ type StartOptions struct {
 	// DieWithParent ends the monitor with the process that starts it
 	// (openshell run); a runtime that exits after create leaves it be.
 	DieWithParent bool
+	// UID and GID are the unprivileged user the monitor runs as; zero:
+	// DefaultUID.
+	UID, GID int
 }
+
+// SelfExe as a command is this binary, reached through /proc: the
+// monitor's user may not be allowed to reach it by its path.
+const SelfExe = "/proc/self/exe"
+
+// DefaultUID is the monitor's user and group unless the runtime's
+// config says otherwise: nobody/nogroup.
+const DefaultUID = 65534
 
 // maxSocketPath is what fits in sockaddr_un, with its terminating NUL.
 const maxSocketPath = 107
 
-// Start makes the sink's socket, writes runsc's pod-init-config, and
-// starts the monitor process, which has opened its timeline when Start
+// Start makes the sink's socket, writes runsc's pod-init-config, opens
+// the timeline, and starts the monitor process, which is ready when Start
 // returns. The socket is made here, before runsc can connect: runsc's
 // create fails (the sandbox does not start) when no monitor listens.
+//
+// The monitor parses what the sentry sends, so it starts confined (as
+// the gateway's serving process does): as o.UID, with no capability and
+// no way to gain one (no_new_privs), under Landlock that lets it open no
+// file, and (once it has its descriptors) behind a seccomp allowlist. Its
+// timeline is root's, in root's directory, and reaches it as
+// descriptors: it can write its own timeline and nothing else, the
+// audit log least of all.
 func Start(o StartOptions) (int, error) {
 	if len(o.Socket) > maxSocketPath {
 		return 0, fmt.Errorf("monitor: socket path %s is longer than %d bytes", o.Socket, maxSocketPath)
+	}
+	if o.UID == 0 && o.GID == 0 {
+		o.UID, o.GID = DefaultUID, DefaultUID
+	}
+	if o.UID <= 0 || o.GID <= 0 {
+		return 0, fmt.Errorf("monitor: may not run as uid %d gid %d", o.UID, o.GID)
 	}
 	if err := os.MkdirAll(filepath.Dir(o.Config.Timeline), 0o750); err != nil {
 		return 0, fmt.Errorf("monitor: %w", err)
@@ -72,6 +103,17 @@ func Start(o StartOptions) (int, error) {
 	if err := os.WriteFile(o.ConfigFile, data, 0o600); err != nil {
 		return 0, fmt.Errorf("monitor config: %w", err)
 	}
+	conf, err := os.Open(o.ConfigFile)
+	if err != nil {
+		return 0, fmt.Errorf("monitor config: %w", err)
+	}
+	defer conf.Close()
+	live, old, err := OpenTimelineFiles(o.Config.Timeline)
+	if err != nil {
+		return 0, fmt.Errorf("monitor: %w", err)
+	}
+	defer live.Close()
+	defer old.Close()
 	pic, err := PodInitConfig(o.Socket, o.Options)
 	if err != nil {
 		return 0, err
@@ -106,13 +148,23 @@ func Start(o StartOptions) (int, error) {
 	}
 	defer logf.Close()
 	cmd := exec.Command(o.Command[0], append(o.Command[1:], o.ConfigFile)...)
-	cmd.ExtraFiles = []*os.File{lf, wr}
+	if o.Command[0] == SelfExe {
+		cmd.Args[0] = os.Args[0]
+	}
+	cmd.ExtraFiles = []*os.File{lf, wr, conf, live, old}
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Setsid:     true,
+		Credential: &syscall.Credential{Uid: uint32(o.UID), Gid: uint32(o.GID), Groups: []uint32{}},
+	}
+	// The thread that forks the monitor lives as long as the monitor
+	// should die with it: a parent-death signal follows the thread.
+	var keep chan struct{}
 	if o.DieWithParent {
 		cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+		keep = make(chan struct{})
 	}
-	err = cmd.Start()
+	err = egress.StartConfined(cmd, keep)
 	_ = wr.Close()
 	if err != nil {
 		return 0, fmt.Errorf("start monitor: %w", err)
@@ -121,6 +173,9 @@ func Start(o StartOptions) (int, error) {
 	if line = strings.TrimSpace(line); line != "ready" {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
+		if keep != nil {
+			close(keep)
+		}
 		if line == "" {
 			line = "it exited; see " + o.LogFile
 		}
@@ -128,25 +183,30 @@ func Start(o StartOptions) (int, error) {
 	}
 	pid := cmd.Process.Pid
 	if o.DieWithParent {
-		go func() { _ = cmd.Wait() }()
+		go func() {
+			_ = cmd.Wait()
+			close(keep)
+		}()
 	} else {
 		_ = cmd.Process.Release()
 	}
 	return pid, nil
 }
 
-// Main is the monitor process: it opens its timeline, says ready, and
-// serves the sink until the sandbox's sentry has connected and gone (or
-// SIGTERM), then writes its counts and exits. It holds only its socket
-// and its timeline: no_new_privs and, where the kernel has Landlock, no
-// file but the timeline's directory.
+// Main is the monitor process: it takes its config, socket and timeline
+// from its descriptors, checks that it was started confined and shuts
+// itself behind its seccomp filter, says ready, and serves the sink until
+// the sandbox's sentry has connected and gone (or SIGTERM), then writes
+// its counts and exits. configFile only names the config in messages.
 func Main(configFile string) error {
 	ready := os.NewFile(fdReady, "ready")
 	fail := func(err error) error {
 		fmt.Fprintln(ready, strings.ReplaceAll(err.Error(), "\n", "; "))
 		return err
 	}
-	data, err := os.ReadFile(configFile)
+	cf := os.NewFile(fdConfig, configFile)
+	data, err := io.ReadAll(io.LimitReader(cf, 1<<20))
+	_ = cf.Close()
 	if err != nil {
 		return fail(fmt.Errorf("monitor config: %w", err))
 	}
@@ -164,18 +224,23 @@ func Main(configFile string) error {
 	if !ok {
 		return fail(errors.New("inherited sink socket is not a unix socket"))
 	}
-	tl, err := OpenTimeline(cfg.Timeline, cfg.MaxBytes)
+	tl, err := NewTimeline(os.NewFile(fdTimeline, cfg.Timeline), os.NewFile(fdTimelineOld, cfg.Timeline+".1"), cfg.MaxBytes)
 	if err != nil {
 		return fail(err)
 	}
-	cerr := confine(filepath.Dir(cfg.Timeline))
-	if cerr != nil && !errors.Is(cerr, syscall.ENOTSUP) {
-		return fail(cerr)
+	abi, err := checkConfined()
+	if err != nil {
+		return fail(err)
+	}
+	if err := egress.InstallSeccomp(seccompAllowed); err != nil {
+		return fail(fmt.Errorf("monitor: %w", err))
 	}
 	m := New(cfg.Sandbox, tl)
-	if cerr != nil {
-		m.note("monitor " + errUnconfined.Error())
+	landlock := "no Landlock on this kernel"
+	if abi > 0 {
+		landlock = fmt.Sprintf("Landlock ABI %d", abi)
 	}
+	m.note(fmt.Sprintf("monitor confined: uid %d gid %d, no capabilities, no_new_privs, %s, seccomp", os.Getuid(), os.Getgid(), landlock))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	if _, err := fmt.Fprintln(ready, "ready"); err != nil {
@@ -190,69 +255,47 @@ func Main(configFile string) error {
 	return errors.Join(serr, tl.Close())
 }
 
-// confine sets no_new_privs and, where Landlock exists, allows no file
-// access but below dir (where the timeline rotates) and no TCP. Without
-// Landlock it goes on: the monitor's reach is then its user's (root),
-// which the documentation says.
-func confine(dir string) error {
-	if _, _, errno := syscall.AllThreadsSyscall(unix.SYS_PRCTL, unix.PR_SET_NO_NEW_PRIVS, 1, 0); errno != 0 {
-		return fmt.Errorf("monitor: no_new_privs: %w", errno)
+// checkConfined fails unless the process was started confined: an
+// unprivileged user without capabilities, no_new_privs, and, where the
+// kernel has Landlock, no file it may open by name (the root directory,
+// open to every user, is refused). It returns the kernel's Landlock ABI.
+func checkConfined() (int, error) {
+	if err := egress.CheckUnprivileged(); err != nil {
+		return 0, fmt.Errorf("monitor not confined: %w", err)
 	}
-	return landlock(dir)
+	abi := egress.LandlockABI()
+	if abi > 0 {
+		fd, err := unix.Open("/", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err == nil {
+			_ = unix.Close(fd)
+			return 0, errors.New("monitor not confined: Landlock did not take (it can open /)")
+		}
+		if !errors.Is(err, unix.EACCES) {
+			return 0, fmt.Errorf("monitor: check Landlock: %w", err)
+		}
+	}
+	return abi, nil
 }
 
-// errUnconfined: the binary is built with cgo, where Go cannot apply a
-// per-thread setting (no_new_privs, Landlock) to every thread.
-var errUnconfined = errors.New("not confined: this binary uses cgo, where a setting cannot be applied to all threads")
-
-// Landlock through the raw system calls, for every thread.
-func landlock(dir string) error {
-	abi, _, errno := unix.Syscall(unix.SYS_LANDLOCK_CREATE_RULESET, 0, 0, unix.LANDLOCK_CREATE_RULESET_VERSION)
-	if errno != 0 || abi < 1 {
-		return nil
-	}
-	handled := uint64(unix.LANDLOCK_ACCESS_FS_EXECUTE | unix.LANDLOCK_ACCESS_FS_WRITE_FILE | unix.LANDLOCK_ACCESS_FS_READ_FILE |
-		unix.LANDLOCK_ACCESS_FS_READ_DIR | unix.LANDLOCK_ACCESS_FS_REMOVE_DIR | unix.LANDLOCK_ACCESS_FS_REMOVE_FILE |
-		unix.LANDLOCK_ACCESS_FS_MAKE_CHAR | unix.LANDLOCK_ACCESS_FS_MAKE_DIR | unix.LANDLOCK_ACCESS_FS_MAKE_REG |
-		unix.LANDLOCK_ACCESS_FS_MAKE_SOCK | unix.LANDLOCK_ACCESS_FS_MAKE_FIFO | unix.LANDLOCK_ACCESS_FS_MAKE_BLOCK |
-		unix.LANDLOCK_ACCESS_FS_MAKE_SYM)
-	if abi >= 2 {
-		handled |= unix.LANDLOCK_ACCESS_FS_REFER
-	}
-	if abi >= 3 {
-		handled |= unix.LANDLOCK_ACCESS_FS_TRUNCATE
-	}
-	attr := unix.LandlockRulesetAttr{Handled_access_fs: handled}
-	if abi >= 4 {
-		// No TCP at all: the monitor has no network to use.
-		attr.Handled_access_net = unix.LANDLOCK_ACCESS_NET_BIND_TCP | unix.LANDLOCK_ACCESS_NET_CONNECT_TCP
-	}
-	fd, _, errno := unix.Syscall(unix.SYS_LANDLOCK_CREATE_RULESET, uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr), 0)
-	if errno != 0 {
-		return fmt.Errorf("monitor: landlock: %w", errno)
-	}
-	defer unix.Close(int(fd))
-	dfd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("monitor: landlock %s: %w", dir, err)
-	}
-	defer unix.Close(dfd)
-	rule := unix.LandlockPathBeneathAttr{
-		Allowed_access: unix.LANDLOCK_ACCESS_FS_WRITE_FILE | unix.LANDLOCK_ACCESS_FS_READ_FILE |
-			unix.LANDLOCK_ACCESS_FS_REMOVE_FILE | unix.LANDLOCK_ACCESS_FS_MAKE_REG,
-		Parent_fd: int32(dfd),
-	}
-	if abi >= 2 {
-		rule.Allowed_access |= unix.LANDLOCK_ACCESS_FS_REFER // rotation renames
-	}
-	if abi >= 3 {
-		rule.Allowed_access |= unix.LANDLOCK_ACCESS_FS_TRUNCATE
-	}
-	if _, _, errno := unix.Syscall6(unix.SYS_LANDLOCK_ADD_RULE, fd, unix.LANDLOCK_RULE_PATH_BENEATH, uintptr(unsafe.Pointer(&rule)), 0, 0, 0); errno != 0 {
-		return fmt.Errorf("monitor: landlock rule: %w", errno)
-	}
-	if _, _, errno := syscall.AllThreadsSyscall(unix.SYS_LANDLOCK_RESTRICT_SELF, fd, 0, 0); errno != 0 {
-		return fmt.Errorf("monitor: landlock: %w", errno)
-	}
-	return nil
+// seccompAllowed is what the monitor calls once it serves: the Go
+// runtime (threads, memory, signals, timers), accepting on its socket and
+// reading the sentry's packets, and writing (and rotating, by copy and
+// truncate) its timeline through its descriptors. Not here: open,
+// socket, connect, bind, execve, rename, unlink, ptrace, and every *id
+// call: the monitor has no file, network or process to reach.
+var seccompAllowed = []uintptr{
+	unix.SYS_READ, unix.SYS_WRITE, unix.SYS_CLOSE, unix.SYS_FSTAT, unix.SYS_NEWFSTATAT, unix.SYS_STATX,
+	unix.SYS_LSEEK, unix.SYS_PREAD64, unix.SYS_PWRITE64, unix.SYS_READV, unix.SYS_WRITEV,
+	unix.SYS_FCNTL, unix.SYS_FTRUNCATE, unix.SYS_FSYNC, unix.SYS_FDATASYNC, unix.SYS_COPY_FILE_RANGE,
+	unix.SYS_MMAP, unix.SYS_MUNMAP, unix.SYS_MPROTECT, unix.SYS_MADVISE, unix.SYS_BRK, unix.SYS_MREMAP, unix.SYS_MINCORE,
+	unix.SYS_RT_SIGACTION, unix.SYS_RT_SIGPROCMASK, unix.SYS_RT_SIGRETURN, unix.SYS_SIGALTSTACK,
+	unix.SYS_TGKILL, unix.SYS_TKILL, unix.SYS_GETPID, unix.SYS_GETTID, unix.SYS_GETPPID,
+	unix.SYS_EXIT, unix.SYS_EXIT_GROUP, unix.SYS_FUTEX, unix.SYS_SET_ROBUST_LIST, unix.SYS_RSEQ, unix.SYS_RESTART_SYSCALL,
+	unix.SYS_SCHED_YIELD, unix.SYS_SCHED_GETAFFINITY, unix.SYS_NANOSLEEP, unix.SYS_CLOCK_NANOSLEEP,
+	unix.SYS_CLOCK_GETTIME, unix.SYS_GETTIMEOFDAY, unix.SYS_GETRLIMIT, unix.SYS_PRLIMIT64,
+	unix.SYS_GETUID, unix.SYS_GETEUID, unix.SYS_GETGID, unix.SYS_GETEGID, unix.SYS_GETRANDOM,
+	unix.SYS_EPOLL_CREATE1, unix.SYS_EPOLL_CTL, unix.SYS_EPOLL_PWAIT, unix.SYS_EVENTFD2,
+	unix.SYS_PIPE2, unix.SYS_PPOLL,
+	unix.SYS_ACCEPT4, unix.SYS_GETSOCKNAME, unix.SYS_GETPEERNAME, unix.SYS_GETSOCKOPT, unix.SYS_SETSOCKOPT,
+	unix.SYS_RECVFROM, unix.SYS_RECVMSG, unix.SYS_SENDTO, unix.SYS_SENDMSG, unix.SYS_SHUTDOWN,
 }

@@ -49,43 +49,69 @@ const flushEvery = 200 * time.Millisecond
 
 // Timeline appends events to a sandbox's timeline file as JSON lines. The
 // live file is rotated to <file>.1 when it reaches half of MaxBytes, so
-// the two stay within MaxBytes. It is safe for concurrent use.
+// the two stay within MaxBytes. It works on two open files and never on
+// their names: the monitor process gets them as descriptors from the
+// runtime (root's files, in root's directory), so rotation copies the
+// live file over the old one and empties the live one. It is safe for
+// concurrent use.
 type Timeline struct {
-	path     string
 	maxBytes int64
 
 	mu    sync.Mutex
-	f     *os.File
+	f     *os.File // live: read-write, appending
+	old   *os.File // <file>.1: read-write
 	w     *bufio.Writer
 	size  int64
 	timer *time.Timer
 }
 
-// OpenTimeline opens (appending) or creates the timeline at path.
-// maxBytes <= 0 means DefaultTimelineMaxBytes.
+// OpenTimeline opens (appending) or creates the timeline at path and its
+// rotated file. maxBytes <= 0 means DefaultTimelineMaxBytes.
 func OpenTimeline(path string, maxBytes int64) (*Timeline, error) {
-	if maxBytes <= 0 {
-		maxBytes = DefaultTimelineMaxBytes
+	live, old, err := OpenTimelineFiles(path)
+	if err != nil {
+		return nil, err
 	}
-	t := &Timeline{path: path, maxBytes: maxBytes}
-	if err := t.open(); err != nil {
+	t, err := NewTimeline(live, old, maxBytes)
+	if err != nil {
+		_ = live.Close()
+		_ = old.Close()
 		return nil, err
 	}
 	return t, nil
 }
 
-func (t *Timeline) open() error {
-	f, err := os.OpenFile(t.path, os.O_WRONLY|os.O_CREATE|os.O_APPEND|syscall.O_NOFOLLOW, 0o640)
+// OpenTimelineFiles opens or creates the timeline at path (read-write,
+// appending) and <path>.1 (read-write): what NewTimeline takes. Neither
+// may be a symbolic link.
+func OpenTimelineFiles(path string) (live, old *os.File, err error) {
+	live, err = os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND|syscall.O_NOFOLLOW, 0o640)
 	if err != nil {
-		return fmt.Errorf("open timeline: %w", err)
+		return nil, nil, fmt.Errorf("open timeline: %w", err)
 	}
-	st, err := f.Stat()
+	old, err = os.OpenFile(path+".1", os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o640)
 	if err != nil {
-		_ = f.Close()
-		return fmt.Errorf("open timeline: %w", err)
+		_ = live.Close()
+		return nil, nil, fmt.Errorf("open timeline: %w", err)
 	}
-	t.f, t.w, t.size = f, bufio.NewWriterSize(f, 64<<10), st.Size()
-	return nil
+	return live, old, nil
+}
+
+// NewTimeline writes to live (read-write, appending), rotating into old
+// (read-write); it owns both. maxBytes <= 0 means
+// DefaultTimelineMaxBytes.
+func NewTimeline(live, old *os.File, maxBytes int64) (*Timeline, error) {
+	if maxBytes <= 0 {
+		maxBytes = DefaultTimelineMaxBytes
+	}
+	st, err := live.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("open timeline: %w", err)
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("open timeline: %s is not a regular file", live.Name())
+	}
+	return &Timeline{maxBytes: maxBytes, f: live, old: old, w: bufio.NewWriterSize(live, 64<<10), size: st.Size()}, nil
 }
 
 // Write appends ev as one line.
@@ -115,19 +141,26 @@ func (t *Timeline) Write(ev *Event) error {
 	return nil
 }
 
+// rotate copies the live file over the old one and empties it. A
+// monitor killed between the two leaves the lines in both files, never
+// in neither.
+//
 // Preconditions: t.mu must be locked.
 func (t *Timeline) rotate() error {
 	if err := t.w.Flush(); err != nil {
 		return fmt.Errorf("timeline: %w", err)
 	}
-	if err := t.f.Close(); err != nil {
-		return fmt.Errorf("timeline: %w", err)
-	}
-	t.f = nil
-	if err := os.Rename(t.path, t.path+".1"); err != nil {
+	if err := t.old.Truncate(0); err != nil {
 		return fmt.Errorf("rotate timeline: %w", err)
 	}
-	return t.open()
+	if _, err := io.Copy(io.NewOffsetWriter(t.old, 0), io.NewSectionReader(t.f, 0, t.size)); err != nil {
+		return fmt.Errorf("rotate timeline: %w", err)
+	}
+	if err := t.f.Truncate(0); err != nil {
+		return fmt.Errorf("rotate timeline: %w", err)
+	}
+	t.size = 0
+	return nil
 }
 
 // Flush writes out what is buffered.
@@ -155,7 +188,7 @@ func (t *Timeline) Close() error {
 	if t.f == nil {
 		return nil
 	}
-	err := errors.Join(t.w.Flush(), t.f.Close())
+	err := errors.Join(t.w.Flush(), t.f.Close(), t.old.Close())
 	t.f = nil
 	return err
 }
