@@ -75,6 +75,7 @@ type options struct {
 	gateway    *modifier.GatewayNetwork
 	discoverer nvproxy.Discoverer
 	hooks      []string
+	learn      bool
 }
 
 // Option configures Compile.
@@ -104,6 +105,13 @@ func WithGPUDiscoverer(d nvproxy.Discoverer) Option { return func(o *options) { 
 // runtime configuration's allowed_hooks); without it every hook is
 // dropped. runsc runs hooks on the host as root, outside the sandbox.
 func WithAllowedHooks(paths []string) Option { return func(o *options) { o.hooks = paths } }
+
+// WithLearning compiles for learning mode (openshell run --learn): the
+// sandbox gets its egress gateway, where there is one, even when the
+// policy allows no egress, so the gateway can record what it asks for.
+// The filesystem view, process and resource limits stay the policy's:
+// learning widens only the network, and only to audited connections.
+func WithLearning() Option { return func(o *options) { o.learn = true } }
 
 // WithoutUserLookup compiles a run_as_user or run_as_group name without
 // an image to look it up in (policy compile and explain with no --rootfs
@@ -223,7 +231,7 @@ func Compile(p *policy.Policy, opts ...Option) (*Compiled, error) {
 		modifier.NewEnv(p.Env),
 	)
 	switch {
-	case (len(p.Network.Egress) > 0 || p.Inference != nil) && o.gateway != nil:
+	case (len(p.Network.Egress) > 0 || p.Inference != nil || o.learn) && o.gateway != nil:
 		c.Modifiers = c.Modifiers.Append(modifier.NewGatewayNetwork(*o.gateway))
 		c.RunscFlags = []string{FlagOCISeccomp, FlagNetworkSandbox}
 		c.Egress = true

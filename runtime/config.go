@@ -46,6 +46,11 @@ type Config struct {
 	// carry a policy's YAML. Off by default: whoever writes a pod spec
 	// would choose its sandbox.
 	AllowInlinePolicy bool `toml:"allow_inline_policy"`
+	// AllowLearn lets the io.openshell.learn annotation run a container
+	// in learning mode (every name answered, every connection allowed as
+	// audit). Off by default: the annotation's author is not trusted, and
+	// learning opens the network.
+	AllowLearn bool `toml:"allow_learn"`
 	// CeilingPolicy, when set, is a policy every annotation-chosen policy
 	// must lie within: a name in PolicyDir, an absolute path, or
 	// "builtin:default". The default_policy is not held to it.

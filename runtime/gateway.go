@@ -72,6 +72,10 @@ type GatewayOptions struct {
 	PolicyData []byte
 	// DieWithParent ends the gateway with its starter.
 	DieWithParent bool
+	// Learn starts the gateway in learning mode (egress.Config.Learn):
+	// the runtime's choice (openshell run --learn, or an engine's
+	// annotation where the configuration allows it), never the policy's.
+	Learn bool
 }
 
 // StartGateway starts the sandbox's egress gateway and records it, and
@@ -142,6 +146,7 @@ func (sb *Sandbox) startGateway(o GatewayOptions) (Owner, string, error) {
 			InferenceProviders: o.Config.Inference.ProviderList(),
 			CAFile:             caFile(sb.Dir),
 			UpstreamCA:         o.Config.Egress.UpstreamCAFile,
+			Learn:              o.Learn,
 		},
 		ConfigFile:    filepath.Join(sb.Dir, "gateway.json"),
 		Topology:      egress.TopologyAt(netnsDir(sb.Dir)),

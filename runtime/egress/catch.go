@@ -71,7 +71,7 @@ func (g *Gateway) handleCatch(c net.Conn) {
 func (g *Gateway) authorizeAddr(rs *rules, ip netip.Addr, port int) (*target, *denial) {
 	names := g.names.namesOf(ip)
 	for _, name := range names {
-		if r := rs.m.Match(name, port); r != nil {
+		if r := rs.match(name, port); r != nil {
 			if reason := g.checkIP(rs, ip, r); reason != "" {
 				return nil, deny(r, "%s: %s", ip, reason)
 			}

@@ -251,7 +251,7 @@ func (g *Gateway) answerDNS(q []byte, maxSize int) []byte {
 	if name == InferenceHost && rs.policy.Inference != nil {
 		return g.answerInference(resp, question, maxSize)
 	}
-	allowed := rs.m.Name(name)
+	allowed := rs.name(name)
 	if len(allowed) == 0 && rs.m.DNSFiltering() {
 		resp.RCode = dnsmessage.RCodeNameError
 		ev.Decision, ev.Reason = Deny, "no rule allows "+name+" ("+question.Type.String()+")"

@@ -62,6 +62,10 @@ type Config struct {
 	// UpstreamCA is the PEM bundle servers are verified against where
 	// the gateway opens its own TLS. Empty: the host's trust store.
 	UpstreamCA string `json:"upstream_ca,omitempty"`
+	// Learn puts the gateway in learning mode (learn.go): every name
+	// answered, every connection no rule allows let through as audit.
+	// The runtime's switch, never a policy field.
+	Learn bool `json:"learn,omitempty"`
 }
 
 // Listeners are the sockets a gateway serves, all in the sandbox's
@@ -85,10 +89,16 @@ type rules struct {
 	m        *egress.Matcher
 	limiters map[*policy.EgressRule]*rate.Limiter
 	l7       l7Rules
+	// learn is the learning rule in learning mode, else nil.
+	learn *policy.EgressRule
 }
 
-func newRules(p *policy.Policy) *rules {
-	r := &rules{policy: p, m: egress.New(p.Network), limiters: map[*policy.EgressRule]*rate.Limiter{}, l7: newL7Rules(&p.Network)}
+func newRules(p *policy.Policy, learn bool) *rules {
+	var lr *policy.EgressRule
+	if learn {
+		p, lr = learningPolicy(p), learnRule()
+	}
+	r := &rules{policy: p, learn: lr, m: egress.New(p.Network), limiters: map[*policy.EgressRule]*rate.Limiter{}, l7: newL7Rules(&p.Network)}
 	for i := range p.Network.Egress {
 		e := &p.Network.Egress[i]
 		if e.RateLimit != nil {
@@ -170,7 +180,7 @@ func New(cfg Config, log *slog.Logger) (*Gateway, error) {
 	g.transport = g.newTransport()
 	g.tlsTransport, g.skipTransport = g.newTLSTransport(false), g.newTLSTransport(true)
 	g.drops = newDropLog()
-	g.rules.Store(newRules(p))
+	g.rules.Store(newRules(p, cfg.Learn))
 	return g, nil
 }
 
@@ -203,6 +213,9 @@ func (g *Gateway) event(r *rules, e Event) {
 	e.Sandbox = g.cfg.Sandbox
 	e.Policy = r.policy.Name
 	e.PolicyHash = r.policy.Hash
+	if r.learn != nil {
+		learned(&e)
+	}
 	if err := g.audit.Write(&e); err != nil {
 		g.log.Error("audit", "err", err)
 	}
@@ -278,7 +291,7 @@ func (g *Gateway) Reload() error {
 	}
 	var nr *rules
 	if err == nil {
-		nr = newRules(p)
+		nr = newRules(p, g.cfg.Learn)
 		err = nr.l7.err()
 	}
 	if err != nil {
@@ -397,7 +410,7 @@ func (g *Gateway) authorizeHost(ctx context.Context, rs *rules, host string, por
 	if ip, ok := egress.HostIP(host); ok {
 		return g.authorizeIP(rs, ip, port)
 	}
-	r := rs.m.Match(host, port)
+	r := rs.match(host, port)
 	if r == nil {
 		return nil, deny(nil, "no rule allows %s:%d", egress.Normalize(host), port)
 	}
@@ -427,7 +440,7 @@ func (g *Gateway) authorizeHost(ctx context.Context, rs *rules, host string, por
 // open one.
 func (g *Gateway) authorizeIP(rs *rules, ip netip.Addr, port int) (*target, *denial) {
 	ip = ip.Unmap()
-	r := rs.m.MatchIP(ip, port)
+	r := rs.matchIP(ip, port)
 	if r == nil {
 		if reason := g.checkIP(rs, ip, nil); reason != "" {
 			return nil, deny(nil, "%s: %s", ip, reason)
@@ -455,7 +468,7 @@ func (g *Gateway) authorizeDst(ctx context.Context, rs *rules, host string, dst 
 		}
 		return g.authorizeIP(rs, ip, port)
 	}
-	r := rs.m.Match(host, port)
+	r := rs.match(host, port)
 	if r == nil {
 		return nil, deny(nil, "no rule allows %s:%d", egress.Normalize(host), port)
 	}

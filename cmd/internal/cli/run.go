@@ -39,6 +39,7 @@ func runRun(ctx context.Context, s streams, args []string) int {
 	config := fs.String("config", runtime.DefaultConfigPath, "the runtime configuration")
 	timeline := fs.Bool("timeline", true, "record the sandbox's processes and connections (openshell timeline)")
 	fileOpens := fs.Bool("file-opens", false, "record file opens in the timeline too (as sandbox.audit.file_opens)")
+	learn := fs.Bool("learn", false, "learning mode: record file opens, answer every name and allow every connection as audit, for openshell policy suggest")
 	var env multiFlag
 	fs.Var(&env, "e", "set an environment variable in the sandbox (K=V; repeatable)")
 	if err := fs.Parse(args); err != nil {
@@ -46,6 +47,10 @@ func runRun(ctx context.Context, s streams, args []string) int {
 	}
 	if *policyFile == "" || fs.NArg() == 0 {
 		fs.Usage()
+		return exitUsage
+	}
+	if *learn && !*timeline {
+		fmt.Fprintln(s.err, "openshell: --learn records a timeline: it cannot be used with --timeline=false")
 		return exitUsage
 	}
 	fail := func(format string, a ...any) int {
@@ -116,7 +121,7 @@ func runRun(ctx context.Context, s streams, args []string) int {
 	}
 	sb, err := runtime.Prepare(runtime.PrepareOptions{
 		StateDir: *stateDir, ID: id, Spec: runtime.NewMemorySpec(g.Config),
-		Compile: runtime.CompilePolicy(p, cfg),
+		Compile: runtime.CompilePolicy(p, cfg, runtime.LearnCompile(*learn)...),
 	})
 	if err != nil {
 		return fail("%s", err)
@@ -132,14 +137,17 @@ func runRun(ctx context.Context, s streams, args []string) int {
 		return fail("%s", err)
 	}
 	if c.Egress {
-		if err := startGateway(sb, st, cfg, *policyFile); err != nil {
+		if err := startGateway(sb, st, cfg, *policyFile, *learn); err != nil {
 			_ = sb.Cleanup()
 			return fail("%s", err)
 		}
 	}
 	r.Flags = append(r.Flags, c.RunscFlags...)
+	if *learn {
+		fmt.Fprintf(s.err, "openshell: learning mode: sandbox %s; every name is answered and every connection allowed as audit; then: openshell policy suggest %s\n", id, id)
+	}
 	if *timeline {
-		flag, err := sb.StartMonitor(st, runtime.MonitorOptions{Config: cfg, FileOpens: *fileOpens || p.Audit.FileOpens, DieWithParent: true})
+		flag, err := sb.StartMonitor(st, runtime.MonitorOptions{Config: cfg, FileOpens: *fileOpens || *learn || p.Audit.FileOpens, DieWithParent: true})
 		if err != nil {
 			_ = sb.Cleanup()
 			return fail("%s", err)
@@ -162,12 +170,12 @@ func runRun(ctx context.Context, s streams, args []string) int {
 
 // startGateway starts the sandbox's egress gateway as a child of this
 // process that dies with it, and records it in the sandbox's state.
-func startGateway(sb *runtime.Sandbox, st *runtime.State, cfg *runtime.Config, policyFile string) error {
+func startGateway(sb *runtime.Sandbox, st *runtime.State, cfg *runtime.Config, policyFile string, learn bool) error {
 	abs, err := filepath.Abs(policyFile)
 	if err != nil {
 		return fmt.Errorf("egress gateway: %w", err)
 	}
-	return sb.StartGateway(st, runtime.GatewayOptions{Config: cfg, PolicyFile: abs, DieWithParent: true})
+	return sb.StartGateway(st, runtime.GatewayOptions{Config: cfg, PolicyFile: abs, DieWithParent: true, Learn: learn})
 }
 
 // sweepOrphans removes the sandboxes of openshell runs that were killed
