@@ -287,3 +287,104 @@ func TestTimelineMonitorConfined(t *testing.T) {
 		t.Errorf("%d execs of curl in the timeline, want 4", curls)
 	}
 }
+
+// timelineWorkload runs two binaries from a shell: each is an exec event
+// whose parent is the shell.
+const (
+	timelineExecPolicy = "version: \"1.0\"\nname: timeline-engine\nsandbox:\n  process: {allow_exec: true}\n"
+	timelineWorkload   = "/bin/ls / >/dev/null; /bin/cat /etc/hostname >/dev/null; echo done"
+)
+
+// assertEngineTimeline checks the timeline in auditDir of a container
+// that ran timelineWorkload: its start, both execs (by argv[0]) as the
+// shell's children, its exit, and the monitor's confined first line.
+func assertEngineTimeline(t *testing.T, auditDir string) {
+	t.Helper()
+	_, evs := timelineOf(t, auditDir)
+	var sh int32 = -1
+	execs := map[string]int32{}
+	exited := false
+	for _, ev := range evs {
+		switch ev.Kind {
+		case monitor.KindStart:
+			sh = ev.Pid
+		case monitor.KindExec:
+			// busybox's applets: the binary is /bin/busybox, argv[0]
+			// says which.
+			if ev.Binary == "/bin/busybox" && len(ev.Argv) > 0 {
+				execs[ev.Argv[0]] = ev.PPid
+			}
+		case monitor.KindExit:
+			exited = exited || ev.Pid == sh
+		}
+	}
+	if len(evs) == 0 || !strings.HasPrefix(evs[0].Note, "monitor confined: uid 65534") {
+		t.Errorf("first line: %+v", evs)
+	}
+	if sh < 0 || !exited {
+		t.Errorf("the container's process: start %d, exited %v", sh, exited)
+	}
+	for _, b := range []string{"/bin/ls", "/bin/cat"} {
+		if p, ok := execs[b]; !ok || p != sh {
+			t.Errorf("exec of %s: parent %d (recorded %v), want the shell %d; execs %v", b, p, ok, sh, execs)
+		}
+	}
+}
+
+// TestTimelineRuntime: a container run through openshell-runtime (run,
+// and create/start/delete) has a timeline, its monitor ends with it, and
+// delete leaves nothing.
+func TestTimelineRuntime(t *testing.T) {
+	bundle := busyboxBundle(t, inline(timelineExecPolicy), "/bin/sh", "-c", timelineWorkload)
+	for _, detached := range []bool{false, true} {
+		audit := t.TempDir()
+		cfg := filepath.Join(t.TempDir(), "runtime.toml")
+		if err := os.WriteFile(cfg, []byte(fmt.Sprintf("allow_inline_policy = true\n[egress]\naudit_dir = %q\n", audit)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if !detached {
+			if r := ortWith(t, cfg, "run", "--bundle", bundle, "tl"); r.code != 0 || r.stdout != "done\n" {
+				t.Fatalf("run: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+			}
+		} else {
+			if r := ortWith(t, cfg, "create", "--bundle", bundle, "tl"); r.code != 0 {
+				t.Fatalf("create: exit %d\n%s", r.code, r.stderr)
+			}
+			_, st, err := runtime.Open(filepath.Join(runtimeRoot(), "openshell"), "tl")
+			if err != nil || st.Monitor == nil || !slices.ContainsFunc(st.RunscFlags, func(f string) bool { return strings.HasPrefix(f, "--pod-init-config=") }) {
+				ortWith(t, cfg, "delete", "--force", "tl")
+				t.Fatalf("state after create: %v %+v", err, st)
+			}
+			monitorPid := st.Monitor.Pid
+			if r := ortWith(t, cfg, "start", "tl"); r.code != 0 {
+				t.Fatalf("start: exit %d\n%s", r.code, r.stderr)
+			}
+			waitStatus(t, "tl", "stopped", 10*time.Second)
+			if r := ortWith(t, cfg, "delete", "tl"); r.code != 0 {
+				t.Fatalf("delete: exit %d\n%s", r.code, r.stderr)
+			}
+			for deadline := time.Now().Add(5 * time.Second); syscall.Kill(monitorPid, 0) == nil; time.Sleep(20 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatalf("monitor %d outlives delete", monitorPid)
+				}
+			}
+		}
+		assertRuntimeClean(t)
+		assertEngineTimeline(t, audit)
+	}
+}
+
+// TestTimelineThroughCtr: a container run by containerd through our
+// shim (io.openshell.v1) has a timeline.
+func TestTimelineThroughCtr(t *testing.T) {
+	e := newEgressEnv(t)
+	c := startContainerd(t)
+	r := c.ctrRun(t, "run", "--rm", "--runtime", "io.openshell.v1", "--runtime-config-path", e.config,
+		"--annotation", "io.openshell.policy.inline="+timelineExecPolicy, testImage, "timeline-ctr",
+		"/bin/sh", "-c", timelineWorkload)
+	if r.code != 0 || r.stdout != "done\n" {
+		t.Fatalf("ctr run: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	c.assertClean(t)
+	assertEngineTimeline(t, e.audit)
+}

@@ -20,6 +20,7 @@ import (
 
 	"github.com/openshell/openshell/runtime"
 	"github.com/openshell/openshell/runtime/egress"
+	"github.com/openshell/openshell/runtime/monitor"
 	"github.com/openshell/openshell/runtime/runsc"
 )
 
@@ -122,6 +123,19 @@ func (e *env) prepare(id, bundle string) (*runtime.Sandbox, *runtime.State, func
 			return nil, nil, nil, err
 		}
 	}
+	// One monitor per sandbox: a pod's later containers are traced by
+	// its first one's (their events carry their container id).
+	if !st.Subcontainer {
+		flag, err := sb.StartMonitor(st, runtime.MonitorOptions{Config: e.cfg, FileOpens: p.Audit.FileOpens})
+		if err == nil {
+			st.RunscFlags = append(st.RunscFlags, flag)
+			err = sb.SaveState(st)
+		}
+		if err != nil {
+			undo()
+			return nil, nil, nil, err
+		}
+	}
 	e.log.Info("policy applied", "container", id, "policy", p.Name, "sha256", p.Hash, "source", src.String())
 	return sb, st, undo, nil
 }
@@ -134,6 +148,14 @@ func (e *env) startGateway(sb *runtime.Sandbox, st *runtime.State, file string, 
 		o.PolicyData = []byte(annotations[runtime.AnnotationPolicyInline])
 	}
 	return sb.StartGateway(st, o)
+}
+
+// cmdMonitor is a sandbox's process monitor (runtime/monitor).
+func cmdMonitor(_ context.Context, _ *env, args []string) error {
+	if len(args) != 1 {
+		return fmt.Errorf("monitor: want the monitor's config file")
+	}
+	return monitor.Main(args[0])
 }
 
 // cmdGateway is a container's egress gateway process.

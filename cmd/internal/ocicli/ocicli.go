@@ -81,6 +81,7 @@ func commands() []command {
 		{"exec-supervise", "internal: a detached exec's process, as engines signal it", cmdExecSupervise},
 		{"exec-reap", "internal: kill an exec whose supervisor was killed", cmdExecReap},
 		{"gateway", "internal: a container's egress gateway", cmdGateway},
+		{"monitor", "internal: a sandbox's process monitor", cmdMonitor},
 	}
 }
 
@@ -121,12 +122,13 @@ func Main(ctx context.Context, args []string, stdio Stdio) int {
 		fmt.Fprintf(stdio.Err, "openshell-runtime: unknown command %q\n", fs.Arg(0))
 		return 2
 	}
-	if cmd.name == "gateway" {
-		// The gateway gets everything from its own config file, and its
-		// serving process runs as an unprivileged user who cannot (and
-		// must not) read the runtime's configuration.
+	if cmd.name == "gateway" || cmd.name == "monitor" {
+		// The gateway and the monitor get everything from their own
+		// config (the monitor, as a descriptor), and run as an
+		// unprivileged user who cannot (and must not) read the runtime's
+		// configuration.
 		if err := cmd.run(ctx, e, fs.Args()[1:]); err != nil {
-			fmt.Fprintf(stdio.Err, "openshell-runtime gateway: %s\n", err)
+			fmt.Fprintf(stdio.Err, "openshell-runtime %s: %s\n", cmd.name, err)
 			return 1
 		}
 		return 0
