@@ -296,7 +296,7 @@ func (h *proxyHandler) forward(w http.ResponseWriter, r *http.Request, rs *rules
 	ev.Rule = ruleName(t.rule)
 	body := r.Body
 	if body != nil && body != http.NoBody {
-		body = &idleBody{ReadCloser: body, rc: http.NewResponseController(w)}
+		body = newIdleBody(r, w)
 	}
 	up := &counter{r: body}
 	if lim := bodyLimit(r, t); lim >= 0 {
@@ -430,17 +430,48 @@ type limitError struct{ what string }
 func (e *limitError) Error() string { return e.what + " exceeded" }
 
 // idleBody ends a request body that sends nothing for the idle timeout.
+//
+// It ends on its own, too: at its declared length (left, -1 when
+// unknown), and at the first EOF, for good. The transport's write of the
+// request can outlive the handler (it reads once more past the declared
+// length to check there is nothing extra), and by then the handler may
+// have returned and the server closed the body: a read of a closed body
+// fails, and the transport then closes the upstream connection under
+// the next request it carries (a streamed response cut short).
 type idleBody struct {
 	io.ReadCloser
-	rc *http.ResponseController
+	rc   *http.ResponseController
+	left int64
+	eof  bool
+}
+
+func newIdleBody(r *http.Request, w http.ResponseWriter) *idleBody {
+	left := r.ContentLength
+	if left < 0 {
+		left = -1
+	}
+	return &idleBody{ReadCloser: r.Body, rc: http.NewResponseController(w), left: left}
 }
 
 func (b *idleBody) Read(p []byte) (int, error) {
+	if b.eof || b.left == 0 {
+		b.eof = true
+		return 0, io.EOF
+	}
+	if b.left > 0 && int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
 	_ = b.rc.SetReadDeadline(time.Now().Add(idleTimeout))
 	n, err := b.ReadCloser.Read(p)
-	if err != nil {
+	if b.left > 0 {
+		b.left -= int64(n)
+	}
+	if err != nil || b.left == 0 {
 		// The server reads on its own after the body: not under ours.
 		_ = b.rc.SetReadDeadline(time.Time{})
+	}
+	if err == io.EOF {
+		b.eof = true
 	}
 	return n, err
 }
