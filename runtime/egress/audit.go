@@ -290,16 +290,16 @@ func (l AuditLimits) withDefaults() AuditLimits {
 // Lines are written whole under a lock, so concurrent connections never
 // interleave.
 type AuditLog struct {
-	mu     sync.Mutex
-	path   string
-	f      *os.File
-	size   int64
-	lim    AuditLimits
-	now    func() time.Time
-	open   map[aggKey]*aggregate
-	viol   *budget
-	allow  *budget
-	ids    Event // sandbox and policy of the latest event, for our own lines
+	mu    sync.Mutex
+	path  string
+	f     *os.File
+	size  int64
+	lim   AuditLimits
+	now   func() time.Time
+	open  map[aggKey]*aggregate
+	viol  *budget
+	allow *budget
+	ids   Event // sandbox and policy of the latest event, for our own lines
 	// rotator, where set, rotates for a writer that cannot rename in
 	// the audit directory (the confined gateway: its keeper does it) and
 	// returns the new live file, the bytes of the rotated file it

@@ -71,4 +71,3 @@ func TestProxyKeepAliveStreams(t *testing.T) {
 		}
 	}
 }
-
