@@ -1,7 +1,10 @@
 package runtime
 
 import (
+	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strconv"
 
 	"github.com/openshell/openshell/policyhook"
@@ -40,4 +43,53 @@ func LearnCompile(learn bool) []policyhook.Option {
 		return nil
 	}
 	return []policyhook.Option{policyhook.WithLearning()}
+}
+
+// LearnRecord is what a learning run leaves beside its audit log and
+// timeline for openshell policy suggest: the policy it ran under (its
+// bytes: the file may change or go) and the image its paths came from.
+type LearnRecord struct {
+	Sandbox    string `json:"sandbox"`
+	PolicyFile string `json:"policy_file"`
+	Policy     string `json:"policy"`
+	Root       string `json:"root"`
+}
+
+// LearnRecordFile is where a learning run's record is kept:
+// <audit_dir>/learn/<sandbox>.json.
+func LearnRecordFile(auditDir, sandbox string) string {
+	if auditDir == "" {
+		auditDir = DefaultAuditDir
+	}
+	return filepath.Join(auditDir, "learn", sandbox+".json")
+}
+
+// WriteLearnRecord keeps r for openshell policy suggest (root's, 0600:
+// the policy may name credential files and environment values).
+func WriteLearnRecord(auditDir string, r LearnRecord) error {
+	f := LearnRecordFile(auditDir, r.Sandbox)
+	if err := os.MkdirAll(filepath.Dir(f), 0o750); err != nil {
+		return fmt.Errorf("learn record: %w", err)
+	}
+	b, err := json.Marshal(r)
+	if err != nil {
+		return fmt.Errorf("learn record: %w", err)
+	}
+	if err := os.WriteFile(f, b, 0o600); err != nil {
+		return fmt.Errorf("learn record: %w", err)
+	}
+	return nil
+}
+
+// ReadLearnRecord reads a learning run's record.
+func ReadLearnRecord(auditDir, sandbox string) (*LearnRecord, error) {
+	b, err := os.ReadFile(LearnRecordFile(auditDir, sandbox))
+	if err != nil {
+		return nil, fmt.Errorf("learn record: %w", err)
+	}
+	var r LearnRecord
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("learn record %s: %w", LearnRecordFile(auditDir, sandbox), err)
+	}
+	return &r, nil
 }

@@ -34,13 +34,14 @@ func runPolicy(ctx context.Context, s streams, args []string) int {
 		"compile":  runCompile,
 		"explain":  runExplain,
 		"reload":   runReload,
+		"suggest":  runSuggest,
 	}
 	if len(args) > 0 {
 		if f, ok := sub[args[0]]; ok {
 			return f(ctx, s, args[1:])
 		}
 	}
-	fmt.Fprintln(s.err, "usage: openshell policy validate FILE...\n       openshell policy compile FILE [--rootfs DIR | --spec config.json] [--host-gpus] [--json]\n       openshell policy explain FILE [--rootfs DIR | --spec config.json] [--host-gpus]\n       openshell policy reload SANDBOX")
+	fmt.Fprintln(s.err, "usage: openshell policy validate FILE...\n       openshell policy compile FILE [--rootfs DIR | --spec config.json] [--host-gpus] [--json]\n       openshell policy explain FILE [--rootfs DIR | --spec config.json] [--host-gpus]\n       openshell policy reload SANDBOX\n       openshell policy suggest SANDBOX [--format seed|openshell] [-o FILE]")
 	return exitUsage
 }
 

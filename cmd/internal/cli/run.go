@@ -144,6 +144,10 @@ func runRun(ctx context.Context, s streams, args []string) int {
 	}
 	r.Flags = append(r.Flags, c.RunscFlags...)
 	if *learn {
+		if err := writeLearnRecord(cfg, id, *policyFile, image); err != nil {
+			_ = sb.Cleanup()
+			return fail("%s", err)
+		}
 		fmt.Fprintf(s.err, "openshell: learning mode: sandbox %s; every name is answered and every connection allowed as audit; then: openshell policy suggest %s\n", id, id)
 	}
 	if *timeline {

@@ -1,0 +1,139 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/openshell/openshell/policyhook/policy"
+	"github.com/openshell/openshell/runtime"
+	"github.com/openshell/openshell/runtime/egress"
+	"github.com/openshell/openshell/runtime/monitor"
+	"github.com/openshell/openshell/runtime/suggest"
+)
+
+// writeLearnRecord keeps the policy a learning run runs under, and its
+// image, for openshell policy suggest.
+func writeLearnRecord(cfg *runtime.Config, id, policyFile, root string) error {
+	data, err := os.ReadFile(policyFile)
+	if err != nil {
+		return fmt.Errorf("learn: %w", err)
+	}
+	abs, err := filepath.Abs(policyFile)
+	if err != nil {
+		return fmt.Errorf("learn: %w", err)
+	}
+	return runtime.WriteLearnRecord(cfg.Egress.AuditDir, runtime.LearnRecord{Sandbox: id, PolicyFile: abs, Policy: string(data), Root: root})
+}
+
+func runSuggest(_ context.Context, s streams, args []string) int {
+	fs := newFlags(s, "policy suggest", "policy suggest SANDBOX [--format seed|openshell] [-o FILE] [--policy FILE] [--rootfs DIR]")
+	format := fs.String("format", suggest.FormatSeed, "the suggestion's format: seed (openshell's own) or openshell (NVIDIA OpenShell v1)")
+	out := fs.String("o", "", "write the suggestion to FILE (default: standard output)")
+	policyFile := fs.String("policy", "", "the policy the sandbox ran under (default: the one its learning run recorded)")
+	rootfs := fs.String("rootfs", "", "the image the sandbox's paths came from (default: the one its learning run recorded)")
+	config := fs.String("config", runtime.DefaultConfigPath, "the runtime configuration")
+	dir := fs.String("dir", "", "the audit directory (default: the configuration's egress.audit_dir)")
+	if err := fs.Parse(reorder(args)); err != nil {
+		return exitUsage
+	}
+	if fs.NArg() != 1 {
+		fs.Usage()
+		return exitUsage
+	}
+	id := fs.Arg(0)
+	if id != filepath.Base(id) || strings.HasPrefix(id, ".") {
+		fmt.Fprintf(s.err, "openshell: %q is not a sandbox id\n", id)
+		return exitUsage
+	}
+	fail := func(format string, a ...any) int {
+		fmt.Fprintf(s.err, "openshell: "+format+"\n", a...)
+		return exitFailed
+	}
+	if *dir == "" {
+		cfg, err := runtime.LoadConfig(*config)
+		if err != nil {
+			return fail("configuration: %s", err)
+		}
+		*dir = cfg.Egress.AuditDir
+		if *dir == "" {
+			*dir = runtime.DefaultAuditDir
+		}
+	}
+	in := suggest.Input{Sandbox: id, Root: *rootfs}
+	var err error
+	if *policyFile != "" {
+		if in.Policy, err = policy.Load(*policyFile); err != nil {
+			printErr(s, err)
+			return exitFailed
+		}
+	} else {
+		rec, err := runtime.ReadLearnRecord(*dir, id)
+		if err != nil {
+			return fail("%s (was sandbox %s run with --learn? else name its policy with --policy)", err, id)
+		}
+		if in.Policy, err = policy.Parse(rec.PolicyFile, []byte(rec.Policy)); err != nil {
+			printErr(s, err)
+			return exitFailed
+		}
+		if in.Root == "" {
+			in.Root = rec.Root
+		}
+	}
+	// A bad line (torn, too long) is reported and skipped.
+	warn := func(err error) {
+		if err != nil {
+			fmt.Fprintf(s.err, "openshell: warning: %s\n", strings.ReplaceAll(err.Error(), "\n", "\nopenshell: warning: "))
+		}
+	}
+	auditFiles := egress.AuditFiles(filepath.Join(*dir, id+".jsonl"))
+	for _, f := range auditFiles {
+		err := egress.ReadAuditLog(f, func(e *egress.Event) error { in.Audit = append(in.Audit, e); return nil })
+		var bad *egress.BadLinesError
+		if err != nil && !errors.As(err, &bad) {
+			return fail("%s", err)
+		}
+		warn(err)
+	}
+	timelineFiles := monitor.TimelineFiles(monitor.TimelineFile(*dir, id))
+	for _, f := range timelineFiles {
+		err := monitor.ReadTimeline(f, func(e *monitor.Event) error { in.Timeline = append(in.Timeline, e); return nil })
+		var bad *monitor.BadLinesError
+		if err != nil && !errors.As(err, &bad) {
+			return fail("%s", err)
+		}
+		warn(err)
+	}
+	if len(auditFiles) == 0 && len(timelineFiles) == 0 {
+		return fail("no audit log or timeline for sandbox %s in %s", id, *dir)
+	}
+	for _, e := range in.Audit {
+		if e.PolicyHash != "" && e.PolicyHash != in.Policy.Hash {
+			fmt.Fprintf(s.err, "openshell: warning: sandbox %s ran under policy sha256 %s, not %s's %s\n", id, shown(e.PolicyHash), in.Policy.File, in.Policy.Hash)
+			break
+		}
+	}
+	sg, err := suggest.Learn(in)
+	if err != nil {
+		return fail("%s", err)
+	}
+	o, err := sg.Write(*format)
+	if err != nil {
+		return fail("%s", err)
+	}
+	for _, w := range o.Widenings {
+		fmt.Fprintf(s.err, "openshell: note: the suggestion allows more than %s: %s\n", in.Policy.File, shown(w.String()))
+	}
+	if *out == "" {
+		_, err = s.out.Write(o.YAML)
+	} else {
+		err = os.WriteFile(*out, o.YAML, 0o644)
+	}
+	if err != nil {
+		return fail("%s", err)
+	}
+	return exitOK
+}

@@ -1,0 +1,131 @@
+package suggest
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/openshell/openshell/policyhook/policy"
+	audit "github.com/openshell/openshell/runtime/egress"
+	"github.com/openshell/openshell/runtime/monitor"
+)
+
+func TestLearn(t *testing.T) {
+	root := t.TempDir()
+	for _, d := range []string{"ws/out", "ws/unused", "data/a", "data/b"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ws, data := filepath.Join(root, "ws"), filepath.Join(root, "data")
+	yaml := `version: "1.0"
+name: wide
+sandbox:
+  filesystem:
+    allowed_reads: [` + data + `, /srv]
+    allowed_writes: [` + ws + `, /tmp]
+  network:
+    allowed_egress:
+      - {host: a.test, ports: [80, 443], rate_limit: 10/second}
+      - {host: unused.test, port: 443}
+  process: {max_processes: 64}
+  resources: {max_memory_mb: 512}
+  environment: {HOME: /tmp}
+`
+	p, err := policy.Parse("wide.yaml", []byte(yaml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ok := func(kind, host string, port int, decision string) *audit.Event {
+		return &audit.Event{Kind: kind, Host: host, Port: port, Decision: decision}
+	}
+	in := Input{
+		Sandbox: "sb", Policy: p, Root: "/",
+		Audit: []*audit.Event{
+			ok("dns", "a.test", 0, "allow"),
+			ok("http", "a.test", 80, "allow"),
+			ok("connect", "b.test", 443, "audit"),
+			ok("tls", "b.test", 8443, "audit"),
+			ok("connect", "denied.test", 443, "deny"),
+			ok("tcp", "93.184.216.34", 22, "audit"),
+			ok("dns", "lookup-only.test", 0, "audit"),
+			ok("connect", "evil\n.test", 443, "audit"),
+		},
+		Timeline: []*monitor.Event{
+			{Kind: "start", Pid: 1, PidStart: 1, Binary: "/bin/sh"},
+			{Kind: "clone", Pid: 1, PidStart: 1, Child: 2, ChildStart: 2},
+			{Kind: "exec", Pid: 2, PidStart: 2, Binary: "/usr/bin/python3.11"},
+			{Kind: "open", Pid: 2, Path: "/usr/lib/python3.11/os.py", Flags: "O_RDONLY|O_CLOEXEC", Result: "ok"},
+			{Kind: "open", Pid: 2, Path: data + "/a/in.txt", Flags: "O_RDONLY", Result: "ok"},
+			{Kind: "open", Pid: 2, Path: ws + "/out/result.txt", Flags: "O_WRONLY|O_CREAT|O_TRUNC", Result: "ok"},
+			{Kind: "open", Pid: 2, Path: ws + "/out/new/deep.txt", Flags: "O_WRONLY|O_CREAT", Result: "ok"},
+			{Kind: "open", Pid: 2, Path: "/srv/missing", Flags: "O_RDONLY", Result: "ENOENT"},
+			{Kind: "open", Pid: 2, Path: "/tmp/x/y", Flags: "O_RDWR|O_CREAT", Result: "ok"},
+			{Kind: "open", Pid: 2, Path: "/proc/self/status", Flags: "O_RDONLY", Result: "ok"},
+			{Kind: "open", Pid: 2, Path: data + "/../etc", Flags: "O_RDONLY", Result: "ok"},
+			{Kind: "exit", Pid: 2, PidStart: 2},
+			{Kind: "exit", Pid: 1, PidStart: 1},
+		},
+	}
+	s, err := Learn(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(s.Reads, []string{data + "/a"}) || !slices.Equal(s.Writes, []string{"/tmp", ws + "/out"}) {
+		t.Errorf("reads %v writes %v", s.Reads, s.Writes)
+	}
+	if !s.AllowExec || s.PeakProcs != 2 || s.MaxProcesses != 16 {
+		t.Errorf("exec %v peak %d max_processes %d", s.AllowExec, s.PeakProcs, s.MaxProcesses)
+	}
+	if len(s.Egress) != 2 || s.Egress[0].Host != "a.test" || !slices.Equal(s.Egress[0].Ports, []int{80}) || s.Egress[0].From == nil ||
+		s.Egress[1].Host != "b.test" || !slices.Equal(s.Egress[1].Ports, []int{443, 8443}) || s.Egress[1].From != nil {
+		t.Errorf("egress %+v", s.Egress)
+	}
+	notes := strings.Join(s.Notes, "\n")
+	for _, want := range []string{`"93.184.216.34":22`, `"lookup-only.test" was resolved`, `"evil\n.test"`, `not a clean absolute path`} {
+		if !strings.Contains(notes, want) {
+			t.Errorf("notes lack %q:\n%s", want, notes)
+		}
+	}
+	for _, format := range []string{FormatSeed, FormatOpenShell} {
+		o, err := s.Write(format)
+		if err != nil {
+			t.Fatalf("%s: %v", format, err)
+		}
+		for _, line := range strings.Split(string(o.YAML), "\n") {
+			if strings.Contains(line, "evil") && !strings.HasPrefix(line, "# note: ") {
+				t.Errorf("%s: a sandbox string outside a note: %q", format, line)
+			}
+		}
+		if format == FormatOpenShell {
+			continue // it cannot say max_processes, resources or limits
+		}
+		// Narrower but for what only learning allowed (b.test).
+		for _, w := range o.Widenings {
+			if !strings.Contains(w.String(), "b.test") {
+				t.Errorf("%s: widens %s", format, w)
+			}
+		}
+		if len(o.Widenings) == 0 {
+			t.Errorf("%s: b.test, which only learning allowed, is not reported as a widening", format)
+		}
+		{
+			if o.Policy.Process.MaxProcesses != 16 || o.Policy.Resources.MaxMemoryMB != 512 || len(o.Policy.Env) != 1 ||
+				o.Policy.Network.Egress[0].RateLimit == nil {
+				t.Errorf("seed: %+v %+v %+v", o.Policy.Process, o.Policy.Resources, o.Policy.Network.Egress[0])
+			}
+		}
+	}
+	if _, err := s.Write("toml"); err == nil {
+		t.Error("an unknown format was written")
+	}
+}
+
+func TestCollapseNeverRoot(t *testing.T) {
+	got := collapse("/", []access{{dir: "/"}, {dir: "/usr/lib"}, {dir: "/usr/share/x"}, {dir: "/etc"}}, "/")
+	if !slices.Equal(got, []string{"/etc", "/usr"}) {
+		t.Errorf("collapse under /: %v", got)
+	}
+}
