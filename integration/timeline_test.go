@@ -149,6 +149,13 @@ func TestTimeline(t *testing.T) {
 	if rc != 0 || !strings.Contains(rout, "exec /usr/bin/curl") || !strings.Contains(rout, "(the egress proxy)") {
 		t.Errorf("openshell timeline: %d\n%s\n%s", rc, rout, rerr)
 	}
+	// curl's request through the proxy has the gateway's decision;
+	// python3's connection, closed before it sent a byte, has no audit
+	// line and must not take curl's.
+	if !strings.Contains(rout, "(the egress proxy) → allow allowed.test") || strings.Contains(rout, "198.51.100.10:80 EINPROGRESS →") {
+		audit, _ := os.ReadFile(filepath.Join(e.audit, id+".jsonl"))
+		t.Errorf("openshell timeline's decisions:\n%s\naudit log:\n%s", rout, audit)
+	}
 }
 
 func runCmd(t *testing.T, name string, args ...string) (int, string, string) {

@@ -95,9 +95,10 @@ func runTimeline(_ context.Context, s streams, args []string) int {
 		}
 		shownEvents = append(shownEvents, e)
 	}
+	decisions := joinAudit(events, readAudit(*dir, id))
 	if *asJSON {
 		for _, e := range shownEvents {
-			line, err := jsonLine(e)
+			line, err := jsonLine(e, decisions[e])
 			if err != nil {
 				return exitFailed
 			}
@@ -107,7 +108,7 @@ func runTimeline(_ context.Context, s streams, args []string) int {
 		}
 		return exitOK
 	}
-	printTimeline(s.out, shownEvents, tree)
+	printTimeline(s.out, shownEvents, tree, decisions)
 	return exitOK
 }
 
@@ -160,8 +161,17 @@ func (t *procTree) under(e *monitor.Event, pid int32) bool {
 	return false
 }
 
-func jsonLine(e *monitor.Event) ([]byte, error) {
-	b, err := json.Marshal(e)
+// jsonLine is e as a JSON line, with the gateway's decision on it (a
+// connect's audit line) where there is one.
+func jsonLine(e *monitor.Event, a *egress.Event) ([]byte, error) {
+	var v any = e
+	if a != nil {
+		v = struct {
+			*monitor.Event
+			Audit *egress.Event `json:"audit"`
+		}{e, a}
+	}
+	b, err := json.Marshal(v)
 	if err != nil {
 		return nil, err
 	}
@@ -171,7 +181,7 @@ func jsonLine(e *monitor.Event) ([]byte, error) {
 // printTimeline writes the replay: one line per event in time order,
 // indented by the process's depth in the tree. Every string came from
 // the sandbox and is escaped (shown).
-func printTimeline(w io.Writer, events []*monitor.Event, tree *procTree) {
+func printTimeline(w io.Writer, events []*monitor.Event, tree *procTree, decisions map[*monitor.Event]*egress.Event) {
 	proxy := fmt.Sprintf("%s:%d", egress.GatewayAddr.Addr(), egress.ProxyPort)
 	for _, e := range events {
 		indent := strings.Repeat("  ", tree.depth(e.Pid))
@@ -198,6 +208,9 @@ func printTimeline(w io.Writer, events []*monitor.Event, tree *procTree) {
 			what = "connect " + shown(e.Dest) + " " + shown(e.Result)
 			if e.Dest == proxy {
 				what += " (the egress proxy)"
+			}
+			if a := decisions[e]; a != nil {
+				what += auditNote(a)
 			}
 		case monitor.KindOpen:
 			what = "open " + shown(e.Path) + " " + shown(e.Flags) + " " + shown(e.Result)
