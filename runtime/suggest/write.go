@@ -42,8 +42,10 @@ func (s *Suggestion) Write(format string) (*Output, error) {
 	default:
 		return nil, fmt.Errorf("suggest: unknown format %q (seed or openshell)", format)
 	}
-	body, err := yaml.Marshal(doc)
-	if err != nil {
+	var body bytes.Buffer
+	enc := yaml.NewEncoder(&body)
+	enc.SetIndent(2)
+	if err := enc.Encode(doc); err != nil {
 		return nil, fmt.Errorf("suggest: %w", err)
 	}
 	var b bytes.Buffer
@@ -55,7 +57,7 @@ func (s *Suggestion) Write(format string) (*Output, error) {
 		// quoted ASCII (quote).
 		fmt.Fprintf(&b, "# note: %s\n", strings.ReplaceAll(n, "\n", " "))
 	}
-	b.Write(body)
+	b.Write(body.Bytes())
 	p, err := policy.Parse("suggested.yaml", b.Bytes())
 	if err != nil {
 		return nil, fmt.Errorf("suggest: the suggestion does not validate (a bug; please report it): %w", err)

@@ -311,7 +311,7 @@ func reorder(args []string) []string {
 // the next argument.
 func takesValue(flag string) bool {
 	switch strings.TrimLeft(flag, "-") {
-	case "spec", "rootfs", "since", "config", "dir", "state-dir", "pid":
+	case "spec", "rootfs", "since", "config", "dir", "state-dir", "pid", "format", "o", "policy":
 		return true
 	}
 	return false

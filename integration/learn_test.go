@@ -1,0 +1,151 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/openshell/openshell/policyhook/policy"
+	"github.com/openshell/openshell/runtime/egress"
+)
+
+// learnScript is a small agent: a plain HTTP fetch with curl (through the
+// proxy), another with python3 (urllib, through the proxy too) of a host
+// the permissive policy does not name, and a result written to its
+// workspace.
+const learnScript = `set -e
+curl -sS -m 5 -o /dev/null http://allowed.test/
+python3 -c "import urllib.request; urllib.request.urlopen('http://pass.test/', timeout=5).read(); print('fetched')"
+echo done > WS/out/result.txt
+cat WS/out/result.txt
+`
+
+// TestLearn runs the agent under --learn with a permissive policy, has
+// openshell policy suggest write a policy from what it did, and runs the
+// agent again under the suggestion: it must validate, be narrower, and
+// the second run must succeed with no denial in its audit log.
+func TestLearn(t *testing.T) {
+	e := newEgressEnv(t)
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	ws := "/learn-" + hex.EncodeToString(b)
+	host := filepath.Join(e.root, ws)
+	if err := os.MkdirAll(filepath.Join(host, "out"), 0o777); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(host) })
+	for _, d := range []string{host, filepath.Join(host, "out")} {
+		if err := os.Chmod(d, 0o777); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wide := `version: "1.0"
+name: learn-wide
+sandbox:
+  filesystem:
+    allowed_reads: [/var, /srv]
+    allowed_writes: [/tmp, ` + ws + `]
+  process: {allow_exec: true, max_processes: 128}
+  network:
+    allowed_egress:
+      - {host: allowed.test, ports: [80, 443]}
+      - {host: limited.test, port: 80}
+      - {host: reload.test, port: 443}
+`
+	script := strings.ReplaceAll(learnScript, "WS", ws)
+	run := func(pf string, extra ...string) (string, string) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		args := append([]string{"run", "--config", e.config, "--runsc", runscBin, "--state-dir", stateDir, "--rootfs", e.root, "--policy", pf}, extra...)
+		c := exec.CommandContext(ctx, openshellBin, append(args, "--", "/bin/sh", "-c", script)...)
+		var out, errb bytes.Buffer
+		c.Stdout, c.Stderr = &out, &errb
+		if err := c.Run(); err != nil || out.String() != "fetched\ndone\n" {
+			t.Fatalf("sandbox %v: %v\n%s\n%s", extra, err, out.String(), errb.String())
+		}
+		assertNothingLeft(t, stateDir)
+		return out.String(), errb.String()
+	}
+	start := time.Now()
+	_, stderr := run(writePolicy(t, wide), "--learn")
+	m := regexp.MustCompile(`learning mode: sandbox (\S+);`).FindStringSubmatch(stderr)
+	if m == nil {
+		t.Fatalf("no sandbox id in %q", stderr)
+	}
+	learnID := m[1]
+	learnEvents := e.events(t)
+	for _, ev := range learnEvents {
+		t.Logf("learn audit: %s %s %s:%d %s %s", ev.Decision, ev.Kind, ev.Host, ev.Port, ev.Rule, ev.Reason)
+	}
+	if !slices.ContainsFunc(learnEvents, func(ev egress.Event) bool {
+		return ev.Host == "pass.test" && ev.Decision == egress.Audit && strings.HasPrefix(ev.Reason, egress.LearnReason)
+	}) {
+		t.Errorf("pass.test, which no rule names, was not let through as audit (learning)")
+	}
+
+	sugg := filepath.Join(t.TempDir(), "suggested.yaml")
+	rc, out, errOut := runCmd(t, openshellBin, "policy", "suggest", "--config", e.config, learnID, "-o", sugg)
+	if rc != 0 {
+		t.Fatalf("policy suggest: %d\n%s\n%s", rc, out, errOut)
+	}
+	data, _ := os.ReadFile(sugg)
+	t.Logf("suggested:\n%s\n%s", data, errOut)
+	p, err := policy.Load(sugg)
+	if err != nil {
+		t.Fatalf("the suggestion does not validate: %v", err)
+	}
+	var hosts []string
+	for _, r := range p.Network.Egress {
+		hosts = append(hosts, r.Host)
+	}
+	slices.Sort(hosts)
+	if !slices.Equal(hosts, []string{"allowed.test", "pass.test"}) {
+		t.Errorf("suggested hosts %v, want allowed.test and pass.test", hosts)
+	}
+	var reads, writes []string
+	for _, r := range p.Filesystem.ReadOnly {
+		if !strings.Contains(r.Field, "system_paths") {
+			reads = append(reads, r.Path)
+		}
+	}
+	for _, r := range p.Filesystem.ReadWrite {
+		writes = append(writes, r.Path)
+	}
+	if len(reads) != 0 || len(writes) != 1 || (writes[0] != ws && writes[0] != ws+"/out") {
+		t.Errorf("suggested reads %v, writes %v; want only %s (or its out/)", reads, writes, ws)
+	}
+	if !p.Process.AllowExec || p.Process.MaxProcesses >= 128 {
+		t.Errorf("suggested process %+v", p.Process)
+	}
+	if !strings.Contains(errOut, "pass.test") {
+		t.Errorf("suggest did not say that pass.test widens the policy: %s", errOut)
+	}
+
+	// The same agent under the suggestion: it works, and nothing is denied.
+	run(sugg)
+	var second []egress.Event
+	for _, ev := range e.events(t) {
+		if ev.Sandbox != learnID {
+			second = append(second, ev)
+		}
+	}
+	if len(second) == 0 {
+		t.Fatal("no audit lines from the run under the suggestion")
+	}
+	for _, ev := range second {
+		if ev.Decision != egress.Allow {
+			t.Errorf("under the suggestion: %s %s %s:%d %s", ev.Decision, ev.Kind, ev.Host, ev.Port, ev.Reason)
+		}
+	}
+	t.Logf("learn, suggest and rerun: %s", time.Since(start).Round(time.Millisecond))
+}
