@@ -35,7 +35,9 @@ func rotatingLog(t *testing.T, bound int64, c *clock) (*AuditLog, string) {
 		t.Fatal(err)
 	}
 	l.SetRotator((&auditRotator{fd: fds[1]}).rotate)
-	t.Cleanup(func() { unix.Close(fds[1]); unix.Close(fds[0]) })
+	// f is held to the end: the log writes to its descriptor by number,
+	// and a collected *os.File closes its descriptor.
+	t.Cleanup(func() { unix.Close(fds[1]); unix.Close(fds[0]); f.Close() })
 	return l, path
 }
 
