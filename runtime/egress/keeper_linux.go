@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"syscall"
 	"time"
@@ -208,6 +209,11 @@ func runKeeper(configFile string) error {
 		ks.Cred = int(f.Fd())
 	}
 	err = reexecReduced(ks)
+	// The new image takes these descriptors by number: their files must
+	// not be collected (and closed) before the exec.
+	runtime.KeepAlive(auditKeeper)
+	runtime.KeepAlive(lifeW)
+	runtime.KeepAlive(creds)
 	// Still here: the keeper could not shed its capabilities. It ends,
 	// and the serving process with it (fail closed).
 	_ = cmd.Process.Kill()
