@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -15,18 +16,13 @@ import (
 // through runc, interleaved, and prints medians and ratios. It runs only
 // when OPENSHELL_BENCH is set (make bench sets it).
 func TestCtrStartToExit(t *testing.T) {
-	if os.Getenv("OPENSHELL_BENCH") == "" {
-		t.Skip("a benchmark: set OPENSHELL_BENCH=1 (make bench does)")
-	}
+	requireBench(t)
 	c := startContainerd(t)
 	runcBin, err := exec.LookPath("runc")
 	if err != nil {
 		t.Skip("runc not installed (make deps)")
 	}
-	runs := 15
-	if v, err := strconv.Atoi(os.Getenv("BENCH_RUNS")); err == nil && v > 0 {
-		runs = v
-	}
+	runs := benchRuns(15)
 	kinds := []struct {
 		name string
 		args []string
@@ -61,4 +57,50 @@ func TestCtrStartToExit(t *testing.T) {
 		fmt.Printf("%-30s %12.1f %9.2fx %15.2fx\n", kind.name, med[k], med[k]/med[0], med[k]/med[1])
 	}
 	c.assertClean(t)
+}
+
+// requireBench skips a benchmark unless OPENSHELL_BENCH is set.
+func requireBench(t *testing.T) {
+	t.Helper()
+	if os.Getenv("OPENSHELL_BENCH") == "" {
+		t.Skip("a benchmark: set OPENSHELL_BENCH=1 (make bench does)")
+	}
+}
+
+// benchRuns is BENCH_RUNS where it is a positive number, else def.
+func benchRuns(def int) int {
+	if v, err := strconv.Atoi(os.Getenv("BENCH_RUNS")); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+// probeFigures runs c, a probe that prints one JSON object, and decodes
+// that object.
+func probeFigures[F any](t *testing.T, c *exec.Cmd) F {
+	t.Helper()
+	out, err := c.Output()
+	if err != nil {
+		var stderr []byte
+		if ee, ok := err.(*exec.ExitError); ok {
+			stderr = ee.Stderr
+		}
+		t.Fatalf("%s: %v\n%s\n%s", c.Args[0], err, out, stderr)
+	}
+	var f F
+	if err := json.Unmarshal(out, &f); err != nil {
+		t.Fatalf("probe output %q: %v", out, err)
+	}
+	return f
+}
+
+// medianOf is the median of f over the rounds fs (the upper of the two
+// middle ones for an even count).
+func medianOf[F any](fs []F, f func(F) float64) float64 {
+	v := make([]float64, len(fs))
+	for i, x := range fs {
+		v[i] = f(x)
+	}
+	slices.Sort(v)
+	return v[len(v)/2]
 }

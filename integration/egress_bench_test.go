@@ -2,13 +2,9 @@ package integration
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
-	"strconv"
 	"testing"
 	"time"
 
@@ -107,42 +103,27 @@ type egressFigures struct {
 // the same server with no policy and no gateway. It runs only when
 // OPENSHELL_BENCH is set (make bench sets it).
 func TestEgressBench(t *testing.T) {
-	if os.Getenv("OPENSHELL_BENCH") == "" {
-		t.Skip("a benchmark: set OPENSHELL_BENCH=1 (make bench does)")
-	}
+	requireBench(t)
 	e := newEgressEnv(t)
 	dir := t.TempDir()
 	pf := writePolicy(t, egressPolicy)
 	gateway := func() egressFigures {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
-		c := exec.CommandContext(ctx, openshellBin, "run", "--config", e.config, "--runsc", runscBin, "--state-dir", stateDir,
-			"--rootfs", e.root, "--policy", pf, "--", "/usr/bin/python3", "-c", egressBenchProbe, "allowed.test", "resolve", "169.254.213.1")
-		return egressRun(t, c)
+		return probeFigures[egressFigures](t, e.runCommand(ctx, pf, "/usr/bin/python3", "-c", egressBenchProbe, "allowed.test", "resolve", "169.254.213.1"))
 	}
 	direct := func() egressFigures {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
 		c, done := e.directCommand(t, ctx, dir, "egress-bench-direct", "/usr/bin/python3", "-c", egressBenchProbe, "allowed.test", fakenet.WebA.String(), "none")
 		defer done()
-		return egressRun(t, c)
+		return probeFigures[egressFigures](t, c)
 	}
-	rounds := 3
-	if v, err := strconv.Atoi(os.Getenv("BENCH_RUNS")); err == nil && v > 0 && v < rounds {
-		rounds = v
-	}
+	rounds := min(benchRuns(3), 3)
 	var gw, dr []egressFigures
 	for range rounds {
 		dr = append(dr, direct())
 		gw = append(gw, gateway())
-	}
-	med := func(fs []egressFigures, f func(egressFigures) float64) float64 {
-		v := make([]float64, len(fs))
-		for i, x := range fs {
-			v[i] = f(x)
-		}
-		slices.Sort(v)
-		return v[len(v)/2]
 	}
 	fmt.Printf("egress: %d rounds, 300 fresh connections and 3+3 downloads of 100 MB each (medians of the rounds)\n", rounds)
 	fmt.Printf("%-22s %12s %12s %12s\n", "", "direct", "gateway", "gateway-direct / ratio")
@@ -160,7 +141,7 @@ func TestEgressBench(t *testing.T) {
 		{"100 MB captured (MB/s)", func(x egressFigures) float64 { return x.MBps }, false},
 		{"100 MB CONNECT (MB/s)", func(x egressFigures) float64 { return x.TunnelMBps }, false},
 	} {
-		d, g := med(dr, m.f), med(gw, m.f)
+		d, g := medianOf(dr, m.f), medianOf(gw, m.f)
 		if m.diff {
 			fmt.Printf("%-22s %12.3f %12.3f %+12.3f ms\n", m.name, d, g, g-d)
 		} else {
@@ -208,21 +189,4 @@ func (e *egressEnv) directCommand(t *testing.T, ctx context.Context, dir, id str
 	}
 	writeBundleSpec(t, bundle, g.Config)
 	return exec.CommandContext(ctx, runscBin, "--root", root, "--network=sandbox", "run", "--bundle", bundle, id), done
-}
-
-func egressRun(t *testing.T, c *exec.Cmd) egressFigures {
-	t.Helper()
-	out, err := c.Output()
-	if err != nil {
-		var stderr []byte
-		if ee, ok := err.(*exec.ExitError); ok {
-			stderr = ee.Stderr
-		}
-		t.Fatalf("%s: %v\n%s\n%s", c.Args[0], err, out, stderr)
-	}
-	var f egressFigures
-	if err := json.Unmarshal(out, &f); err != nil {
-		t.Fatalf("probe output %q: %v", out, err)
-	}
-	return f
 }

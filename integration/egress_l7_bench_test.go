@@ -2,12 +2,8 @@ package integration
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"os"
-	"os/exec"
 	"slices"
-	"strconv"
 	"testing"
 	"time"
 
@@ -86,58 +82,29 @@ type httpsFigures struct {
 // sandbox routed straight to the server. It runs only when
 // OPENSHELL_BENCH is set (make bench sets it).
 func TestEgressL7Bench(t *testing.T) {
-	if os.Getenv("OPENSHELL_BENCH") == "" {
-		t.Skip("a benchmark: set OPENSHELL_BENCH=1 (make bench does)")
-	}
+	requireBench(t)
 	e := newEgressEnv(t)
 	dir := t.TempDir()
 	pf := writePolicy(t, l7BenchPolicy)
 	ca := string(e.net.CAPEM)
-	run := func(c *exec.Cmd) httpsFigures {
-		out, err := c.Output()
-		if err != nil {
-			var stderr []byte
-			if ee, ok := err.(*exec.ExitError); ok {
-				stderr = ee.Stderr
-			}
-			t.Fatalf("%s: %v\n%s\n%s", c.Args[0], err, out, stderr)
-		}
-		var f httpsFigures
-		if err := json.Unmarshal(out, &f); err != nil {
-			t.Fatalf("probe output %q: %v", out, err)
-		}
-		return f
-	}
 	gateway := func(host, cafile string) httpsFigures {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
-		return run(exec.CommandContext(ctx, openshellBin, "run", "--config", e.config, "--runsc", runscBin, "--state-dir", stateDir,
-			"--rootfs", e.root, "--policy", pf, "--", "/usr/bin/python3", "-c", httpsBenchProbe, host, "resolve", cafile))
+		return probeFigures[httpsFigures](t, e.runCommand(ctx, pf, "/usr/bin/python3", "-c", httpsBenchProbe, host, "resolve", cafile))
 	}
 	direct := func() httpsFigures {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
 		c, done := e.directCommand(t, ctx, dir, "egress-l7-bench-direct", "/usr/bin/python3", "-c", httpsBenchProbe, "pass.test", fakenet.WebA.String(), ca)
 		defer done()
-		return run(c)
+		return probeFigures[httpsFigures](t, c)
 	}
-	rounds := 3
-	if v, err := strconv.Atoi(os.Getenv("BENCH_RUNS")); err == nil && v > 0 && v < rounds {
-		rounds = v
-	}
+	rounds := min(benchRuns(3), 3)
 	var dr, ps, tm []httpsFigures
 	for range rounds {
 		dr = append(dr, direct())
 		ps = append(ps, gateway("pass.test", ca))
 		tm = append(tm, gateway("rules.test", "default"))
-	}
-	med := func(fs []httpsFigures, f func(httpsFigures) float64) float64 {
-		v := make([]float64, len(fs))
-		for i, x := range fs {
-			v[i] = f(x)
-		}
-		slices.Sort(v)
-		return v[len(v)/2]
 	}
 	fmt.Printf("egress HTTPS: %d rounds, 500 keep-alive requests and 3 downloads of 100 MB each (medians of the rounds)\n", rounds)
 	fmt.Printf("%-24s %10s %12s %12s %16s %16s\n", "", "direct", "passthrough", "terminated", "pass-direct", "term-direct")
@@ -150,14 +117,14 @@ func TestEgressL7Bench(t *testing.T) {
 		{"request p99 (ms)", func(x httpsFigures) float64 { return x.P99 }, true},
 		{"100 MB (MB/s)", func(x httpsFigures) float64 { return x.MBps }, false},
 	} {
-		d, p, tt := med(dr, m.f), med(ps, m.f), med(tm, m.f)
+		d, p, tt := medianOf(dr, m.f), medianOf(ps, m.f), medianOf(tm, m.f)
 		if m.diff {
 			fmt.Printf("%-24s %10.3f %12.3f %12.3f %+13.3f ms %+13.3f ms\n", m.name, d, p, tt, p-d, tt-d)
 		} else {
 			fmt.Printf("%-24s %10.1f %12.1f %12.1f %15.2fx %15.2fx\n", m.name, d, p, tt, p/d, tt/d)
 		}
 	}
-	fmt.Printf("terminated / passthrough throughput: %.2fx\n", med(tm, func(x httpsFigures) float64 { return x.MBps })/med(ps, func(x httpsFigures) float64 { return x.MBps }))
+	fmt.Printf("terminated / passthrough throughput: %.2fx\n", medianOf(tm, func(x httpsFigures) float64 { return x.MBps })/medianOf(ps, func(x httpsFigures) float64 { return x.MBps }))
 	for _, x := range slices.Concat(dr, ps, tm) {
 		if x.Bytes < 100<<20 {
 			t.Errorf("a download got %d bytes, want %d", x.Bytes, 100<<20)

@@ -97,8 +97,14 @@ func (e *egressEnv) start(t *testing.T, ctx context.Context, pf, program string)
 
 // command is openshell run of a Python program on the Debian root.
 func (e *egressEnv) command(ctx context.Context, pf, program string) *exec.Cmd {
-	return exec.CommandContext(ctx, openshellBin, "run", "--config", e.config, "--runsc", runscBin, "--state-dir", stateDir,
-		"--rootfs", e.root, "--policy", pf, "--", "/usr/bin/python3", "-u", "-c", program)
+	return e.runCommand(ctx, pf, "/usr/bin/python3", "-u", "-c", program)
+}
+
+// runCommand is openshell run of args on the Debian root under the
+// policy file pf.
+func (e *egressEnv) runCommand(ctx context.Context, pf string, args ...string) *exec.Cmd {
+	return exec.CommandContext(ctx, openshellBin, append([]string{"run", "--config", e.config, "--runsc", runscBin, "--state-dir", stateDir,
+		"--rootfs", e.root, "--policy", pf, "--"}, args...)...)
 }
 
 // startPaused starts program, which prints first and then waits for a

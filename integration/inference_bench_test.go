@@ -2,12 +2,8 @@ package integration
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"os"
-	"os/exec"
 	"slices"
-	"strconv"
 	"testing"
 	"time"
 
@@ -92,56 +88,27 @@ type inferenceFigures struct {
 // same runsc sandbox routed straight to the server. It runs only when OPENSHELL_BENCH is set (make bench
 // sets it).
 func TestInferenceBench(t *testing.T) {
-	if os.Getenv("OPENSHELL_BENCH") == "" {
-		t.Skip("a benchmark: set OPENSHELL_BENCH=1 (make bench does)")
-	}
+	requireBench(t)
 	e := newInferenceEnv(t)
 	dir := t.TempDir()
 	pf := writePolicy(t, inferenceBenchPolicy)
-	run := func(c *exec.Cmd) inferenceFigures {
-		out, err := c.Output()
-		if err != nil {
-			var stderr []byte
-			if ee, ok := err.(*exec.ExitError); ok {
-				stderr = ee.Stderr
-			}
-			t.Fatalf("%s: %v\n%s\n%s", c.Args[0], err, out, stderr)
-		}
-		var f inferenceFigures
-		if err := json.Unmarshal(out, &f); err != nil {
-			t.Fatalf("probe output %q: %v", out, err)
-		}
-		return f
-	}
 	router := func() inferenceFigures {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
-		return run(exec.CommandContext(ctx, openshellBin, "run", "--config", e.config, "--runsc", runscBin, "--state-dir", stateDir,
-			"--rootfs", e.root, "--policy", pf, "--", "/usr/bin/python3", "-c", inferenceBenchProbe, "inference.local", "resolve"))
+		return probeFigures[inferenceFigures](t, e.runCommand(ctx, pf, "/usr/bin/python3", "-c", inferenceBenchProbe, "inference.local", "resolve"))
 	}
 	direct := func() inferenceFigures {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
 		c, done := e.directCommand(t, ctx, dir, "inference-bench-direct", "/usr/bin/python3", "-c", inferenceBenchProbe, "llm.test", fakenet.LLMAddr.String())
 		defer done()
-		return run(c)
+		return probeFigures[inferenceFigures](t, c)
 	}
-	rounds := 3
-	if v, err := strconv.Atoi(os.Getenv("BENCH_RUNS")); err == nil && v > 0 && v < rounds {
-		rounds = v
-	}
+	rounds := min(benchRuns(3), 3)
 	var dr, rt []inferenceFigures
 	for range rounds {
 		dr = append(dr, direct())
 		rt = append(rt, router())
-	}
-	med := func(fs []inferenceFigures, f func(inferenceFigures) float64) float64 {
-		v := make([]float64, len(fs))
-		for i, x := range fs {
-			v[i] = f(x)
-		}
-		slices.Sort(v)
-		return v[len(v)/2]
 	}
 	fmt.Printf("inference: %d rounds; 300 buffered and 300 streamed calls on one keep-alive connection, 3 streams of 20,000 events (medians of the rounds)\n", rounds)
 	fmt.Printf("%-28s %10s %10s %16s\n", "", "direct", "router", "router-direct")
@@ -157,7 +124,7 @@ func TestInferenceBench(t *testing.T) {
 		{"stream relay (MB/s)", func(x inferenceFigures) float64 { return x.MBps }, false},
 		{"stream relay (events/s)", func(x inferenceFigures) float64 { return x.EPS }, false},
 	} {
-		d, r := med(dr, m.f), med(rt, m.f)
+		d, r := medianOf(dr, m.f), medianOf(rt, m.f)
 		if m.diff {
 			fmt.Printf("%-28s %10.3f %10.3f %+13.3f ms\n", m.name, d, r, r-d)
 		} else {

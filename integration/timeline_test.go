@@ -178,13 +178,8 @@ func runCmd(t *testing.T, name string, args ...string) (int, string, string) {
 // at start (goal: at most +20 ms). It runs only when OPENSHELL_BENCH is
 // set.
 func TestTimelineBench(t *testing.T) {
-	if os.Getenv("OPENSHELL_BENCH") == "" {
-		t.Skip("a benchmark: set OPENSHELL_BENCH=1 (make bench does)")
-	}
-	runs := 15
-	if v, err := strconv.Atoi(os.Getenv("BENCH_RUNS")); err == nil && v > 0 {
-		runs = v
-	}
+	requireBench(t)
+	runs := benchRuns(15)
 	pf := writePolicy(t, "version: \"1.0\"\nsandbox:\n  process: {allow_exec: true}\n")
 	cfg := filepath.Join(t.TempDir(), "config.toml")
 	if err := os.WriteFile(cfg, []byte("[egress]\naudit_dir = \""+t.TempDir()+"\"\n"), 0o644); err != nil {
