@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"path/filepath"
 	"slices"
@@ -37,8 +38,7 @@ func runAudit(_ context.Context, s streams, args []string) int {
 	violations := fs.Bool("violations-only", false, "show only denials and audit-mode would-be denials")
 	since := fs.Duration("since", 0, "show only events newer than this (e.g. 10m)")
 	asJSON := fs.Bool("json", false, "print the events as JSON lines")
-	config := fs.String("config", runtime.DefaultConfigPath, "the runtime configuration")
-	dir := fs.String("dir", "", "the audit directory (default: the configuration's egress.audit_dir)")
+	af := addAuditDirFlags(fs)
 	if err := fs.Parse(reorder(args)); err != nil {
 		return exitUsage
 	}
@@ -46,56 +46,38 @@ func runAudit(_ context.Context, s streams, args []string) int {
 		fs.Usage()
 		return exitUsage
 	}
-	if *dir == "" {
-		cfg, err := runtime.LoadConfig(*config)
-		if err != nil {
-			fmt.Fprintf(s.err, "openshell: configuration: %s\n", err)
-			return exitFailed
-		}
-		*dir = cfg.Egress.AuditDir
+	dir, err := af.auditDir()
+	if err != nil {
+		fmt.Fprintf(s.err, "openshell: %s\n", err)
+		return exitFailed
 	}
-	var files []string
+	var id string // "": every sandbox
 	if fs.NArg() == 1 {
-		id := fs.Arg(0)
-		if id != filepath.Base(id) || strings.HasPrefix(id, ".") {
+		if id = fs.Arg(0); !validSandboxID(id) {
 			fmt.Fprintf(s.err, "openshell: %q is not a sandbox id\n", id)
 			return exitUsage
 		}
-		files = egress.AuditFiles(filepath.Join(*dir, id+".jsonl"))
-		if len(files) == 0 {
-			fmt.Fprintf(s.err, "openshell: no audit log for sandbox %s in %s\n", id, *dir)
-			return exitFailed
-		}
-	} else {
-		live, _ := filepath.Glob(filepath.Join(*dir, "*.jsonl"))
-		for _, f := range live {
-			files = append(files, egress.AuditFiles(f)...)
-		}
+	}
+	files := auditLogFiles(dir, id)
+	if id != "" && len(files) == 0 {
+		fmt.Fprintf(s.err, "openshell: no audit log for sandbox %s in %s\n", id, dir)
+		return exitFailed
 	}
 	var cutoff time.Time
 	if *since > 0 {
 		cutoff = time.Now().Add(-*since)
 	}
-	// A bad line (torn by a killed gateway, not JSON, too long) is
-	// reported and skipped: it never hides the rest of its file, or the
-	// other sandboxes' logs.
 	var events []*egress.Event
-	for _, f := range files {
-		err := egress.ReadAuditLog(f, func(e *egress.Event) error {
-			if (*violations && !e.Violation()) || e.Time.Before(cutoff) {
-				return nil
-			}
-			events = append(events, e)
+	err = readAuditLogs(s, files, func(e *egress.Event) error {
+		if (*violations && !e.Violation()) || e.Time.Before(cutoff) {
 			return nil
-		})
-		var bad *egress.BadLinesError
-		switch {
-		case errors.As(err, &bad):
-			fmt.Fprintf(s.err, "openshell: warning: %s\n", strings.ReplaceAll(bad.Error(), "\n", "\nopenshell: warning: "))
-		case err != nil:
-			fmt.Fprintf(s.err, "openshell: %s\n", err)
-			return exitFailed
 		}
+		events = append(events, e)
+		return nil
+	})
+	if err != nil {
+		fmt.Fprintf(s.err, "openshell: %s\n", err)
+		return exitFailed
 	}
 	slices.SortStableFunc(events, func(a, b *egress.Event) int { return a.Time.Compare(b.Time) })
 	if *asJSON {
@@ -125,6 +107,74 @@ func runAudit(_ context.Context, s streams, args []string) int {
 	}
 	_ = w.Flush()
 	return exitOK
+}
+
+// auditDirFlags are --config and --dir, which name the audit directory
+// for the commands that read audit logs and timelines.
+type auditDirFlags struct {
+	config, dir *string
+}
+
+func addAuditDirFlags(fs *flag.FlagSet) auditDirFlags {
+	return auditDirFlags{
+		config: fs.String("config", runtime.DefaultConfigPath, "the runtime configuration"),
+		dir:    fs.String("dir", "", "the audit directory (default: the configuration's egress.audit_dir)"),
+	}
+}
+
+// auditDir is --dir, else the configuration's egress.audit_dir.
+func (f auditDirFlags) auditDir() (string, error) {
+	if *f.dir != "" {
+		return *f.dir, nil
+	}
+	cfg, err := runtime.LoadConfig(*f.config)
+	if err != nil {
+		return "", fmt.Errorf("configuration: %w", err)
+	}
+	return cfg.Egress.AuditDir, nil
+}
+
+// validSandboxID says whether id can name a sandbox's files in the audit
+// directory: a plain name, not a path and not hidden.
+func validSandboxID(id string) bool {
+	return id == filepath.Base(id) && !strings.HasPrefix(id, ".")
+}
+
+// auditLogFiles are the audit log files, rotated ones included, of the
+// sandbox id in dir, or of every sandbox there when id is "".
+func auditLogFiles(dir, id string) []string {
+	if id != "" {
+		return egress.AuditFiles(filepath.Join(dir, id+".jsonl"))
+	}
+	var files []string
+	live, _ := filepath.Glob(filepath.Join(dir, "*.jsonl"))
+	for _, f := range live {
+		files = append(files, egress.AuditFiles(f)...)
+	}
+	return files
+}
+
+// readAuditLogs calls fn for each event in files. A bad line (torn by a
+// killed gateway, not JSON, too long) is reported as a warning and
+// skipped: it never hides the rest of its file, or the other files.
+// Any other error ends the reading.
+func readAuditLogs(s streams, files []string, fn func(*egress.Event) error) error {
+	for _, f := range files {
+		err := egress.ReadAuditLog(f, fn)
+		var bad *egress.BadLinesError
+		switch {
+		case errors.As(err, &bad):
+			warn(s, bad)
+		case err != nil:
+			return err
+		}
+	}
+	return nil
+}
+
+// warn prints err as a warning, each of its lines marked.
+func warn(s streams, err error) {
+	fmt.Fprintf(s.err, "openshell: warning: %s\n", strings.ReplaceAll(err.Error(), "\n", "\nopenshell: warning: "))
 }
 
 // shownMax caps what the text view prints of one field (the reader has

@@ -2,14 +2,11 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"path/filepath"
 	"slices"
 	"strings"
 	"text/tabwriter"
 
-	"github.com/openshell/openshell/runtime"
 	"github.com/openshell/openshell/runtime/egress"
 )
 
@@ -22,8 +19,7 @@ func runInference(_ context.Context, s streams, args []string) int {
 		return exitUsage
 	}
 	fs := newFlags(s, "inference usage", "inference usage [SANDBOX] [--dir DIR]")
-	config := fs.String("config", runtime.DefaultConfigPath, "the runtime configuration")
-	dir := fs.String("dir", "", "the audit directory (default: the configuration's egress.audit_dir)")
+	af := addAuditDirFlags(fs)
 	if err := fs.Parse(reorder(args[1:])); err != nil {
 		return exitUsage
 	}
@@ -31,28 +27,19 @@ func runInference(_ context.Context, s streams, args []string) int {
 		fs.Usage()
 		return exitUsage
 	}
-	if *dir == "" {
-		cfg, err := runtime.LoadConfig(*config)
-		if err != nil {
-			fmt.Fprintf(s.err, "openshell: configuration: %s\n", err)
-			return exitFailed
-		}
-		*dir = cfg.Egress.AuditDir
+	dir, err := af.auditDir()
+	if err != nil {
+		fmt.Fprintf(s.err, "openshell: %s\n", err)
+		return exitFailed
 	}
-	var files []string
+	var id string // "": every sandbox
 	if fs.NArg() == 1 {
-		id := fs.Arg(0)
-		if id != filepath.Base(id) || strings.HasPrefix(id, ".") {
+		if id = fs.Arg(0); !validSandboxID(id) {
 			fmt.Fprintf(s.err, "openshell: %q is not a sandbox id\n", id)
 			return exitUsage
 		}
-		files = egress.AuditFiles(filepath.Join(*dir, id+".jsonl"))
-	} else {
-		live, _ := filepath.Glob(filepath.Join(*dir, "*.jsonl"))
-		for _, f := range live {
-			files = append(files, egress.AuditFiles(f)...)
-		}
 	}
+	files := auditLogFiles(dir, id)
 	type key struct{ sandbox, provider, model string }
 	type sum struct {
 		calls, denied      int
@@ -60,43 +47,37 @@ func runInference(_ context.Context, s streams, args []string) int {
 		cost               float64
 	}
 	sums := map[key]*sum{}
-	for _, f := range files {
-		err := egress.ReadAuditLog(f, func(e *egress.Event) error {
-			if e.Kind != "inference" {
-				return nil
-			}
-			n := max(e.Count, 1)
-			k := key{e.Sandbox, "-", "-"}
-			if in := e.Inference; in != nil {
-				k.provider = dashed(in.Provider)
-				k.model = dashed(firstNonEmpty(in.ReportedModel, in.SentModel, in.RequestedModel))
-			}
-			sm := sums[k]
-			if sm == nil {
-				sm = &sum{}
-				sums[k] = sm
-			}
-			if e.Violation() {
-				sm.denied += n
-				return nil
-			}
-			sm.calls += n
-			if in := e.Inference; in != nil {
-				sm.in += int64(n) * in.TokensIn
-				sm.out += int64(n) * in.TokensOut
-				sm.cacheRead += int64(n) * in.CacheReadTokens
-				sm.cost += float64(n) * in.CostUSD
-			}
+	err = readAuditLogs(s, files, func(e *egress.Event) error {
+		if e.Kind != "inference" {
 			return nil
-		})
-		var bad *egress.BadLinesError
-		switch {
-		case errors.As(err, &bad):
-			fmt.Fprintf(s.err, "openshell: warning: %s\n", strings.ReplaceAll(bad.Error(), "\n", "\nopenshell: warning: "))
-		case err != nil:
-			fmt.Fprintf(s.err, "openshell: %s\n", err)
-			return exitFailed
 		}
+		n := max(e.Count, 1)
+		k := key{e.Sandbox, "-", "-"}
+		if in := e.Inference; in != nil {
+			k.provider = dash(in.Provider)
+			k.model = dash(firstNonEmpty(in.ReportedModel, in.SentModel, in.RequestedModel))
+		}
+		sm := sums[k]
+		if sm == nil {
+			sm = &sum{}
+			sums[k] = sm
+		}
+		if e.Violation() {
+			sm.denied += n
+			return nil
+		}
+		sm.calls += n
+		if in := e.Inference; in != nil {
+			sm.in += int64(n) * in.TokensIn
+			sm.out += int64(n) * in.TokensOut
+			sm.cacheRead += int64(n) * in.CacheReadTokens
+			sm.cost += float64(n) * in.CostUSD
+		}
+		return nil
+	})
+	if err != nil {
+		fmt.Fprintf(s.err, "openshell: %s\n", err)
+		return exitFailed
 	}
 	keys := make([]key, 0, len(sums))
 	for k := range sums {
@@ -123,13 +104,6 @@ func runInference(_ context.Context, s streams, args []string) int {
 	fmt.Fprintf(w, "total\t\t\t%d\t%d\t%d\t%d\t%d\t%d\t%.6f\n", total.calls, total.denied, total.in, total.out, total.cacheRead, total.in+total.out, total.cost)
 	_ = w.Flush()
 	return exitOK
-}
-
-func dashed(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
 }
 
 func firstNonEmpty(s ...string) string {

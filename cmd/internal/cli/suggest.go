@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/openshell/openshell/policyhook/policy"
 	"github.com/openshell/openshell/runtime"
@@ -35,8 +34,7 @@ func runSuggest(_ context.Context, s streams, args []string) int {
 	out := fs.String("o", "", "write the suggestion to FILE (default: standard output)")
 	policyFile := fs.String("policy", "", "the policy the sandbox ran under (default: the one its learning run recorded)")
 	rootfs := fs.String("rootfs", "", "the image the sandbox's paths came from (default: the one its learning run recorded)")
-	config := fs.String("config", runtime.DefaultConfigPath, "the runtime configuration")
-	dir := fs.String("dir", "", "the audit directory (default: the configuration's egress.audit_dir)")
+	af := addAuditDirFlags(fs)
 	if err := fs.Parse(reorder(args)); err != nil {
 		return exitUsage
 	}
@@ -45,7 +43,7 @@ func runSuggest(_ context.Context, s streams, args []string) int {
 		return exitUsage
 	}
 	id := fs.Arg(0)
-	if id != filepath.Base(id) || strings.HasPrefix(id, ".") {
+	if !validSandboxID(id) {
 		fmt.Fprintf(s.err, "openshell: %q is not a sandbox id\n", id)
 		return exitUsage
 	}
@@ -53,25 +51,21 @@ func runSuggest(_ context.Context, s streams, args []string) int {
 		fmt.Fprintf(s.err, "openshell: "+format+"\n", a...)
 		return exitFailed
 	}
-	if *dir == "" {
-		cfg, err := runtime.LoadConfig(*config)
-		if err != nil {
-			return fail("configuration: %s", err)
-		}
-		*dir = cfg.Egress.AuditDir
-		if *dir == "" {
-			*dir = runtime.DefaultAuditDir
-		}
+	dir, err := af.auditDir()
+	if err != nil {
+		return fail("%s", err)
+	}
+	if dir == "" { // egress.audit_dir = "": the runtime's default, as the gateway has it
+		dir = runtime.DefaultAuditDir
 	}
 	in := suggest.Input{Sandbox: id, Root: *rootfs}
-	var err error
 	if *policyFile != "" {
 		if in.Policy, err = policy.Load(*policyFile); err != nil {
 			printErr(s, err)
 			return exitFailed
 		}
 	} else {
-		rec, err := runtime.ReadLearnRecord(*dir, id)
+		rec, err := runtime.ReadLearnRecord(dir, id)
 		if err != nil {
 			return fail("%s (was sandbox %s run with --learn? else name its policy with --policy)", err, id)
 		}
@@ -84,31 +78,23 @@ func runSuggest(_ context.Context, s streams, args []string) int {
 		}
 	}
 	// A bad line (torn, too long) is reported and skipped.
-	warn := func(err error) {
-		if err != nil {
-			fmt.Fprintf(s.err, "openshell: warning: %s\n", strings.ReplaceAll(err.Error(), "\n", "\nopenshell: warning: "))
-		}
+	auditFiles := auditLogFiles(dir, id)
+	if err := readAuditLogs(s, auditFiles, func(e *egress.Event) error { in.Audit = append(in.Audit, e); return nil }); err != nil {
+		return fail("%s", err)
 	}
-	auditFiles := egress.AuditFiles(filepath.Join(*dir, id+".jsonl"))
-	for _, f := range auditFiles {
-		err := egress.ReadAuditLog(f, func(e *egress.Event) error { in.Audit = append(in.Audit, e); return nil })
-		var bad *egress.BadLinesError
-		if err != nil && !errors.As(err, &bad) {
-			return fail("%s", err)
-		}
-		warn(err)
-	}
-	timelineFiles := monitor.TimelineFiles(monitor.TimelineFile(*dir, id))
+	timelineFiles := monitor.TimelineFiles(monitor.TimelineFile(dir, id))
 	for _, f := range timelineFiles {
 		err := monitor.ReadTimeline(f, func(e *monitor.Event) error { in.Timeline = append(in.Timeline, e); return nil })
 		var bad *monitor.BadLinesError
 		if err != nil && !errors.As(err, &bad) {
 			return fail("%s", err)
 		}
-		warn(err)
+		if err != nil {
+			warn(s, err)
+		}
 	}
 	if len(auditFiles) == 0 && len(timelineFiles) == 0 {
-		return fail("no audit log or timeline for sandbox %s in %s", id, *dir)
+		return fail("no audit log or timeline for sandbox %s in %s", id, dir)
 	}
 	for _, e := range in.Audit {
 		if e.PolicyHash != "" && e.PolicyHash != in.Policy.Hash {

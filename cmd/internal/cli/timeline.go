@@ -12,7 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/openshell/openshell/runtime"
 	"github.com/openshell/openshell/runtime/egress"
 	"github.com/openshell/openshell/runtime/monitor"
 )
@@ -35,8 +34,7 @@ func runTimeline(_ context.Context, s streams, args []string) int {
 	asJSON := fs.Bool("json", false, "print the events as JSON lines")
 	since := fs.Duration("since", 0, "show only events newer than this (e.g. 10m)")
 	pid := fs.Int("pid", 0, "show only this process and its descendants")
-	config := fs.String("config", runtime.DefaultConfigPath, "the runtime configuration")
-	dir := fs.String("dir", "", "the audit directory (default: the configuration's egress.audit_dir)")
+	af := addAuditDirFlags(fs)
 	if err := fs.Parse(reorder(args)); err != nil {
 		return exitUsage
 	}
@@ -45,21 +43,18 @@ func runTimeline(_ context.Context, s streams, args []string) int {
 		return exitUsage
 	}
 	id := fs.Arg(0)
-	if id != filepath.Base(id) || strings.HasPrefix(id, ".") {
+	if !validSandboxID(id) {
 		fmt.Fprintf(s.err, "openshell: %q is not a sandbox id\n", id)
 		return exitUsage
 	}
-	if *dir == "" {
-		cfg, err := runtime.LoadConfig(*config)
-		if err != nil {
-			fmt.Fprintf(s.err, "openshell: configuration: %s\n", err)
-			return exitFailed
-		}
-		*dir = cfg.Egress.AuditDir
+	dir, err := af.auditDir()
+	if err != nil {
+		fmt.Fprintf(s.err, "openshell: %s\n", err)
+		return exitFailed
 	}
-	files := monitor.TimelineFiles(monitor.TimelineFile(*dir, id))
+	files := monitor.TimelineFiles(monitor.TimelineFile(dir, id))
 	if len(files) == 0 {
-		fmt.Fprintf(s.err, "openshell: no timeline for sandbox %s in %s\n", id, monitor.TimelineDir(*dir))
+		fmt.Fprintf(s.err, "openshell: no timeline for sandbox %s in %s\n", id, monitor.TimelineDir(dir))
 		return exitFailed
 	}
 	var events []*monitor.Event
@@ -95,7 +90,7 @@ func runTimeline(_ context.Context, s streams, args []string) int {
 		}
 		shownEvents = append(shownEvents, e)
 	}
-	decisions := joinAudit(events, readAudit(*dir, id))
+	decisions := joinAudit(events, readAudit(dir, id))
 	if *asJSON {
 		for _, e := range shownEvents {
 			line, err := jsonLine(e, decisions[e])

@@ -2,7 +2,6 @@ package cli
 
 import (
 	"net/netip"
-	"path/filepath"
 	"slices"
 	"time"
 
@@ -18,11 +17,11 @@ const (
 	auditAfter  = 5 * time.Second
 )
 
-// readAudit reads sandbox id's audit log in dir (the rotated file first,
-// named as a timeline's is); a log that is not there is none.
+// readAudit reads sandbox id's audit log in dir (the rotated file
+// first); a log that is not there is none.
 func readAudit(dir, id string) []*egress.Event {
 	var out []*egress.Event
-	for _, f := range monitor.TimelineFiles(filepath.Join(dir, id+".jsonl")) {
+	for _, f := range auditLogFiles(dir, id) {
 		// Lines the reader skips are the audit command's to report.
 		_ = egress.ReadAuditLog(f, func(e *egress.Event) error {
 			if e.Sandbox == id {
