@@ -1,7 +1,6 @@
 package egress
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -89,56 +88,23 @@ func Start(o StartOptions) (int, error) {
 			_ = f.Close()
 		}
 	}()
-	rd, wr, err := os.Pipe()
-	if err != nil {
-		return 0, fmt.Errorf("gateway: %w", err)
-	}
-	defer rd.Close()
-	logf, err := os.OpenFile(o.LogFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
-	if err != nil {
-		_ = wr.Close()
-		return 0, fmt.Errorf("gateway log: %w", err)
-	}
-	defer logf.Close()
 	cmd := exec.Command(o.Command[0], append(o.Command[1:], o.ConfigFile)...)
-	cmd.ExtraFiles = append(files, wr)
-	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.ExtraFiles = append(files, nil) // the ready pipe
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if o.DieWithParent {
 		cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
 	}
-	start := cmd.Start
+	l := Launch{Name: "gateway", Cmd: cmd, ReadyFD: fdReady, LogFile: o.LogFile, LogTail: 5, Reap: o.DieWithParent}
 	if o.UplinkNetns != "" {
 		// A child is born in the namespace of the thread that forks it.
-		start = func() error { return Do(o.UplinkNetns, cmd.Start) }
+		l.Start = func() error { return Do(o.UplinkNetns, cmd.Start) }
 	}
-	err = start()
-	_ = wr.Close()
-	if err != nil {
-		return 0, fmt.Errorf("start gateway: %w", err)
+	pid, err := l.Run()
+	var nr *NotReadyError
+	if errors.As(err, &nr) {
+		return 0, fmt.Errorf("egress gateway: %w", err)
 	}
-	line, _ := bufio.NewReader(rd).ReadString('\n')
-	if strings.TrimSpace(line) != "ready" {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		msg := strings.TrimSpace(line)
-		if msg == "" {
-			msg = "it exited; see " + o.LogFile
-			// The log goes with the sandbox's state: its last lines are
-			// the only trace an engine will keep.
-			if data, err := os.ReadFile(o.LogFile); err == nil && len(data) > 0 {
-				msg += ": " + lastLines(string(data), 5)
-			}
-		}
-		return 0, fmt.Errorf("egress gateway: %s", msg)
-	}
-	pid := cmd.Process.Pid
-	if o.DieWithParent {
-		go func() { _ = cmd.Wait() }() // reap it: it is our child until we exit
-	} else {
-		_ = cmd.Process.Release()
-	}
-	return pid, nil
+	return pid, err
 }
 
 // Main is the gateway process. Started by the runtime (as root, in the
@@ -285,17 +251,4 @@ func NetnsExists(path string) bool {
 	}
 	_ = h.Close()
 	return true
-}
-
-// lastLines is the end of a log, at most n lines and 2 KiB, on one line.
-func lastLines(s string, n int) string {
-	lines := strings.Split(strings.TrimSpace(s), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	out := strings.Join(lines, " | ")
-	if len(out) > 2048 {
-		out = out[len(out)-2048:]
-	}
-	return out
 }

@@ -1,7 +1,6 @@
 package monitor
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -136,23 +135,11 @@ func Start(o StartOptions) (int, error) {
 	if err := os.Chmod(o.Socket, 0o600); err != nil {
 		return 0, fmt.Errorf("monitor: %w", err)
 	}
-	rd, wr, err := os.Pipe()
-	if err != nil {
-		return 0, fmt.Errorf("monitor: %w", err)
-	}
-	defer rd.Close()
-	logf, err := os.OpenFile(o.LogFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
-	if err != nil {
-		_ = wr.Close()
-		return 0, fmt.Errorf("monitor log: %w", err)
-	}
-	defer logf.Close()
 	cmd := exec.Command(o.Command[0], append(o.Command[1:], o.ConfigFile)...)
 	if o.Command[0] == SelfExe {
 		cmd.Args[0] = os.Args[0]
 	}
-	cmd.ExtraFiles = []*os.File{lf, wr, conf, live, old}
-	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.ExtraFiles = []*os.File{lf, nil /* the ready pipe */, conf, live, old}
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Setsid:     true,
 		Credential: &syscall.Credential{Uid: uint32(o.UID), Gid: uint32(o.GID), Groups: []uint32{}},
@@ -164,33 +151,17 @@ func Start(o StartOptions) (int, error) {
 		cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
 		keep = make(chan struct{})
 	}
-	err = egress.StartConfined(cmd, keep)
-	_ = wr.Close()
-	if err != nil {
-		return 0, fmt.Errorf("start monitor: %w", err)
+	launch := egress.Launch{Name: "monitor", Cmd: cmd, ReadyFD: fdReady, LogFile: o.LogFile, Reap: o.DieWithParent,
+		Start: func() error { return egress.StartConfined(cmd, keep) }}
+	if keep != nil {
+		launch.Waited = func() { close(keep) }
 	}
-	line, _ := bufio.NewReader(rd).ReadString('\n')
-	if line = strings.TrimSpace(line); line != "ready" {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		if keep != nil {
-			close(keep)
-		}
-		if line == "" {
-			line = "it exited; see " + o.LogFile
-		}
-		return 0, fmt.Errorf("monitor: %s", line)
+	pid, err := launch.Run()
+	var nr *egress.NotReadyError
+	if errors.As(err, &nr) {
+		return 0, fmt.Errorf("monitor: %w", err)
 	}
-	pid := cmd.Process.Pid
-	if o.DieWithParent {
-		go func() {
-			_ = cmd.Wait()
-			close(keep)
-		}()
-	} else {
-		_ = cmd.Process.Release()
-	}
-	return pid, nil
+	return pid, err
 }
 
 // Main is the monitor process: it takes its config, socket and timeline
