@@ -241,6 +241,23 @@ func (r *ruleset) Close() error { return unix.Close(r.fd) }
 // not the host's files, not even its audit file by name (it writes the
 // descriptors its keeper gives it).
 func gatewayRuleset(confDir string) (*ruleset, error) {
+	return execRuleset(
+		landlockRule{"/etc/resolv.conf", llFileRead},
+		landlockRule{confDir, llDirRead},
+	)
+}
+
+// landlockRule gives access back beneath a path.
+type landlockRule struct {
+	path   string
+	access uint64
+}
+
+// execRuleset allows executing the files this binary maps (the binary,
+// its loader and libraries: exec of the same binary needs them) and
+// reading the loader's cache, then extra; nil where the kernel has no
+// Landlock.
+func execRuleset(extra ...landlockRule) (*ruleset, error) {
 	rs, err := newRuleset()
 	if rs == nil || err != nil {
 		return nil, err
@@ -254,11 +271,10 @@ func gatewayRuleset(confDir string) (*ruleset, error) {
 	for _, f := range mapped {
 		errs = append(errs, rs.allow(f, llFileExec))
 	}
-	errs = append(errs,
-		rs.allow("/etc/ld.so.cache", llFileRead),
-		rs.allow("/etc/resolv.conf", llFileRead),
-		rs.allow(confDir, llDirRead),
-	)
+	errs = append(errs, rs.allow("/etc/ld.so.cache", llFileRead))
+	for _, r := range extra {
+		errs = append(errs, rs.allow(r.path, r.access))
+	}
 	if err := errors.Join(errs...); err != nil {
 		rs.Close()
 		return nil, err

@@ -75,23 +75,5 @@ func StartConfined(cmd *exec.Cmd, keep <-chan struct{}) error {
 // helperRuleset allows what a helper's exec needs: the files this binary
 // maps (the helper is the same binary) and the loader's cache.
 func helperRuleset() (*ruleset, error) {
-	rs, err := newRuleset()
-	if rs == nil || err != nil {
-		return nil, err
-	}
-	mapped, err := mappedFiles()
-	if err != nil {
-		rs.Close()
-		return nil, err
-	}
-	var errs []error
-	for _, f := range mapped {
-		errs = append(errs, rs.allow(f, llFileExec))
-	}
-	errs = append(errs, rs.allow("/etc/ld.so.cache", llFileRead))
-	if err := errors.Join(errs...); err != nil {
-		rs.Close()
-		return nil, err
-	}
-	return rs, nil
+	return execRuleset()
 }
