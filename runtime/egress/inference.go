@@ -112,24 +112,16 @@ func (h *proxyHandler) connectInference(w http.ResponseWriter, r *http.Request, 
 		writeDenial(w, http.StatusForbidden, InferenceHost, port, deny(nil, "%s", reason))
 		return
 	}
-	hj, ok := w.(http.Hijacker)
+	down, br, ok := acceptConnect(w)
 	if !ok {
-		http.Error(w, "cannot tunnel", http.StatusInternalServerError)
-		return
-	}
-	down, brw, err := hj.Hijack()
-	if err != nil {
 		return
 	}
 	defer down.Close()
-	if _, err := down.Write([]byte("HTTP/1.1 200 Connection established\r\n\r\n")); err != nil {
-		return
-	}
 	if port == 443 {
-		g.serveInferenceTLS(rs, ev, &bufferedConn{Conn: down, r: brw.Reader})
+		g.serveInferenceTLS(rs, ev, &bufferedConn{Conn: down, r: br})
 		return
 	}
-	h.tunnelHTTP(down, brw.Reader, InferenceHost, 80)
+	h.tunnelHTTP(down, br, InferenceHost, 80)
 }
 
 // serveInferenceTLS serves https://inference.local on down, whose reader

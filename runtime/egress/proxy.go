@@ -515,6 +515,27 @@ func (c *counter) Close() error {
 	return c.r.Close()
 }
 
+// acceptConnect answers a CONNECT with 200 and takes its connection
+// over: down, with br reading what the client has sent already. Not ok:
+// there is nothing more to serve (the error is answered, or the
+// connection is gone and closed).
+func acceptConnect(w http.ResponseWriter) (down net.Conn, br *bufio.Reader, ok bool) {
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		http.Error(w, "cannot tunnel", http.StatusInternalServerError)
+		return nil, nil, false
+	}
+	down, brw, err := hj.Hijack()
+	if err != nil {
+		return nil, nil, false
+	}
+	if _, err := down.Write([]byte("HTTP/1.1 200 Connection established\r\n\r\n")); err != nil {
+		_ = down.Close()
+		return nil, nil, false
+	}
+	return down, brw.Reader, true
+}
+
 // connect serves HTTP CONNECT: the policy decides host:port, the gateway
 // dials the address it resolved itself, and the tunnel carries bytes.
 // Plain HTTP through a tunnel to port 80 is served request by request,
@@ -566,21 +587,12 @@ func (h *proxyHandler) connect(w http.ResponseWriter, r *http.Request, rs *rules
 	if up != nil {
 		defer up.Close()
 	}
-	hj, ok := w.(http.Hijacker)
+	down, br, ok := acceptConnect(w)
 	if !ok {
-		http.Error(w, "cannot tunnel", http.StatusInternalServerError)
-		return
-	}
-	down, brw, err := hj.Hijack()
-	if err != nil {
 		return
 	}
 	defer down.Close()
-	if _, err := down.Write([]byte("HTTP/1.1 200 Connection established\r\n\r\n")); err != nil {
-		return
-	}
 	ev.Rule = ruleName(t.rule)
-	br := brw.Reader
 	if maybeHTTP {
 		_ = down.SetReadDeadline(time.Now().Add(headerTimeout))
 		first, err := br.Peek(1)
