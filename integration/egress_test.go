@@ -522,36 +522,20 @@ func TestEgressGatewayKilledFailsClosed(t *testing.T) {
 func TestEgressThroughOpenshellRuntime(t *testing.T) {
 	e := newEgressEnv(t)
 	bundle := t.TempDir()
-	g, err := generate.New("linux")
-	if err != nil {
-		t.Fatal(err)
-	}
-	g.SetRootPath(e.root)
-	g.SetProcessArgs([]string{"/usr/bin/python3", "-c", `
+	g := inlineSpec(t, e.root, egressPolicy, "/usr/bin/python3", "-c", `
 import urllib.request, urllib.error
 for url in ["http://allowed.test/", "http://denied.test/"]:
     try:
         print(url, urllib.request.urlopen(url, timeout=5).read().decode().strip())
     except urllib.error.HTTPError as err:
         print(url, err.code, err.read().decode().strip())
-`})
-	g.SetProcessTerminal(false)
-	g.AddAnnotation("io.openshell.policy.inline", egressPolicy)
+`)
 	writeBundleSpec(t, bundle, g.Config)
 	id := "egress-" + strconv.Itoa(os.Getpid())
-	dir := t.TempDir()
-	outf := filepath.Join(dir, "stdout")
-	out, _ := os.Create(outf)
-	defer out.Close()
-	c := exec.Command(runtimeBin, "--root", runtimeRoot(), "--config", e.config, "run", "--bundle", bundle, id)
-	c.Stdout, c.Stderr = out, out
-	c.Env = append(os.Environ(), "OPENSHELL_RUNSC="+runscBin)
-	if err := c.Run(); err != nil {
-		data, _ := os.ReadFile(outf)
+	data, err := runtimeRun(t, e.config, bundle, id)
+	if err != nil {
 		t.Fatalf("openshell-runtime run: %v\n%s", err, data)
 	}
-	_ = exec.Command(runtimeBin, "--root", runtimeRoot(), "delete", "--force", id).Run()
-	data, _ := os.ReadFile(outf)
 	for _, want := range []string{"http://allowed.test/ hello from http 198.51.100.10", `http://denied.test/ 403 {"error":"denied by the openshell egress policy"`} {
 		if !strings.Contains(string(data), want) {
 			t.Errorf("missing %q in:\n%s", want, data)
@@ -570,6 +554,41 @@ for url in ["http://allowed.test/", "http://denied.test/"]:
 	if denials == 0 {
 		t.Errorf("no denial for denied.test from sandbox %s in the audit log", id)
 	}
+}
+
+// inlineSpec is a spec as an engine hands openshell-runtime: args on
+// root, not on a terminal, under the inline policy policyYAML.
+func inlineSpec(t *testing.T, root, policyYAML string, args ...string) *generate.Generator {
+	t.Helper()
+	g, err := generate.New("linux")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.SetRootPath(root)
+	g.SetProcessArgs(args)
+	g.SetProcessTerminal(false)
+	g.AddAnnotation("io.openshell.policy.inline", policyYAML)
+	return &g
+}
+
+// runtimeRun runs bundle as container id with openshell-runtime under
+// config, deletes the container, and returns what it wrote (stdout and
+// stderr).
+func runtimeRun(t *testing.T, config, bundle, id string) ([]byte, error) {
+	t.Helper()
+	outf := filepath.Join(t.TempDir(), "stdout")
+	out, err := os.Create(outf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	c := exec.Command(runtimeBin, "--root", runtimeRoot(), "--config", config, "run", "--bundle", bundle, id)
+	c.Stdout, c.Stderr = out, out
+	c.Env = append(os.Environ(), "OPENSHELL_RUNSC="+runscBin)
+	runErr := c.Run()
+	_ = exec.Command(runtimeBin, "--root", runtimeRoot(), "delete", "--force", id).Run()
+	data, _ := os.ReadFile(outf)
+	return data, runErr
 }
 
 // TestEgressFromEngineNamespace: when the engine gave the container a
@@ -591,24 +610,14 @@ func TestEgressFromEngineNamespace(t *testing.T) {
 			t.Fatal(err)
 		}
 		bundle := t.TempDir()
-		g, err := generate.New("linux")
-		if err != nil {
-			t.Fatal(err)
-		}
-		g.SetRootPath(e.root)
-		g.SetProcessArgs([]string{"/usr/bin/curl", "-sS", "-m", "5", "http://allowed.test/"})
-		g.SetProcessTerminal(false)
-		g.AddAnnotation("io.openshell.policy.inline", egressPolicy)
+		g := inlineSpec(t, e.root, egressPolicy, "/usr/bin/curl", "-sS", "-m", "5", "http://allowed.test/")
 		if err := g.AddOrReplaceLinuxNamespace("network", e.net.Netns); err != nil {
 			t.Fatal(err)
 		}
 		g.AddMount(specs.Mount{Destination: "/etc/resolv.conf", Type: "bind", Source: resolv, Options: []string{"rbind", "ro"}})
 		writeBundleSpec(t, bundle, g.Config)
 		id := "egress-engine-" + strconv.Itoa(os.Getpid())
-		c := exec.Command(runtimeBin, "--root", runtimeRoot(), "--config", cfg, "run", "--bundle", bundle, id)
-		c.Env = append(os.Environ(), "OPENSHELL_RUNSC="+runscBin)
-		out, _ := c.CombinedOutput()
-		_ = exec.Command(runtimeBin, "--root", runtimeRoot(), "delete", "--force", id).Run()
+		out, _ := runtimeRun(t, cfg, bundle, id)
 		assertRuntimeClean(t)
 		return string(out)
 	}

@@ -6,14 +6,11 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/opencontainers/runtime-tools/generate"
 
 	"github.com/openshell/openshell/policyhook/modifier"
 	"github.com/openshell/openshell/runtime/egress"
@@ -120,9 +117,7 @@ func TestInferenceTwoSandboxes(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 240*time.Second)
 	defer cancel()
 	start := func(name, provider, model, other string) (func(string), func() []string) {
-		c := exec.CommandContext(ctx, openshellBin, "run", "--config", e.config, "--runsc", runscBin, "--state-dir", stateDir,
-			"--rootfs", e.root, "--policy", writePolicy(t, routePolicy(name, provider, model)), "--",
-			"/usr/bin/python3", "-u", "-c", routeClient, model, other)
+		c := e.runCommand(ctx, writePolicy(t, routePolicy(name, provider, model)), "/usr/bin/python3", "-u", "-c", routeClient, model, other)
 		stdin, _ := c.StdinPipe()
 		stdout, _ := c.StdoutPipe()
 		var errb strings.Builder
@@ -206,26 +201,11 @@ with urllib.request.urlopen(req, timeout=30) as r:
 func TestInferenceThroughOpenshellRuntime(t *testing.T) {
 	e := newInferenceEnv(t)
 	bundle := t.TempDir()
-	g, err := generate.New("linux")
-	if err != nil {
-		t.Fatal(err)
-	}
-	g.SetRootPath(e.root)
-	g.SetProcessArgs([]string{"/usr/bin/python3", "-c", engineClient})
-	g.SetProcessTerminal(false)
+	g := inlineSpec(t, e.root, routePolicy("route-runtime", "a", "model-a"), "/usr/bin/python3", "-c", engineClient)
 	g.AddProcessEnv("OPENAI_API_KEY", "sk-from-the-engine")
-	g.AddAnnotation("io.openshell.policy.inline", routePolicy("route-runtime", "a", "model-a"))
 	writeBundleSpec(t, bundle, g.Config)
 	id := "inference-" + strconv.Itoa(os.Getpid())
-	outf := filepath.Join(t.TempDir(), "stdout")
-	out, _ := os.Create(outf)
-	defer out.Close()
-	c := exec.Command(runtimeBin, "--root", runtimeRoot(), "--config", e.config, "run", "--bundle", bundle, id)
-	c.Stdout, c.Stderr = out, out
-	c.Env = append(os.Environ(), "OPENSHELL_RUNSC="+runscBin)
-	runErr := c.Run()
-	_ = exec.Command(runtimeBin, "--root", runtimeRoot(), "delete", "--force", id).Run()
-	data, _ := os.ReadFile(outf)
+	data, runErr := runtimeRun(t, e.config, bundle, id)
 	if runErr != nil {
 		t.Fatalf("openshell-runtime run: %v\n%s", runErr, data)
 	}
