@@ -107,13 +107,7 @@ func auditFloodAttack(t *testing.T, _ *attackEnv) (bool, string) {
 	// A little more flood after the rotation, then stop.
 	time.Sleep(1500 * time.Millisecond)
 	fmt.Fprintln(stdin)
-	var out []string
-	for lines.Scan() {
-		out = append(out, lines.Text())
-	}
-	if err := c.Wait(); err != nil {
-		t.Fatalf("sandbox: %v\n%s", err, errb.String())
-	}
+	out := waitRest(t, c, lines, errb)
 	assertNothingLeft(t, stateDir)
 	if live == "" {
 		m, _ := filepath.Glob(filepath.Join(e.audit, "*.jsonl"))

@@ -341,13 +341,7 @@ func TestEgressHardeningLateHostAddress(t *testing.T) {
 		defer srv.Close()
 	}
 	fmt.Fprintln(stdin)
-	var out []string
-	for lines.Scan() {
-		out = append(out, lines.Text())
-	}
-	if err := c.Wait(); err != nil {
-		t.Fatalf("sandbox: %v\n%s", err, errb.String())
-	}
+	out := waitRest(t, c, lines, errb)
 	assertNothingLeft(t, stateDir)
 	t.Logf("sandbox output:\n%s", strings.Join(out, "\n"))
 	if len(out) != 5 {

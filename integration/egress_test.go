@@ -139,6 +139,17 @@ func (e *egressEnv) startPiped(t *testing.T, ctx context.Context, pf, program st
 	return c, stdin, bufio.NewScanner(stdout), &errb
 }
 
+// waitRest reads the rest of a started sandbox's output and waits for it
+// to exit: an error fails the test.
+func waitRest(t *testing.T, c *exec.Cmd, lines *bufio.Scanner, errb *bytes.Buffer) []string {
+	t.Helper()
+	rest := linesUntil(lines, "")
+	if err := c.Wait(); err != nil {
+		t.Fatalf("sandbox: %v\n%s", err, errb.String())
+	}
+	return rest
+}
+
 // run runs program to the end and returns its output.
 func (e *egressEnv) run(t *testing.T, policyYAML, program string) string {
 	t.Helper()
@@ -497,13 +508,7 @@ func TestEgressGatewayKilledFailsClosed(t *testing.T) {
 		}
 	}
 	fmt.Fprintln(stdin)
-	var rest []string
-	for lines.Scan() {
-		rest = append(rest, lines.Text())
-	}
-	if err := c.Wait(); err != nil {
-		t.Fatalf("sandbox: %v\n%s", err, errb.String())
-	}
+	rest := waitRest(t, c, lines, errb)
 	if len(rest) != 3 {
 		t.Fatalf("after the kill: %q\n%s", rest, errb.String())
 	}

@@ -162,10 +162,7 @@ sandbox:
 		t.Fatal(err)
 	}
 	lines := bufio.NewScanner(stdout)
-	var out []string
-	for lines.Scan() && lines.Text() != "paused" {
-		out = append(out, lines.Text())
-	}
+	out := linesUntil(lines, "paused")
 	t.Logf("sandbox: %q", out)
 	want := []string{"buffered: 200 hello from fake openai", "stream: 200 hello from fake openai done", "forbidden: 403 model_not_allowed"}
 	if strings.Join(out, "\n") != strings.Join(want, "\n") {
@@ -193,13 +190,7 @@ sandbox:
 		t.Fatal(err)
 	}
 	fmt.Fprintln(stdin, "go")
-	out = nil
-	for lines.Scan() {
-		out = append(out, lines.Text())
-	}
-	if err := c.Wait(); err != nil {
-		t.Fatalf("sandbox: %v\n%s", err, errb.String())
-	}
+	out = waitRest(t, c, lines, &errb)
 	t.Logf("sandbox: %q", out)
 	want = []string{"rotated: 200", "budget: 429 token_budget_exceeded", "key-found: []"}
 	if strings.Join(out, "\n") != strings.Join(want, "\n") {
