@@ -63,4 +63,35 @@ func inferenceWidenings(c, p *policy.Inference, add addFunc) {
 	if p.Timeout > c.Timeout {
 		add(p.Field+".timeout_seconds", "%s exceeds the ceiling's %s", p.Timeout, c.Timeout)
 	}
+	privacyWidenings(c, p, add)
+}
+
+// privacyWidenings: a local route is a second destination, so a policy's
+// must be the ceiling's (endpoint, provider and pinned model); a ceiling's
+// privacy rule is required, and each of its detectors must stay on.
+// Either action keeps a match off the cloud route, so a policy may choose
+// route_local or redact for a detector whatever the ceiling chose (a
+// route_local still needs the ceiling's local route).
+func privacyWidenings(c, p *policy.Inference, add addFunc) {
+	switch pl, cl := p.Local, c.Local; {
+	case pl == nil:
+	case cl == nil:
+		add(pl.Field, "a local route is set; the ceiling has none")
+	case pl.RoutingEndpoint != cl.RoutingEndpoint || pl.Provider != cl.Provider || pl.Model != cl.Model:
+		add(pl.Field, "endpoint %q, provider %q, model %q differ from the ceiling's %q, %q, %q",
+			pl.RoutingEndpoint, pl.Provider, pl.Model, cl.RoutingEndpoint, cl.Provider, cl.Model)
+	}
+	cp := c.Privacy
+	if cp == nil {
+		return
+	}
+	if p.Privacy == nil {
+		add(p.Field+".privacy", "is required by the ceiling (detectors %v)", cp.Detectors)
+		return
+	}
+	for _, d := range cp.Detectors {
+		if !slices.Contains(p.Privacy.Detectors, d) {
+			add(p.Privacy.Field+".detectors", "%q is on in the ceiling and may not be dropped", d)
+		}
+	}
 }

@@ -56,3 +56,49 @@ func TestInferenceWidenings(t *testing.T) {
 		})
 	}
 }
+
+func TestPrivacyWidenings(t *testing.T) {
+	local := func() *policy.InferenceLocal {
+		return &policy.InferenceLocal{RoutingEndpoint: "http://10.0.0.5:11434/v1", Model: "llama3.2:1b", Field: "sandbox.inference.local"}
+	}
+	withPrivacy := func() *policy.Inference {
+		return &policy.Inference{Provider: "openai", Timeout: time.Minute, Field: "sandbox.inference", Local: local(),
+			Privacy: &policy.Privacy{Detectors: []string{"ssn", "credit_card"}, Action: "route_local", Field: "sandbox.inference.privacy"}}
+	}
+	plain := func() *policy.Inference {
+		return &policy.Inference{Provider: "openai", Timeout: time.Minute, Field: "sandbox.inference"}
+	}
+	for _, tc := range []struct {
+		name    string
+		ceiling func() *policy.Inference
+		change  func(p *policy.Inference)
+		want    string
+	}{
+		{"same", withPrivacy, func(*policy.Inference) {}, ""},
+		{"more-detectors", withPrivacy, func(p *policy.Inference) { p.Privacy.Detectors = append(p.Privacy.Detectors, "email") }, ""},
+		{"redact-instead", withPrivacy, func(p *policy.Inference) { p.Privacy.Action, p.Local = "redact", nil }, ""},
+		{"privacy-without-ceiling", plain, func(p *policy.Inference) {
+			p.Privacy = &policy.Privacy{Detectors: []string{"ssn"}, Action: "redact", Field: "sandbox.inference.privacy"}
+		}, ""},
+		{"dropped", withPrivacy, func(p *policy.Inference) { p.Privacy = nil }, "sandbox.inference.privacy: is required by the ceiling"},
+		{"detector-dropped", withPrivacy, func(p *policy.Inference) { p.Privacy.Detectors = []string{"ssn"} }, `sandbox.inference.privacy.detectors: "credit_card" is on in the ceiling`},
+		{"local-elsewhere", withPrivacy, func(p *policy.Inference) { p.Local.RoutingEndpoint = "http://evil/v1" }, `sandbox.inference.local: endpoint "http://evil/v1"`},
+		{"local-model", withPrivacy, func(p *policy.Inference) { p.Local.Model = "other" }, `model "other" differ`},
+		{"local-not-in-ceiling", plain, func(p *policy.Inference) { p.Local = local() }, "sandbox.inference.local: a local route is set; the ceiling has none"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := tc.ceiling()
+			tc.change(p)
+			var got []string
+			inferenceWidenings(tc.ceiling(), p, func(field, format string, a ...any) {
+				got = append(got, field+": "+fmt.Sprintf(format, a...))
+			})
+			switch {
+			case tc.want == "" && len(got) > 0:
+				t.Errorf("widenings %v, want none", got)
+			case tc.want != "" && (len(got) != 1 || !strings.Contains(got[0], tc.want)):
+				t.Errorf("widenings %v, want one containing %q", got, tc.want)
+			}
+		})
+	}
+}

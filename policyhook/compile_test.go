@@ -200,6 +200,7 @@ func TestExplain(t *testing.T) {
 		{"seed", "../examples/seed.yaml", nil},
 		{"seed-gateway", "../examples/seed.yaml", []Option{WithGateway(testGateway)}},
 		{"l7", "testdata/explain/l7.yaml", []Option{WithGateway(testGateway), WithoutUserLookup()}},
+		{"privacy", "testdata/explain/privacy.yaml", []Option{WithGateway(testGateway), WithoutUserLookup()}},
 		{"gpu-no-host", "../examples/gpu.yaml", []Option{WithGPUDiscoverer(nvproxy.Placeholder{})}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

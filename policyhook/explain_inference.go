@@ -47,6 +47,24 @@ func inferenceRows(c *Compiled) []Row {
 	if r := inf.RateLimit; r != nil {
 		rows = append(rows, Row{fmt.Sprintf("inference rate_limit: %d per %s", r.Count, r.Per), "the gateway's router", "calls over the rate (429)"})
 	}
+	if l := inf.Local; l != nil {
+		what := inferenceRoute(l.Route())
+		if l.Model != "" {
+			what += ", model " + l.Model + " (pinned)"
+		}
+		rows = append(rows, Row{"inference local route: " + what,
+			"the gateway's router sends calls the privacy rule routes locally here (a key only when the endpoint is a provider's base_url)",
+			"nothing of the call reaches the cloud route"})
+	}
+	if p := inf.Privacy; p != nil {
+		var parts []string
+		for _, d := range p.Detectors {
+			parts = append(parts, d+" → "+p.ActionOf(d))
+		}
+		rows = append(rows, Row{"inference privacy: " + strings.Join(parts, ", "),
+			"the gateway's router reads each call's message contents (not the model or other fields); the audit names the detectors and counts, never the content",
+			"a match reaching the cloud route: routed to the local route, or replaced by [REDACTED:DETECTOR]"})
+	}
 	return rows
 }
 

@@ -50,8 +50,72 @@ type Inference struct {
 	// (OPENAI_BASE_URL and the like, pointing at inference.local, with a
 	// placeholder key the gateway strips): modifier.NewInferenceEnv.
 	SetEnv bool
-	Field  string // sandbox.inference
+	// Local is the privacy route: a second model server (a local one)
+	// that calls whose content Privacy's route_local detectors match go
+	// to instead. nil: none.
+	Local *InferenceLocal
+	// Privacy is the rule that reads each call's message contents for
+	// personal data; nil: none.
+	Privacy *Privacy
+	Field   string // sandbox.inference
 }
+
+// InferenceLocal is the privacy route's model server. Its key rule is the
+// cloud route's: a key is attached only when the endpoint is a configured
+// provider's base_url.
+type InferenceLocal struct {
+	RoutingEndpoint string // base URL, version prefix included
+	Provider        string // a provider of the host's configuration
+	// Model, when set, is the model every call sent here is sent with
+	// (the cloud's model names rarely exist on a local server).
+	Model string
+	Field string // sandbox.inference.local
+}
+
+// Route is the local route as a route of its own (endpoint and
+// provider): what inference.Resolve takes.
+func (l *InferenceLocal) Route() *Inference {
+	return &Inference{RoutingEndpoint: l.RoutingEndpoint, Provider: l.Provider, Field: l.Field}
+}
+
+// Privacy is the PII rule: the detectors run over a call's message
+// contents, and what is done when one matches.
+type Privacy struct {
+	// Detectors are the PIIDetectors turned on.
+	Detectors []string
+	// Action is what a match of any detector does (PrivacyRouteLocal or
+	// PrivacyRedact), unless Actions names another for that detector.
+	Action  string
+	Actions map[string]string
+	Field   string // sandbox.inference.privacy
+}
+
+// ActionOf is what a match of detector d does.
+func (p *Privacy) ActionOf(d string) string {
+	if a, ok := p.Actions[d]; ok {
+		return a
+	}
+	return p.Action
+}
+
+// The PII detectors (runtime/inference/pii.go says what each matches).
+const (
+	DetectSSN        = "ssn"
+	DetectCreditCard = "credit_card"
+	DetectEmail      = "email"
+	DetectPhone      = "phone"
+)
+
+// PIIDetectors are the detectors a privacy rule may name.
+var PIIDetectors = []string{DetectSSN, DetectCreditCard, DetectEmail, DetectPhone}
+
+// What a privacy rule does with a match.
+const (
+	// PrivacyRouteLocal sends the whole call to the local route.
+	PrivacyRouteLocal = "route_local"
+	// PrivacyRedact replaces each match before the cloud route.
+	PrivacyRedact = "redact"
+)
 
 // The routes a policy's apis may name. The OpenAI ones are served under
 // inference.local/v1/ as OpenAI names them (chat/completions, ...); the
@@ -95,6 +159,20 @@ type seedInference struct {
 	CostBudgetUSD   float64           `yaml:"cost_budget_usd"`
 	TimeoutSeconds  int64             `yaml:"timeout_seconds"`
 	SetEnv          bool              `yaml:"set_env"`
+	Local           *seedLocal        `yaml:"local"`
+	Privacy         *seedPrivacy      `yaml:"privacy"`
+}
+
+type seedLocal struct {
+	RoutingEndpoint string `yaml:"routing_endpoint"`
+	Provider        string `yaml:"provider"`
+	Model           string `yaml:"model"`
+}
+
+type seedPrivacy struct {
+	Detectors []string          `yaml:"detectors"`
+	Action    string            `yaml:"action"`
+	Actions   map[string]string `yaml:"actions"`
 }
 
 // fromSeedInference builds the model's Inference from the seed section.
@@ -120,6 +198,12 @@ func fromSeedInference(si *seedInference, field string, s *errSink) *Inference {
 	if si.RateLimit != "" {
 		inf.RateLimit = rateLimit(si.RateLimit, field+".rate_limit", s)
 	}
+	if l := si.Local; l != nil {
+		inf.Local = &InferenceLocal{RoutingEndpoint: l.RoutingEndpoint, Provider: l.Provider, Model: l.Model, Field: field + ".local"}
+	}
+	if p := si.Privacy; p != nil {
+		inf.Privacy = &Privacy{Detectors: p.Detectors, Action: p.Action, Actions: p.Actions, Field: field + ".privacy"}
+	}
 	return inf
 }
 
@@ -127,38 +211,8 @@ func fromSeedInference(si *seedInference, field string, s *errSink) *Inference {
 // policy: the endpoint may not carry them, and no field names one.
 func validateInference(inf *Inference, s *errSink) {
 	f := inf.Field
-	switch ep := inf.RoutingEndpoint; {
-	case ep == "" && inf.Provider == "":
-		s.addf(f+".routing_endpoint", "is required (or name a provider from the host's configuration)")
-	case ep != "":
-		u, err := url.Parse(ep)
-		switch {
-		case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Opaque != "":
-			s.addf(f+".routing_endpoint", "%q is not an http:// or https:// URL", ep)
-		case u.User != nil:
-			s.addf(f+".routing_endpoint", "must not carry credentials; the runtime injects them from the host")
-		case u.RawQuery != "" || u.Fragment != "" || strings.HasSuffix(ep, "?") || strings.HasSuffix(ep, "#"):
-			s.addf(f+".routing_endpoint", "%q: a base URL has no query or fragment", ep)
-		case hasControl(ep):
-			s.addf(f+".routing_endpoint", "%q contains a control character", ep)
-		}
-	}
-	if p := inf.Provider; p != "" && !ProviderNameOK(p) {
-		s.addf(f+".provider", "%q is not a provider name (lower-case letters, digits, - and _; at most 63)", p)
-	}
-	checkModel := func(field, m string) bool {
-		switch {
-		case m == "":
-			s.addf(field, "is empty")
-		case len(m) > maxModelName:
-			s.addf(field, "is longer than %d bytes", maxModelName)
-		case hasControl(m) || strings.ContainsAny(m, " \t"):
-			s.addf(field, "%q contains a space or a control character", m)
-		default:
-			return true
-		}
-		return false
-	}
+	validateEndpoint(f, inf.RoutingEndpoint, inf.Provider, s)
+	checkModel := func(field, m string) bool { return checkModelName(field, m, s) }
 	if inf.Model != "" {
 		checkModel(f+".model", inf.Model)
 		if len(inf.AllowedModels) > 0 {
@@ -201,6 +255,97 @@ func validateInference(inf *Inference, s *errSink) {
 	// NaN fails every comparison: it is out of range too.
 	if b := inf.CostBudgetUSD; !(b >= 0 && b <= maxCostBudgetUSD) {
 		s.addf(f+".cost_budget_usd", "%v is out of range (more than 0, at most %g; leave it out for no budget)", b, float64(maxCostBudgetUSD))
+	}
+	if l := inf.Local; l != nil {
+		validateEndpoint(l.Field, l.RoutingEndpoint, l.Provider, s)
+		if l.Model != "" {
+			checkModelName(l.Field+".model", l.Model, s)
+		}
+	}
+	if p := inf.Privacy; p != nil {
+		validatePrivacy(p, inf.Local != nil, s)
+	} else if inf.Local != nil {
+		s.warnf(inf.Local.Field, "no privacy rule routes a call here: the local route is never used")
+	}
+}
+
+// validateEndpoint checks a route's base URL and provider name (the cloud
+// route's or the local one's): at least one, no credentials in the URL.
+func validateEndpoint(f, ep, provider string, s *errSink) {
+	switch {
+	case ep == "" && provider == "":
+		s.addf(f+".routing_endpoint", "is required (or name a provider from the host's configuration)")
+	case ep != "":
+		u, err := url.Parse(ep)
+		switch {
+		case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Opaque != "":
+			s.addf(f+".routing_endpoint", "%q is not an http:// or https:// URL", ep)
+		case u.User != nil:
+			s.addf(f+".routing_endpoint", "must not carry credentials; the runtime injects them from the host")
+		case u.RawQuery != "" || u.Fragment != "" || strings.HasSuffix(ep, "?") || strings.HasSuffix(ep, "#"):
+			s.addf(f+".routing_endpoint", "%q: a base URL has no query or fragment", ep)
+		case hasControl(ep):
+			s.addf(f+".routing_endpoint", "%q contains a control character", ep)
+		}
+	}
+	if provider != "" && !ProviderNameOK(provider) {
+		s.addf(f+".provider", "%q is not a provider name (lower-case letters, digits, - and _; at most 63)", provider)
+	}
+}
+
+func checkModelName(field, m string, s *errSink) bool {
+	switch {
+	case m == "":
+		s.addf(field, "is empty")
+	case len(m) > maxModelName:
+		s.addf(field, "is longer than %d bytes", maxModelName)
+	case hasControl(m) || strings.ContainsAny(m, " \t"):
+		s.addf(field, "%q contains a space or a control character", m)
+	default:
+		return true
+	}
+	return false
+}
+
+// validatePrivacy checks the PII rule: known detectors, each once, and
+// actions that can be carried out (route_local needs a local route).
+func validatePrivacy(p *Privacy, hasLocal bool, s *errSink) {
+	f := p.Field
+	if len(p.Detectors) == 0 {
+		s.addf(f+".detectors", "is required: one or more of %s", strings.Join(PIIDetectors, ", "))
+	}
+	on := map[string]bool{}
+	for i, d := range p.Detectors {
+		field := fmt.Sprintf("%s.detectors[%d]", f, i)
+		switch {
+		case !slices.Contains(PIIDetectors, d):
+			s.addf(field, "%q is not a detector (one of %s)", d, strings.Join(PIIDetectors, ", "))
+		case on[d]:
+			s.addf(field, "%q is listed twice", d)
+		}
+		on[d] = true
+	}
+	checkAction := func(field, a string) {
+		switch a {
+		case PrivacyRedact:
+		case PrivacyRouteLocal:
+			if !hasLocal {
+				s.addf(field, "route_local needs a local route: set %s.local", strings.TrimSuffix(f, ".privacy"))
+			}
+		case "":
+			s.addf(field, "is required: route_local or redact")
+		default:
+			s.addf(field, "%q is not an action (route_local or redact)", a)
+		}
+	}
+	checkAction(f+".action", p.Action)
+	for _, d := range sortedKeys(p.Actions) {
+		field := f + ".actions." + d
+		if !on[d] {
+			s.addf(field, "%q is not one of this rule's detectors", d)
+			continue
+		}
+		checkAction(field, p.Actions[d])
 	}
 }
 

@@ -42,6 +42,34 @@ sandbox:
 	}
 }
 
+func TestInferencePrivacyModel(t *testing.T) {
+	p, err := Parse("p.yaml", []byte(`version: "1.0"
+sandbox:
+  inference:
+    provider: openai
+    local: {routing_endpoint: "http://10.0.0.5:11434/v1", provider: ollama, model: "llama3.2:1b"}
+    privacy:
+      detectors: [ssn, credit_card, email, phone]
+      action: route_local
+      actions: {email: redact}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	inf := p.Inference
+	wantLocal := &InferenceLocal{RoutingEndpoint: "http://10.0.0.5:11434/v1", Provider: "ollama", Model: "llama3.2:1b", Field: "sandbox.inference.local"}
+	wantPrivacy := &Privacy{Detectors: []string{"ssn", "credit_card", "email", "phone"}, Action: "route_local", Actions: map[string]string{"email": "redact"}, Field: "sandbox.inference.privacy"}
+	if !reflect.DeepEqual(inf.Local, wantLocal) || !reflect.DeepEqual(inf.Privacy, wantPrivacy) {
+		t.Errorf("got %+v %+v", inf.Local, inf.Privacy)
+	}
+	if inf.Privacy.ActionOf("email") != PrivacyRedact || inf.Privacy.ActionOf("ssn") != PrivacyRouteLocal {
+		t.Errorf("ActionOf: email %s, ssn %s", inf.Privacy.ActionOf("email"), inf.Privacy.ActionOf("ssn"))
+	}
+	if r := inf.Local.Route(); r.RoutingEndpoint != wantLocal.RoutingEndpoint || r.Provider != "ollama" {
+		t.Errorf("Route() = %+v", r)
+	}
+}
+
 func TestInferenceEndpointAlone(t *testing.T) {
 	p, err := Parse("p.yaml", []byte("version: \"1.0\"\nsandbox:\n  inference: {routing_endpoint: \"http://vllm.internal:8000/v1\"}\n"))
 	if err != nil {
@@ -93,7 +121,20 @@ func TestInferenceRejections(t *testing.T) {
 		{"cost-budget-nan", seed("    provider: x\n    cost_budget_usd: .nan\n"), "p.yaml:5:22: sandbox.inference.cost_budget_usd: .nan is not a finite number"},
 		{"timeout", seed("    provider: x\n    timeout_seconds: 99999\n"), "p.yaml:5:22: sandbox.inference.timeout_seconds: 99999 is out of range (1-3600)"},
 		{"rate", seed("    provider: x\n    rate_limit: lots\n"), `p.yaml:5:17: sandbox.inference.rate_limit: "lots" is not a rate: write COUNT/second, COUNT/minute or COUNT/hour, e.g. "5/minute"`},
-		{"key-field", seed("    provider: x\n    api_key: sk-123\n"), "p.yaml:5:5: sandbox.inference.api_key: unknown field (known fields here: routing_endpoint, provider, model, allowed_models, model_aliases, apis, rate_limit, token_budget, cost_budget_usd, timeout_seconds, set_env)"},
+		{"key-field", seed("    provider: x\n    api_key: sk-123\n"), "p.yaml:5:5: sandbox.inference.api_key: unknown field (known fields here: routing_endpoint, provider, model, allowed_models, model_aliases, apis, rate_limit, token_budget, cost_budget_usd, timeout_seconds, set_env, local, privacy)"},
+		{"local-no-endpoint", seed("    provider: x\n    local: {model: m}\n    privacy: {detectors: [ssn], action: route_local}\n"), "p.yaml:5:12: sandbox.inference.local.routing_endpoint: is required (or name a provider from the host's configuration)"},
+		{"local-credentials", seed("    provider: x\n    local: {routing_endpoint: \"http://u:p@h/v1\"}\n    privacy: {detectors: [ssn], action: route_local}\n"), "p.yaml:5:31: sandbox.inference.local.routing_endpoint: must not carry credentials; the runtime injects them from the host"},
+		{"local-model", seed("    provider: x\n    local: {routing_endpoint: \"http://h/v1\", model: \"a b\"}\n    privacy: {detectors: [ssn], action: route_local}\n"), `p.yaml:5:53: sandbox.inference.local.model: "a b" contains a space or a control character`},
+		{"privacy-no-detectors", seed("    provider: x\n    privacy: {action: redact}\n"), "p.yaml:5:14: sandbox.inference.privacy.detectors: is required: one or more of ssn, credit_card, email, phone"},
+		{"privacy-detector", seed("    provider: x\n    privacy:\n      detectors: [ssn, iban]\n      action: redact\n"), `p.yaml:6:24: sandbox.inference.privacy.detectors[1]: "iban" is not a detector (one of ssn, credit_card, email, phone)`},
+		{"privacy-twice", seed("    provider: x\n    privacy:\n      detectors: [ssn, ssn]\n      action: redact\n"), `p.yaml:6:24: sandbox.inference.privacy.detectors[1]: "ssn" is listed twice`},
+		{"privacy-no-action", seed("    provider: x\n    privacy:\n      detectors: [ssn]\n"), "p.yaml:6:7: sandbox.inference.privacy.action: is required: route_local or redact"},
+		{"privacy-bad-action", seed("    provider: x\n    privacy:\n      detectors: [ssn]\n      action: drop\n"), `p.yaml:7:15: sandbox.inference.privacy.action: "drop" is not an action (route_local or redact)`},
+		{"route-local-needs-local", seed("    provider: x\n    privacy:\n      detectors: [ssn]\n      action: route_local\n"), "p.yaml:7:15: sandbox.inference.privacy.action: route_local needs a local route: set sandbox.inference.local"},
+		{"actions-unknown", seed("    provider: x\n    privacy:\n      detectors: [ssn]\n      action: redact\n      actions: {email: redact}\n"), `p.yaml:8:24: sandbox.inference.privacy.actions.email: "email" is not one of this rule's detectors`},
+		{"actions-needs-local", seed("    provider: x\n    privacy:\n      detectors: [ssn, email]\n      action: redact\n      actions: {ssn: route_local}\n"), "p.yaml:8:22: sandbox.inference.privacy.actions.ssn: route_local needs a local route: set sandbox.inference.local"},
+		{"privacy-field", seed("    provider: x\n    privacy:\n      detectors: [ssn]\n      action: redact\n      patterns: [x]\n"), "p.yaml:8:7: sandbox.inference.privacy.patterns: unknown field (known fields here: detectors, action, actions)"},
+		{"openshell-format-privacy", "version: 1\ninference:\n  privacy: {detectors: [ssn], action: redact}\n", `p.yaml:2:1: inference: not supported: NVIDIA OpenShell's format has no inference route; write the policy in openshell's format (version: "1.0") and set sandbox.inference`},
 		{"openshell-format", "version: 1\ninference: {routing_endpoint: \"http://a/v1\"}\n", `p.yaml:2:1: inference: not supported: NVIDIA OpenShell's format has no inference route; write the policy in openshell's format (version: "1.0") and set sandbox.inference`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
