@@ -154,6 +154,7 @@ func (e *Event) Sanitize() {
 			{"inference.api", &in.API}, {"inference.provider", &in.Provider}, {"inference.upstream_host", &in.UpstreamHost},
 			{"inference.credential", &in.Credential}, {"inference.requested_model", &in.RequestedModel},
 			{"inference.sent_model", &in.SentModel}, {"inference.reported_model", &in.ReportedModel},
+			{"inference.route", &in.Route},
 		} {
 			var was bool
 			if *f.s, was = capString(*f.s, MaxFieldBytes); was {
@@ -175,7 +176,7 @@ func fieldName(s string) bool {
 	switch s {
 	case "sandbox", "policy", "policy_sha256", "kind", "rule", "host", "ip", "decision", "reason",
 		"inference.api", "inference.provider", "inference.upstream_host", "inference.credential",
-		"inference.requested_model", "inference.sent_model", "inference.reported_model":
+		"inference.requested_model", "inference.sent_model", "inference.reported_model", "inference.route":
 		return true
 	}
 	return false

@@ -106,14 +106,26 @@ func credentialFor(name string, ok bool, policyFile string, providers []inferenc
 	if p.Inference == nil {
 		return "", errors.New("the sandbox's policy has no inference route")
 	}
-	t, err := inference.Resolve(p.Inference, providers)
-	if err != nil {
-		return "", err
+	// The cloud route's provider, or the privacy route's: each is
+	// resolved on its own, so a key goes only to its own base_url.
+	routes := []*policy.Inference{p.Inference}
+	if l := p.Inference.Local; l != nil {
+		routes = append(routes, l.Route())
 	}
-	if t.Provider == nil || t.Provider.Name != name {
-		return "", fmt.Errorf("the sandbox's route does not lead to provider %s", name)
+	var errs []error
+	for _, r := range routes {
+		t, err := inference.Resolve(r, providers)
+		switch {
+		case err != nil:
+			errs = append(errs, err)
+		case t.Provider != nil && t.Provider.Name == name:
+			return inference.ReadCredential(providers[i].Credential, getenv)
+		}
 	}
-	return inference.ReadCredential(providers[i].Credential, getenv)
+	if len(errs) > 0 {
+		return "", errors.Join(errs...)
+	}
+	return "", fmt.Errorf("the sandbox's route does not lead to provider %s", name)
 }
 
 // credClient is the serving process's end: one question at a time.

@@ -67,6 +67,14 @@ type Event struct {
 	CostUSD          float64 `json:"cost_usd,omitempty"`
 	LatencyMS        int64   `json:"latency_ms"`
 	TTFBMS           int64   `json:"ttfb_ms,omitempty"`
+	// Route is the route taken (RouteCloud or RouteLocal), set when the
+	// policy has a privacy rule or a local route.
+	Route string `json:"route,omitempty"`
+	// Detected counts the privacy rule's matches in the call's message
+	// contents, by detector; never what matched.
+	Detected Detections `json:"detected,omitzero"`
+	// Redacted is how many of them were replaced before the cloud route.
+	Redacted int `json:"redacted,omitempty"`
 
 	Decision  string `json:"-"`
 	Reason    string `json:"-"`
@@ -125,15 +133,23 @@ type Options struct {
 // Router serves one sandbox's route. It is an http.Handler for requests
 // to inference.local.
 type Router struct {
-	o         Options
-	route     *policy.Inference
+	o        Options
+	route    *policy.Inference
+	cloud    *upstream
+	local    *upstream // the privacy route; nil: none
+	apis     []string
+	limiter  *rate.Limiter
+	usage    *Usage
+	inflight chan struct{}
+}
+
+// upstream is one model server a call can go to: the cloud route, or
+// the local one. Each has its own key rule (Resolve).
+type upstream struct {
+	name      string // RouteCloud or RouteLocal
 	target    Target
-	broken    error // the route cannot be served, and why
-	apis      []string
+	broken    error // it cannot be served, and why
 	transport *http.Transport
-	limiter   *rate.Limiter
-	usage     *Usage
-	inflight  chan struct{}
 }
 
 var _ http.Handler = (*Router)(nil)
@@ -146,20 +162,23 @@ func New(o Options) *Router {
 	if r.usage == nil {
 		r.usage = &Usage{}
 	}
-	r.target, r.broken = Resolve(o.Route, o.Providers)
-	if p := r.target.Provider; r.broken == nil && o.Route.CostBudgetUSD > 0 && (p == nil || p.CostPerInputToken == 0 && p.CostPerOutputToken == 0) {
+	r.cloud = newUpstream(o, RouteCloud, o.Route)
+	if p := r.cloud.target.Provider; r.cloud.broken == nil && o.Route.CostBudgetUSD > 0 && (p == nil || p.CostPerInputToken == 0 && p.CostPerOutputToken == 0) {
 		// Fail closed: a budget that cannot be counted is not a budget.
-		r.broken = errors.New("the policy's cost_budget_usd needs the provider's cost_per_input_token or cost_per_output_token in the host's configuration, and this route's provider has none")
+		r.cloud.broken = errors.New("the policy's cost_budget_usd needs the provider's cost_per_input_token or cost_per_output_token in the host's configuration, and this route's provider has none")
 		if p == nil {
-			r.broken = errors.New("the policy's cost_budget_usd needs a provider with costs in the host's configuration, and no provider has this route's endpoint")
+			r.cloud.broken = errors.New("the policy's cost_budget_usd needs a provider with costs in the host's configuration, and no provider has this route's endpoint")
 		}
+	}
+	if l := o.Route.Local; l != nil {
+		r.local = newUpstream(o, RouteLocal, l.Route())
 	}
 	r.apis = o.Route.APIs
 	if len(r.apis) == 0 {
 		switch {
-		case r.target.Provider == nil:
+		case r.cloud.target.Provider == nil:
 			r.apis = policy.InferenceAPIs
-		case r.target.Provider.API == APIAnthropic:
+		case r.cloud.target.Provider.API == APIAnthropic:
 			r.apis = []string{policy.APIMessages, policy.APIModels}
 		default:
 			r.apis = slices.DeleteFunc(slices.Clone(policy.InferenceAPIs), func(a string) bool { return a == policy.APIMessages })
@@ -168,7 +187,17 @@ func New(o Options) *Router {
 	if rl := o.Route.RateLimit; rl != nil {
 		r.limiter = rate.NewLimiter(rate.Limit(float64(rl.Count)/rl.Per.Seconds()), int(rl.Count))
 	}
-	trusted := r.target.Provider != nil
+	return r
+}
+
+// newUpstream resolves one route's target and builds its transport.
+func newUpstream(o Options, name string, route *policy.Inference) *upstream {
+	u := &upstream{name: name}
+	u.target, u.broken = Resolve(route, o.Providers)
+	if u.broken != nil && name == RouteLocal {
+		u.broken = fmt.Errorf("the local route: %w", u.broken)
+	}
+	trusted := u.target.Provider != nil
 	dial := o.Dial
 	if dial == nil {
 		var d net.Dialer
@@ -176,7 +205,7 @@ func New(o Options) *Router {
 			return d.DialContext(ctx, network, addr)
 		}
 	}
-	r.transport = &http.Transport{
+	u.transport = &http.Transport{
 		Proxy: nil,
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			return dial(ctx, network, addr, trusted)
@@ -188,18 +217,32 @@ func New(o Options) *Router {
 		IdleConnTimeout:        60 * time.Second,
 		MaxResponseHeaderBytes: 256 << 10,
 	}
-	return r
+	return u
 }
 
 // Close drops the router's idle connections.
-func (r *Router) Close() { r.transport.CloseIdleConnections() }
+func (r *Router) Close() {
+	r.cloud.transport.CloseIdleConnections()
+	if r.local != nil {
+		r.local.transport.CloseIdleConnections()
+	}
+}
 
 // Usage is what the sandbox has spent.
 func (r *Router) Usage() *Usage { return r.usage }
 
-// Target is where the route leads, and why it cannot be served (nil when
-// it can).
-func (r *Router) Target() (Target, error) { return r.target, r.broken }
+// Target is where the (cloud) route leads, and why it cannot be served
+// (nil when it can).
+func (r *Router) Target() (Target, error) { return r.cloud.target, r.cloud.broken }
+
+// LocalTarget is where the privacy route leads, and why it cannot be
+// served; ok is false when the policy has none.
+func (r *Router) LocalTarget() (t Target, err error, ok bool) {
+	if r.local == nil {
+		return Target{}, nil, false
+	}
+	return r.local.target, r.local.broken, true
+}
 
 // route is one path the router serves.
 type route struct {
@@ -220,6 +263,7 @@ var routes = []route{
 // call is one request being served.
 type call struct {
 	r       *Router
+	up      *upstream // where the call goes
 	rt      route
 	shape   string // APIOpenAI or APIAnthropic: how errors look
 	ev      Event
@@ -232,15 +276,10 @@ type call struct {
 
 func (r *Router) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	c := &call{r: r, start: time.Now(), shape: APIOpenAI}
-	if p := r.target.Provider; p != nil {
-		c.ev.Provider, c.ev.Credential = p.Name, p.Credential
-		if p.API == APIAnthropic {
-			c.shape = APIAnthropic
-		}
+	if p := r.cloud.target.Provider; p != nil && p.API == APIAnthropic {
+		c.shape = APIAnthropic
 	}
-	if u, err := url.Parse(r.target.Endpoint); err == nil {
-		c.ev.UpstreamHost = u.Host
-	}
+	c.goTo(r.cloud)
 	defer c.audit()
 	sub, ok := strings.CutPrefix(req.URL.Path, "/v1")
 	i := slices.IndexFunc(routes, func(rt route) bool { return rt.path == sub })
@@ -254,8 +293,8 @@ func (r *Router) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		c.shape = APIAnthropic
 	}
 	switch {
-	case r.broken != nil:
-		c.fail(w, http.StatusServiceUnavailable, "api_error", "route_unavailable", "openshell: this sandbox's inference route cannot be served: "+r.broken.Error())
+	case r.cloud.broken != nil:
+		c.fail(w, http.StatusServiceUnavailable, "api_error", "route_unavailable", "openshell: this sandbox's inference route cannot be served: "+r.cloud.broken.Error())
 		return
 	case !slices.Contains(r.apis, c.rt.api):
 		c.fail(w, http.StatusNotFound, "not_found_error", "api_not_allowed", fmt.Sprintf("openshell: the sandbox's policy does not serve %s (it serves %s)", c.rt.api, strings.Join(r.apis, ", ")))
@@ -295,7 +334,28 @@ func (r *Router) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		c.fail(w, http.StatusTooManyRequests, "rate_limit_error", "rate_limit_exceeded", fmt.Sprintf("openshell: the sandbox's inference rate_limit of %d per %s is exceeded", rl.Count, rl.Per))
 		return
 	}
+	if c.up.broken != nil {
+		// Fail closed: a call the privacy rule keeps off the cloud
+		// never falls back to it.
+		c.fail(w, http.StatusServiceUnavailable, "api_error", "route_unavailable", "openshell: this call's content sends it to the sandbox's local inference route, which cannot be served: "+c.up.broken.Error())
+		return
+	}
 	c.forward(w, req, body)
+}
+
+// goTo points the call at u: its provider, key source and host.
+func (c *call) goTo(u *upstream) {
+	c.up = u
+	c.ev.Provider, c.ev.Credential, c.ev.UpstreamHost = "", "", ""
+	if p := u.target.Provider; p != nil {
+		c.ev.Provider, c.ev.Credential = p.Name, p.Credential
+	}
+	if pu, err := url.Parse(u.target.Endpoint); err == nil {
+		c.ev.UpstreamHost = pu.Host
+	}
+	if c.r.route.Privacy != nil || c.r.local != nil {
+		c.ev.Route = u.name
+	}
 }
 
 func routeList() string {
@@ -344,6 +404,20 @@ func (c *call) readRequest(w http.ResponseWriter, req *http.Request) ([]byte, bo
 		return nil, false
 	}
 	c.ev.SentModel = sent
+	if p := c.r.route.Privacy; p != nil {
+		d, err := applyPrivacy(doc, c.rt.api, p)
+		if err != nil {
+			c.fail(w, http.StatusBadRequest, "invalid_request_error", "bad_body", "openshell: redacting the request: "+err.Error())
+			return nil, false
+		}
+		c.ev.Detected, c.ev.Redacted = d.found, d.redacted
+		if d.local {
+			c.goTo(c.r.local)
+			if m := c.r.route.Local.Model; m != "" {
+				sent, c.ev.SentModel = m, m
+			}
+		}
+	}
 	if sent != "" {
 		doc["model"], _ = json.Marshal(sent)
 	}
@@ -398,8 +472,8 @@ func passResponseHeader(k string) bool {
 
 // forward sends the checked call on and relays the answer.
 func (c *call) forward(w http.ResponseWriter, req *http.Request, body []byte) {
-	r := c.r
-	target := r.target.Endpoint + c.rt.path
+	r, up := c.r, c.up
+	target := up.target.Endpoint + c.rt.path
 	if req.URL.RawQuery != "" {
 		target += "?" + req.URL.RawQuery
 	}
@@ -423,7 +497,7 @@ func (c *call) forward(w http.ResponseWriter, req *http.Request, body []byte) {
 			out.Header[k] = slices.Clone(vs)
 		}
 	}
-	if p := r.target.Provider; p != nil {
+	if p := up.target.Provider; p != nil {
 		for k, v := range p.Headers {
 			out.Header.Set(k, v)
 		}
@@ -447,7 +521,7 @@ func (c *call) forward(w http.ResponseWriter, req *http.Request, body []byte) {
 	// From here the call is the policy's to make: what fails is the
 	// model server's, recorded as allowed with the reason.
 	c.ev.Decision = Allow
-	resp, err := r.transport.RoundTrip(out)
+	resp, err := up.transport.RoundTrip(out)
 	if err != nil {
 		why := err.Error()
 		if wd.fired() {
@@ -576,7 +650,7 @@ func (c *call) audit() {
 	c.ev.TokensIn, c.ev.TokensOut = t.in(), t.out
 	c.ev.CacheReadTokens, c.ev.CacheWriteTokens = t.cacheRead, t.cacheWrite
 	c.ev.ReportedModel = t.model
-	if p := c.r.target.Provider; p != nil {
+	if p := c.up.target.Provider; p != nil {
 		c.ev.CostUSD = float64(c.ev.TokensIn)*p.CostPerInputToken + float64(c.ev.TokensOut)*p.CostPerOutputToken
 	}
 	c.r.usage.add(c.ev.TokensIn+c.ev.TokensOut, c.ev.CostUSD)
@@ -584,10 +658,12 @@ func (c *call) audit() {
 	if c.ev.Decision == "" {
 		c.ev.Decision = Deny
 	}
-	if n := c.r.target.Note; n != "" && c.ev.Reason == "" {
-		c.ev.Reason = n
-	} else if n != "" {
-		c.ev.Reason += "; " + n
+	for _, n := range []string{c.up.target.Note, c.privacyNote()} {
+		if n != "" && c.ev.Reason == "" {
+			c.ev.Reason = n
+		} else if n != "" {
+			c.ev.Reason += "; " + n
+		}
 	}
 	c.ev.Reason = c.scrub(c.ev.Reason)
 	c.key = nil
