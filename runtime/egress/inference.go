@@ -65,6 +65,9 @@ func (g *Gateway) router(rs *rules) *inference.Router {
 	if _, err := s.r.Target(); err != nil {
 		g.log.Warn("inference route cannot be served", "err", err)
 	}
+	if _, err := s.r.LocalTarget(); err != nil {
+		g.log.Warn("local inference route cannot be served: calls the privacy rule routes there are refused", "err", err)
+	}
 	return s.r
 }
 

@@ -25,6 +25,7 @@ const localKey = "sk-local-key-fedcba9876543210"
 type privacyEnv struct {
 	cloud, local     *fakellm.Server
 	cloudURL, locURL string
+	router           *inference.Router
 	front            *httptest.Server
 	mu               sync.Mutex
 	events           []inference.Event
@@ -73,6 +74,7 @@ func newPrivacyEnv(t *testing.T, o privacyOpts) *privacyEnv {
 		Audit: func(ev *inference.Event) { e.mu.Lock(); e.events = append(e.events, *ev); e.mu.Unlock() },
 	})
 	t.Cleanup(r.Close)
+	e.router = r
 	e.front = httptest.NewServer(r)
 	t.Cleanup(e.front.Close)
 	return e
@@ -168,6 +170,12 @@ func TestPrivacyLocalKeyOnlyForItsProvider(t *testing.T) {
 
 func TestPrivacyLocalRouteBrokenFailsClosed(t *testing.T) {
 	e := newPrivacyEnv(t, privacyOpts{localName: "nosuch"})
+	if lt, err := e.router.LocalTarget(); lt == nil || err == nil || !strings.Contains(err.Error(), `the local route: the policy names provider "nosuch"`) {
+		t.Errorf("LocalTarget() = %v, %v", lt, err)
+	}
+	if _, err := e.router.Target(); err != nil {
+		t.Errorf("the cloud route: %v", err)
+	}
 	status, body := e.post(t, "/v1/chat/completions", `{"model":"gpt-x","messages":[{"role":"user","content":"card `+card+`"}]}`)
 	if status != 503 || !strings.Contains(body, "route_unavailable") || strings.Contains(body, "1111") {
 		t.Fatalf("%d %s", status, body)

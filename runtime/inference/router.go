@@ -235,13 +235,13 @@ func (r *Router) Usage() *Usage { return r.usage }
 // (nil when it can).
 func (r *Router) Target() (Target, error) { return r.cloud.target, r.cloud.broken }
 
-// LocalTarget is where the privacy route leads, and why it cannot be
-// served; ok is false when the policy has none.
-func (r *Router) LocalTarget() (t Target, err error, ok bool) {
+// LocalTarget is where the privacy route leads (nil when the policy has
+// none), and why it cannot be served.
+func (r *Router) LocalTarget() (*Target, error) {
 	if r.local == nil {
-		return Target{}, nil, false
+		return nil, nil
 	}
-	return r.local.target, r.local.broken, true
+	return &r.local.target, r.local.broken
 }
 
 // route is one path the router serves.
