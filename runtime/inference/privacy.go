@@ -76,7 +76,9 @@ func (c *content) each(fn func(string) string) bool {
 			// [{role, content: string | [parts]}]
 			for _, m := range asList(v) {
 				if obj, ok := m.(map[string]any); ok {
-					obj["content"] = contentValue(obj["content"], visit)
+					if cv, ok := obj["content"]; ok {
+						obj["content"] = contentValue(cv, visit)
+					}
 				}
 			}
 		case c.api == policy.APIResponses && f == "input":
@@ -90,8 +92,8 @@ func (c *content) each(fn func(string) string) bool {
 				case string:
 					v.([]any)[i] = visit(it)
 				case map[string]any:
-					if _, ok := it["content"]; ok {
-						it["content"] = contentValue(it["content"], visit)
+					if cv, ok := it["content"]; ok {
+						it["content"] = contentValue(cv, visit)
 					}
 				}
 			}

@@ -191,7 +191,7 @@ func TestPrivacyLocalRouteBrokenFailsClosed(t *testing.T) {
 
 func TestPrivacyRedact(t *testing.T) {
 	e := newPrivacyEnv(t, privacyOpts{privacy: &policy.Privacy{Detectors: []string{"email", "phone"}, Action: policy.PrivacyRedact}})
-	status, body := e.post(t, "/v1/chat/completions", `{"model":"gpt-x","user":"ops@example.com","messages":[`+
+	status, body := e.post(t, "/v1/chat/completions", `{"model":"gpt-x","user":"ops@example.com","messages":[{"role":"assistant","tool_calls":[]},`+
 		`{"role":"system","content":"reply to <jane@example.com>"},`+
 		`{"role":"user","content":[{"type":"text","text":"call 415-555-2671 or jane@example.com"},{"type":"image_url","image_url":{"url":"https://x/a@b.io"}}]}]}`)
 	if status != 200 {
@@ -199,7 +199,7 @@ func TestPrivacyRedact(t *testing.T) {
 	}
 	req := only(t, e.cloud, e.local, "cloud")
 	sent := unescaped(t, req.Body)
-	for _, want := range []string{`"reply to <[REDACTED:email]>"`, `"call [REDACTED:phone] or [REDACTED:email]"`, `"user":"ops@example.com"`, `"url":"https://x/a@b.io"`} {
+	for _, want := range []string{`"reply to <[REDACTED:email]>"`, `"call [REDACTED:phone] or [REDACTED:email]"`, `"user":"ops@example.com"`, `"url":"https://x/a@b.io"`, `{"role":"assistant","tool_calls":[]}`} {
 		if !strings.Contains(sent, want) {
 			t.Errorf("the cloud got %s, want %s in it", sent, want)
 		}
