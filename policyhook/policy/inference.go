@@ -90,6 +90,15 @@ type Privacy struct {
 	Field   string // sandbox.inference.privacy
 }
 
+// RoutesLocal reports whether a match of any detector sends a call to
+// the local route; false for a nil rule.
+func (p *Privacy) RoutesLocal() bool {
+	if p == nil {
+		return false
+	}
+	return slices.ContainsFunc(p.Detectors, func(d string) bool { return p.ActionOf(d) == PrivacyRouteLocal })
+}
+
 // ActionOf is what a match of detector d does.
 func (p *Privacy) ActionOf(d string) string {
 	if a, ok := p.Actions[d]; ok {
@@ -264,7 +273,8 @@ func validateInference(inf *Inference, s *errSink) {
 	}
 	if p := inf.Privacy; p != nil {
 		validatePrivacy(p, inf.Local != nil, s)
-	} else if inf.Local != nil {
+	}
+	if inf.Local != nil && !inf.Privacy.RoutesLocal() {
 		s.warnf(inf.Local.Field, "no privacy rule routes a call here: the local route is never used")
 	}
 }
