@@ -158,7 +158,8 @@ func TestInferenceLocalUnused(t *testing.T) {
 	}
 	if len(p.Warnings) != 1 || p.Warnings[0].Error() != "p.yaml:5:12: sandbox.inference.local: no privacy rule routes a call here: the local route is never used" {
 		t.Errorf("warnings %v", p.Warnings)
-	} // Nor does a rule that only redacts.
+	}
+	// Nor does a rule that only redacts.
 	p, err = Parse("p.yaml", []byte("version: \"1.0\"\nsandbox:\n  inference:\n    provider: x\n    local: {routing_endpoint: \"http://h/v1\"}\n    privacy: {detectors: [ssn], action: redact}\n"))
 	if err != nil || len(p.Warnings) != 1 {
 		t.Errorf("redact only: %v, warnings %v", err, p.Warnings)
