@@ -71,3 +71,52 @@ func TestProxyKeepAliveStreams(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkProxyDownload is a 64 MiB plain-HTTP response through the
+// proxy (absolute URL), as the sandbox's captured port 80 and CONNECT to
+// port 80 are served: the gateway's userspace copy.
+func BenchmarkProxyDownload(b *testing.B) {
+	g, _, _ := newTestGateway(b, "version: 1\nnetwork_policies:\n  api:\n    endpoints:\n      - {host: api.example.com, port: 80}\n")
+	ul, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	usrv := &http.Server{Handler: bytesHandler()}
+	go usrv.Serve(ul)
+	defer usrv.Close()
+	g.dialTCP = func(ctx context.Context, network, _ string) (net.Conn, error) {
+		c, err := (&net.Dialer{}).DialContext(ctx, network, ul.Addr().String())
+		if err != nil {
+			return nil, err
+		}
+		return fakeAddrConn{c}, nil
+	}
+	g.isLocal = func(netip.Addr) bool { return false }
+	pl, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	psrv := g.httpServer(false)
+	go psrv.Serve(g.limit(pl))
+	defer psrv.Close()
+	c, err := net.Dial("tcp4", pl.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReaderSize(c, 256<<10)
+	const n = 64 << 20
+	b.SetBytes(n)
+	b.ResetTimer()
+	for range b.N {
+		fmt.Fprintf(c, "GET http://api.example.com/bytes?n=%d HTTP/1.1\r\nHost: api.example.com\r\n\r\n", n)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if got, _ := io.Copy(io.Discard, resp.Body); got != n {
+			b.Fatalf("got %d bytes", got)
+		}
+		resp.Body.Close()
+	}
+}
