@@ -2,12 +2,9 @@ package egress
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -19,12 +16,7 @@ import (
 // call after call. It failed about one run in six while the request
 // body could be read after the handler returned (idleBody).
 func TestProxyKeepAliveStreams(t *testing.T) {
-	g, _, _ := newTestGateway(t, "version: 1\nnetwork_policies:\n  api:\n    endpoints:\n      - {host: api.example.com, port: 80}\n")
-	ul, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	usrv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	c := plainProxySetup(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body)
 		f := w.(http.Flusher)
 		for i := range 20 {
@@ -33,29 +25,7 @@ func TestProxyKeepAliveStreams(t *testing.T) {
 			time.Sleep(200 * time.Microsecond)
 		}
 		fmt.Fprint(w, "data: [DONE]\n\n")
-	})}
-	go usrv.Serve(ul)
-	defer usrv.Close()
-	g.dialTCP = func(ctx context.Context, network, _ string) (net.Conn, error) {
-		c, err := (&net.Dialer{}).DialContext(ctx, network, ul.Addr().String())
-		if err != nil {
-			return nil, err
-		}
-		return fakeAddrConn{c}, nil
-	}
-	g.isLocal = func(netip.Addr) bool { return false }
-	pl, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	psrv := g.httpServer(false)
-	go psrv.Serve(g.limit(pl))
-	defer psrv.Close()
-	c, err := net.Dial("tcp4", pl.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	}))
 	br := bufio.NewReader(c)
 	for i := range 100 {
 		c.SetDeadline(time.Now().Add(5 * time.Second))
@@ -76,34 +46,7 @@ func TestProxyKeepAliveStreams(t *testing.T) {
 // proxy (absolute URL), as the sandbox's captured port 80 and CONNECT to
 // port 80 are served: the gateway's userspace copy.
 func BenchmarkProxyDownload(b *testing.B) {
-	g, _, _ := newTestGateway(b, "version: 1\nnetwork_policies:\n  api:\n    endpoints:\n      - {host: api.example.com, port: 80}\n")
-	ul, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	usrv := &http.Server{Handler: bytesHandler()}
-	go usrv.Serve(ul)
-	defer usrv.Close()
-	g.dialTCP = func(ctx context.Context, network, _ string) (net.Conn, error) {
-		c, err := (&net.Dialer{}).DialContext(ctx, network, ul.Addr().String())
-		if err != nil {
-			return nil, err
-		}
-		return fakeAddrConn{c}, nil
-	}
-	g.isLocal = func(netip.Addr) bool { return false }
-	pl, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	psrv := g.httpServer(false)
-	go psrv.Serve(g.limit(pl))
-	defer psrv.Close()
-	c, err := net.Dial("tcp4", pl.Addr().String())
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close()
+	c := plainProxySetup(b, bytesHandler())
 	br := bufio.NewReaderSize(c, 256<<10)
 	const n = 64 << 20
 	b.SetBytes(n)

@@ -113,6 +113,43 @@ func terminatedSetupPolicy(tb testing.TB, policyYAML string, handler http.Handle
 	return g, audit, open
 }
 
+// plainProxySetup is the plain-HTTP counterpart of terminatedSetup: a
+// gateway allowing api.example.com on port 80, an upstream serving
+// handler that it dials whatever the address, and a client connection
+// to its proxy, ready for absolute-URL requests.
+func plainProxySetup(tb testing.TB, handler http.Handler) net.Conn {
+	tb.Helper()
+	g, _, _ := newTestGateway(tb, "version: 1\nnetwork_policies:\n  api:\n    endpoints:\n      - {host: api.example.com, port: 80}\n")
+	ul, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	usrv := &http.Server{Handler: handler}
+	go usrv.Serve(ul)
+	tb.Cleanup(func() { usrv.Close() })
+	g.dialTCP = func(ctx context.Context, network, _ string) (net.Conn, error) {
+		c, err := (&net.Dialer{}).DialContext(ctx, network, ul.Addr().String())
+		if err != nil {
+			return nil, err
+		}
+		return fakeAddrConn{c}, nil
+	}
+	g.isLocal = func(netip.Addr) bool { return false }
+	pl, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	psrv := g.httpServer(false)
+	go psrv.Serve(g.limit(pl))
+	tb.Cleanup(func() { psrv.Close() })
+	c, err := net.Dial("tcp4", pl.Addr().String())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { c.Close() })
+	return c
+}
+
 func bytesHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		n, _ := strconv.ParseInt(r.URL.Query().Get("n"), 10, 64)
