@@ -3,7 +3,6 @@ package integration
 import (
 	"context"
 	"fmt"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,7 +12,6 @@ import (
 
 	"github.com/openshell/openshell/runtime/egress"
 	"github.com/openshell/openshell/runtime/inference"
-	"github.com/openshell/openshell/test/fakenet"
 )
 
 // privacyClient runs in the sandbox: one call with a card number in it,
@@ -38,24 +36,7 @@ print("plain:", *call("what is the capital of France?"), flush=True)
 func TestInferencePrivacy(t *testing.T) {
 	root := debianRoot(t)
 	dir := t.TempDir()
-	n, err := fakenet.Start(dir, map[string]netip.Addr{"llm.test": fakenet.LLMAddr, "local-llm.test": fakenet.LLMAddr2})
-	if err != nil {
-		t.Fatalf("fake internet: %v", err)
-	}
-	t.Cleanup(func() { _ = n.Close() })
-	cloud, err := n.StartLLM(fakenet.LLMAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	local, err := n.StartLLM(fakenet.LLMAddr2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDir := filepath.Join(dir, "keys")
-	if err := os.Mkdir(keyDir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	keyFile := filepath.Join(keyDir, "llm")
+	n, cloud, local, keyFile := twoLLMs(t, dir, "local-llm.test")
 	key := randomKey(t)
 	if err := os.WriteFile(keyFile, []byte(key), 0o600); err != nil {
 		t.Fatal(err)

@@ -34,6 +34,30 @@ func randomKey(t *testing.T) string {
 	return keyPrefix + hex.EncodeToString(b)
 }
 
+// twoLLMs starts a fake internet with a fake model server at llm.test
+// and another at host2, and names a key file in a private directory. The
+// caller writes the key: TestInferenceRouting's ends in a newline, which
+// the credential reader must trim.
+func twoLLMs(t *testing.T, dir, host2 string) (n *fakenet.Net, llm, llm2 *fakellm.Server, keyFile string) {
+	t.Helper()
+	n, err := fakenet.Start(dir, map[string]netip.Addr{"llm.test": fakenet.LLMAddr, host2: fakenet.LLMAddr2})
+	if err != nil {
+		t.Fatalf("fake internet: %v", err)
+	}
+	t.Cleanup(func() { _ = n.Close() })
+	if llm, err = n.StartLLM(fakenet.LLMAddr); err != nil {
+		t.Fatal(err)
+	}
+	if llm2, err = n.StartLLM(fakenet.LLMAddr2); err != nil {
+		t.Fatal(err)
+	}
+	keyDir := filepath.Join(dir, "keys")
+	if err := os.Mkdir(keyDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	return n, llm, llm2, filepath.Join(keyDir, "llm")
+}
+
 // inferenceClient runs in the sandbox, knowing only http://inference.local/v1.
 const inferenceClient = `
 import json, os, sys, urllib.request, urllib.error
@@ -100,24 +124,7 @@ print("key-found:", found, flush=True)
 func TestInferenceRouting(t *testing.T) {
 	root := debianRoot(t)
 	dir := t.TempDir()
-	n, err := fakenet.Start(dir, map[string]netip.Addr{"llm.test": fakenet.LLMAddr, "llm2.test": fakenet.LLMAddr2})
-	if err != nil {
-		t.Fatalf("fake internet: %v", err)
-	}
-	t.Cleanup(func() { _ = n.Close() })
-	llm, err := n.StartLLM(fakenet.LLMAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	llm2, err := n.StartLLM(fakenet.LLMAddr2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDir := filepath.Join(dir, "keys")
-	if err := os.Mkdir(keyDir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	keyFile := filepath.Join(keyDir, "llm")
+	n, llm, llm2, keyFile := twoLLMs(t, dir, "llm2.test")
 	key := randomKey(t)
 	if err := os.WriteFile(keyFile, []byte(key+"\n"), 0o600); err != nil {
 		t.Fatal(err)
