@@ -38,25 +38,9 @@ func runAudit(_ context.Context, s streams, args []string) int {
 	violations := fs.Bool("violations-only", false, "show only denials and audit-mode would-be denials")
 	since := fs.Duration("since", 0, "show only events newer than this (e.g. 10m)")
 	asJSON := fs.Bool("json", false, "print the events as JSON lines")
-	af := addAuditDirFlags(fs)
-	if err := fs.Parse(reorder(args)); err != nil {
-		return exitUsage
-	}
-	if fs.NArg() > 1 {
-		fs.Usage()
-		return exitUsage
-	}
-	dir, err := af.auditDir()
-	if err != nil {
-		fmt.Fprintf(s.err, "openshell: %s\n", err)
-		return exitFailed
-	}
-	var id string // "": every sandbox
-	if fs.NArg() == 1 {
-		if id = fs.Arg(0); !validSandboxID(id) {
-			fmt.Fprintf(s.err, "openshell: %q is not a sandbox id\n", id)
-			return exitUsage
-		}
+	dir, id, code := parseAuditArgs(s, fs, args)
+	if code != exitOK {
+		return code
 	}
 	files := auditLogFiles(dir, id)
 	if id != "" && len(files) == 0 {
@@ -68,7 +52,7 @@ func runAudit(_ context.Context, s streams, args []string) int {
 		cutoff = time.Now().Add(-*since)
 	}
 	var events []*egress.Event
-	err = readAuditLogs(s, files, func(e *egress.Event) error {
+	err := readAuditLogs(s, files, func(e *egress.Event) error {
 		if (*violations && !e.Violation()) || e.Time.Before(cutoff) {
 			return nil
 		}
@@ -107,6 +91,33 @@ func runAudit(_ context.Context, s streams, args []string) int {
 	}
 	_ = w.Flush()
 	return exitOK
+}
+
+// parseAuditArgs parses [SANDBOX] and the flags of a command that reads
+// the audit logs of one sandbox or, without SANDBOX, of every one: those
+// in fs and the audit directory's, which it adds. It prints what it
+// rejects; code is the exit status to stop with, exitOK to go on.
+func parseAuditArgs(s streams, fs *flag.FlagSet, args []string) (dir, id string, code int) {
+	af := addAuditDirFlags(fs)
+	if err := fs.Parse(reorder(args)); err != nil {
+		return "", "", exitUsage
+	}
+	if fs.NArg() > 1 {
+		fs.Usage()
+		return "", "", exitUsage
+	}
+	dir, err := af.auditDir()
+	if err != nil {
+		fmt.Fprintf(s.err, "openshell: %s\n", err)
+		return "", "", exitFailed
+	}
+	if fs.NArg() == 1 {
+		if id = fs.Arg(0); !validSandboxID(id) {
+			fmt.Fprintf(s.err, "openshell: %q is not a sandbox id\n", id)
+			return "", "", exitUsage
+		}
+	}
+	return dir, id, exitOK // id "": every sandbox
 }
 
 // auditDirFlags are --config and --dir, which name the audit directory

@@ -19,25 +19,9 @@ func runInference(_ context.Context, s streams, args []string) int {
 		return exitUsage
 	}
 	fs := newFlags(s, "inference usage", "inference usage [SANDBOX] [--dir DIR]")
-	af := addAuditDirFlags(fs)
-	if err := fs.Parse(reorder(args[1:])); err != nil {
-		return exitUsage
-	}
-	if fs.NArg() > 1 {
-		fs.Usage()
-		return exitUsage
-	}
-	dir, err := af.auditDir()
-	if err != nil {
-		fmt.Fprintf(s.err, "openshell: %s\n", err)
-		return exitFailed
-	}
-	var id string // "": every sandbox
-	if fs.NArg() == 1 {
-		if id = fs.Arg(0); !validSandboxID(id) {
-			fmt.Fprintf(s.err, "openshell: %q is not a sandbox id\n", id)
-			return exitUsage
-		}
+	dir, id, code := parseAuditArgs(s, fs, args[1:])
+	if code != exitOK {
+		return code
 	}
 	files := auditLogFiles(dir, id)
 	type key struct{ sandbox, provider, model string }
@@ -47,7 +31,7 @@ func runInference(_ context.Context, s streams, args []string) int {
 		cost               float64
 	}
 	sums := map[key]*sum{}
-	err = readAuditLogs(s, files, func(e *egress.Event) error {
+	err := readAuditLogs(s, files, func(e *egress.Event) error {
 		if e.Kind != "inference" {
 			return nil
 		}
