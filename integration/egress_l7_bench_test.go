@@ -99,35 +99,85 @@ func TestEgressL7Bench(t *testing.T) {
 		defer done()
 		return probeFigures[httpsFigures](t, c)
 	}
-	rounds := min(benchRuns(3), 3)
-	var dr, ps, tm []httpsFigures
-	for range rounds {
-		dr = append(dr, direct())
-		ps = append(ps, gateway("pass.test", ca))
-		tm = append(tm, gateway("rules.test", "default"))
-	}
-	fmt.Printf("egress HTTPS: %d rounds, 500 keep-alive requests and 3 downloads of 100 MB each (medians of the rounds)\n", rounds)
-	fmt.Printf("%-24s %10s %12s %12s %16s %16s\n", "", "direct", "passthrough", "terminated", "pass-direct", "term-direct")
-	for _, m := range []struct {
-		name string
-		f    func(httpsFigures) float64
-		diff bool
-	}{
-		{"request p50 (ms)", func(x httpsFigures) float64 { return x.P50 }, true},
-		{"request p99 (ms)", func(x httpsFigures) float64 { return x.P99 }, true},
-		{"100 MB (MB/s)", func(x httpsFigures) float64 { return x.MBps }, false},
-	} {
-		d, p, tt := medianOf(dr, m.f), medianOf(ps, m.f), medianOf(tm, m.f)
-		if m.diff {
-			fmt.Printf("%-24s %10.3f %12.3f %12.3f %+13.3f ms %+13.3f ms\n", m.name, d, p, tt, p-d, tt-d)
-		} else {
-			fmt.Printf("%-24s %10.1f %12.1f %12.1f %15.2fx %15.2fx\n", m.name, d, p, tt, p/d, tt/d)
-		}
-	}
+	figs := benchTable("egress HTTPS: %d rounds, 500 keep-alive requests and 3 downloads of 100 MB each (medians of the rounds)", 24,
+		[]benchColumn[httpsFigures]{
+			{head: "direct", width: 10, run: direct},
+			{head: "passthrough", diffHead: "pass-direct", width: 12, run: func() httpsFigures { return gateway("pass.test", ca) }},
+			{head: "terminated", diffHead: "term-direct", width: 12, run: func() httpsFigures { return gateway("rules.test", "default") }},
+		},
+		[]benchMetric[httpsFigures]{
+			{"request p50 (ms)", func(x httpsFigures) float64 { return x.P50 }, true},
+			{"request p99 (ms)", func(x httpsFigures) float64 { return x.P99 }, true},
+			{"100 MB (MB/s)", func(x httpsFigures) float64 { return x.MBps }, false},
+		})
+	dr, ps, tm := figs[0], figs[1], figs[2]
 	fmt.Printf("terminated / passthrough throughput: %.2fx\n", medianOf(tm, func(x httpsFigures) float64 { return x.MBps })/medianOf(ps, func(x httpsFigures) float64 { return x.MBps }))
 	for _, x := range slices.Concat(dr, ps, tm) {
 		if x.Bytes < 100<<20 {
 			t.Errorf("a download got %d bytes, want %d", x.Bytes, 100<<20)
 		}
 	}
+}
+
+// benchColumn is one way a benchmark's probe reaches its server; the
+// first column of a table is the baseline the others are set against.
+type benchColumn[F any] struct {
+	head     string
+	diffHead string // over the column's difference from the baseline
+	width    int
+	run      func() F
+}
+
+// benchMetric is one row of a table: diff for a latency, set against the
+// baseline by difference (ms), else a rate, set against it by ratio.
+type benchMetric[F any] struct {
+	name string
+	f    func(F) float64
+	diff bool
+}
+
+// benchTable runs every column once a round, in turn, so that a change
+// in the host's load during the benchmark falls on all of them alike.
+// It then prints title (a format for the number of rounds) and a table:
+// per metric, the median of the rounds in each column, and each column
+// but the baseline against the baseline. It returns the figures, a
+// slice per column, for the caller's own checks.
+func benchTable[F any](title string, nameWidth int, cols []benchColumn[F], metrics []benchMetric[F]) [][]F {
+	rounds := min(benchRuns(3), 3)
+	figs := make([][]F, len(cols))
+	for range rounds {
+		for i, c := range cols {
+			figs[i] = append(figs[i], c.run())
+		}
+	}
+	fmt.Printf(title+"\n", rounds)
+	fmt.Printf("%-*s", nameWidth, "")
+	for _, c := range cols {
+		fmt.Printf(" %*s", c.width, c.head)
+	}
+	for _, c := range cols[1:] {
+		fmt.Printf(" %16s", c.diffHead)
+	}
+	fmt.Println()
+	for _, m := range metrics {
+		v := make([]float64, len(cols))
+		fmt.Printf("%-*s", nameWidth, m.name)
+		for i, c := range cols {
+			v[i] = medianOf(figs[i], m.f)
+			if m.diff {
+				fmt.Printf(" %*.3f", c.width, v[i])
+			} else {
+				fmt.Printf(" %*.1f", c.width, v[i])
+			}
+		}
+		for _, x := range v[1:] {
+			if m.diff {
+				fmt.Printf(" %+13.3f ms", x-v[0])
+			} else {
+				fmt.Printf(" %15.2fx", x/v[0])
+			}
+		}
+		fmt.Println()
+	}
+	return figs
 }

@@ -2,7 +2,6 @@ package integration
 
 import (
 	"context"
-	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -104,33 +103,21 @@ func TestInferenceBench(t *testing.T) {
 		defer done()
 		return probeFigures[inferenceFigures](t, c)
 	}
-	rounds := min(benchRuns(3), 3)
-	var dr, rt []inferenceFigures
-	for range rounds {
-		dr = append(dr, direct())
-		rt = append(rt, router())
-	}
-	fmt.Printf("inference: %d rounds; 300 buffered and 300 streamed calls on one keep-alive connection, 3 streams of 20,000 events (medians of the rounds)\n", rounds)
-	fmt.Printf("%-28s %10s %10s %16s\n", "", "direct", "router", "router-direct")
-	for _, m := range []struct {
-		name string
-		f    func(inferenceFigures) float64
-		diff bool
-	}{
-		{"buffered call p50 (ms)", func(x inferenceFigures) float64 { return x.BufP50 }, true},
-		{"buffered call p99 (ms)", func(x inferenceFigures) float64 { return x.BufP99 }, true},
-		{"stream first event p50 (ms)", func(x inferenceFigures) float64 { return x.TTFBP50 }, true},
-		{"stream first event p99 (ms)", func(x inferenceFigures) float64 { return x.TTFBP99 }, true},
-		{"stream relay (MB/s)", func(x inferenceFigures) float64 { return x.MBps }, false},
-		{"stream relay (events/s)", func(x inferenceFigures) float64 { return x.EPS }, false},
-	} {
-		d, r := medianOf(dr, m.f), medianOf(rt, m.f)
-		if m.diff {
-			fmt.Printf("%-28s %10.3f %10.3f %+13.3f ms\n", m.name, d, r, r-d)
-		} else {
-			fmt.Printf("%-28s %10.1f %10.1f %15.2fx\n", m.name, d, r, r/d)
-		}
-	}
+	figs := benchTable("inference: %d rounds; 300 buffered and 300 streamed calls on one keep-alive connection, 3 streams of 20,000 events (medians of the rounds)", 28,
+		[]benchColumn[inferenceFigures]{
+			{head: "direct", width: 10, run: direct},
+			{head: "router", diffHead: "router-direct", width: 10, run: router},
+		},
+		[]benchMetric[inferenceFigures]{
+			{"buffered call p50 (ms)", func(x inferenceFigures) float64 { return x.BufP50 }, true},
+			{"buffered call p99 (ms)", func(x inferenceFigures) float64 { return x.BufP99 }, true},
+			{"stream first event p50 (ms)", func(x inferenceFigures) float64 { return x.TTFBP50 }, true},
+			{"stream first event p99 (ms)", func(x inferenceFigures) float64 { return x.TTFBP99 }, true},
+			{"stream relay (MB/s)", func(x inferenceFigures) float64 { return x.MBps }, false},
+			{"stream relay (events/s)", func(x inferenceFigures) float64 { return x.EPS }, false},
+		})
+	dr, rt := figs[0], figs[1]
+	rounds := len(dr)
 	for _, x := range slices.Concat(dr, rt) {
 		if x.Events != 20000 {
 			t.Errorf("a stream had %d content events, want 20000", x.Events)
