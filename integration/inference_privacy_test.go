@@ -2,7 +2,6 @@ package integration
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -36,24 +35,9 @@ print("plain:", *call("what is the capital of France?"), flush=True)
 func TestInferencePrivacy(t *testing.T) {
 	root := debianRoot(t)
 	dir := t.TempDir()
-	n, cloud, local, keyFile := twoLLMs(t, dir, "local-llm.test")
+	cloud, local, keyFile, config, audit := twoLLMs(t, dir, "local-llm.test", "cloud", "")
 	key := randomKey(t)
 	if err := os.WriteFile(keyFile, []byte(key), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	audit := filepath.Join(dir, "audit")
-	config := filepath.Join(dir, "config.toml")
-	cfg := fmt.Sprintf(`[egress]
-dns_upstream = %q
-uplink_netns = %q
-audit_dir = %q
-[inference.providers.cloud]
-base_url = "http://llm.test/v1"
-api = "openai"
-auth = "bearer"
-credential = "file:%s"
-`, n.DNS.String(), n.Netns, audit, keyFile)
-	if err := os.WriteFile(config, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	pf := writePolicy(t, `version: "1.0"

@@ -35,10 +35,12 @@ func randomKey(t *testing.T) string {
 }
 
 // twoLLMs starts a fake internet with a fake model server at llm.test
-// and another at host2, and names a key file in a private directory. The
-// caller writes the key: TestInferenceRouting's ends in a newline, which
-// the credential reader must trim.
-func twoLLMs(t *testing.T, dir, host2 string) (n *fakenet.Net, llm, llm2 *fakellm.Server, keyFile string) {
+// and another at host2, and writes a runtime configuration whose one
+// inference provider, llm.test, has a key file in a private directory,
+// extra appended to its table. The caller writes the key:
+// TestInferenceRouting's ends in a newline, which the credential reader
+// must trim.
+func twoLLMs(t *testing.T, dir, host2, provider, extra string) (llm, llm2 *fakellm.Server, keyFile, config, audit string) {
 	t.Helper()
 	n, err := fakenet.Start(dir, map[string]netip.Addr{"llm.test": fakenet.LLMAddr, host2: fakenet.LLMAddr2})
 	if err != nil {
@@ -55,7 +57,23 @@ func twoLLMs(t *testing.T, dir, host2 string) (n *fakenet.Net, llm, llm2 *fakell
 	if err := os.Mkdir(keyDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	return n, llm, llm2, filepath.Join(keyDir, "llm")
+	keyFile = filepath.Join(keyDir, "llm")
+	audit = filepath.Join(dir, "audit")
+	config = filepath.Join(dir, "config.toml")
+	cfg := fmt.Sprintf(`[egress]
+dns_upstream = %q
+uplink_netns = %q
+audit_dir = %q
+[inference.providers.%s]
+base_url = "http://llm.test/v1"
+api = "openai"
+auth = "bearer"
+credential = "file:%s"
+%s`, n.DNS.String(), n.Netns, audit, provider, keyFile, extra)
+	if err := os.WriteFile(config, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return llm, llm2, keyFile, config, audit
 }
 
 // inferenceClient runs in the sandbox, knowing only http://inference.local/v1.
@@ -124,26 +142,9 @@ print("key-found:", found, flush=True)
 func TestInferenceRouting(t *testing.T) {
 	root := debianRoot(t)
 	dir := t.TempDir()
-	n, llm, llm2, keyFile := twoLLMs(t, dir, "llm2.test")
+	llm, llm2, keyFile, config, audit := twoLLMs(t, dir, "llm2.test", "fake", "cost_per_input_token = 0.000001\ncost_per_output_token = 0.000002\n")
 	key := randomKey(t)
 	if err := os.WriteFile(keyFile, []byte(key+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	audit := filepath.Join(dir, "audit")
-	config := filepath.Join(dir, "config.toml")
-	cfg := fmt.Sprintf(`[egress]
-dns_upstream = %q
-uplink_netns = %q
-audit_dir = %q
-[inference.providers.fake]
-base_url = "http://llm.test/v1"
-api = "openai"
-auth = "bearer"
-credential = "file:%s"
-cost_per_input_token = 0.000001
-cost_per_output_token = 0.000002
-`, n.DNS.String(), n.Netns, audit, keyFile)
-	if err := os.WriteFile(config, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	// Tokens per call: 18; the budget lets three calls start.
