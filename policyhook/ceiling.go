@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/openshell/openshell/policyhook/egress"
 	"github.com/openshell/openshell/policyhook/policy"
 )
 
@@ -239,7 +240,7 @@ func ruleCovers(c, p policy.EgressRule, port int) bool {
 	if c.TLSRequired && !p.TLSRequired {
 		return false
 	}
-	if len(c.Binaries) > 0 && (len(p.Binaries) == 0 || !subset(p.Binaries, c.Binaries)) {
+	if len(c.Binaries) > 0 && (len(p.Binaries) == 0 || !binariesCovered(p.Binaries, c.Binaries)) {
 		return false
 	}
 	if c.RateLimit != nil && (p.RateLimit == nil || rate(p.RateLimit) > rate(c.RateLimit)) {
@@ -296,6 +297,32 @@ func rate(r *policy.RateLimit) float64 {
 		return float64(r.Count)
 	}
 	return float64(r.Count) / r.Per.Seconds()
+}
+
+// binariesCovered reports whether every pattern of p is covered by one
+// of the ceiling's patterns c.
+func binariesCovered(p, c []string) bool {
+	for _, pp := range p {
+		if !slices.ContainsFunc(c, func(cp string) bool { return binaryCovers(cp, pp) }) {
+			return false
+		}
+	}
+	return true
+}
+
+// binaryCovers reports whether ceiling pattern c matches every path
+// pattern p does. It is sound, not complete: the same pattern; a plain
+// path c matches; or c is a plain prefix and "**" (such as /usr/**)
+// and p starts with that prefix. Anything else counts as wider.
+func binaryCovers(c, p string) bool {
+	if c == p {
+		return true
+	}
+	if !strings.ContainsAny(p, "*?") {
+		return egress.BinaryMatch(c, p)
+	}
+	prefix, ok := strings.CutSuffix(c, "**")
+	return ok && !strings.ContainsAny(prefix, "*?") && strings.HasPrefix(p, prefix)
 }
 
 func subset[T comparable](a, b []T) bool {

@@ -184,6 +184,9 @@ func TestWidenings(t *testing.T) {
 			want: "e[1]:"},
 		{name: "egress other binary", change: func(p *policy.Policy) { p.Network.Egress[1].Binaries = []string{"/bin/sh"} },
 			want: "e[1]:"},
+		{name: "egress fewer binaries", change: func(p *policy.Policy) { p.Network.Egress[1].Binaries = []string{"/usr/bin/curl"} }},
+		{name: "egress binary glob", change: func(p *policy.Policy) { p.Network.Egress[1].Binaries = []string{"/usr/bin/python3*"} },
+			want: "e[1]:"},
 		{name: "egress plain tcp under rest", change: func(p *policy.Policy) { p.Network.Egress[2].Protocol = "" },
 			want: "e[2]: git.corp:443"},
 		{name: "egress more access", change: func(p *policy.Policy) { p.Network.Egress[2].Access = "full" },
@@ -286,6 +289,32 @@ func TestCeilingOfItself(t *testing.T) {
 		}
 		if w := Widenings(p, p); len(w) != 0 {
 			t.Errorf("%s widens itself: %v", f, w)
+		}
+	}
+}
+
+func TestBinaryCovers(t *testing.T) {
+	for _, tc := range []struct {
+		c, p string
+		want bool
+	}{
+		{"/usr/bin/git", "/usr/bin/git", true},
+		{"/usr/bin/git", "/usr/bin/gh", false},
+		{"/usr/bin/*", "/usr/bin/git", true},
+		{"/usr/bin/*", "/usr/bin/x/git", false},
+		{"/usr/bin/python3*", "/usr/bin/python3.11", true},
+		{"/usr/bin/python3*", "/usr/bin/python3*", true},
+		{"/usr/bin/python3*", "/usr/bin/python3.1?", false}, // covered, but not provably here: counts as wider
+		{"/usr/bin/*", "/usr/bin/**", false},
+		{"/usr/**", "/usr/bin/*", true},
+		{"/usr/**", "/usr/lib/**/node", true},
+		{"/usr/**", "/usrx/*", false},
+		{"/usr/**", "/**", false},
+		{"/usr/*/**", "/usr/bin/*", false},
+		{"/usr/bin/git", "/usr/bin/*", false},
+	} {
+		if got := binaryCovers(tc.c, tc.p); got != tc.want {
+			t.Errorf("binaryCovers(%q, %q) = %v, want %v", tc.c, tc.p, got, tc.want)
 		}
 	}
 }

@@ -202,7 +202,15 @@ func explainEndpoint(r policy.EgressRule) []Row {
 		add("  "+lim, how, blocks)
 	}
 	if len(r.Binaries) > 0 {
-		add("  binaries: "+strings.Join(r.Binaries, ", "), "NOT ENFORCED YET (issue 18): any process may use this endpoint", "nothing")
+		// The gateway asks the sandbox's sentry which executable opened
+		// the connection; a copy on a writable mount is never a match, or
+		// the agent could name its own program /usr/bin/git.
+		how := "gateway, per connection: the executable the sandbox's sentry reports for the connecting process (openshell's runsc)"
+		blocks := "connections from other executables, and from copies on writable paths"
+		if audit {
+			how, blocks = how+" (audit-only: recorded, not enforced)", "nothing"
+		}
+		add("  only from binaries: "+strings.Join(r.Binaries, ", ")+" (on a read-only mount)", how, blocks)
 	}
 	return rows
 }

@@ -107,7 +107,6 @@ func TestOpenShellConstructs(t *testing.T) {
 		},
 		{
 			file:  "binaries.yaml",
-			warns: []finding{{"network_policies.tools.binaries", "binaries is not enforced yet: every process in the sandbox may use these endpoints, not only /usr/bin/curl, /opt/agent/bin/*"}},
 			names: []nameCheck{{"registry.example.com", 443, "network_policies.tools.endpoints[0]"}},
 		},
 		{file: "query.yaml", refused: []finding{{"network_policies.search.endpoints[0].rules[0].allow.query", "query parameter matchers are not enforced yet"}}},

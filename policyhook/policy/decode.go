@@ -218,7 +218,27 @@ func fieldsOf(t reflect.Type) (map[string]structField, []string) {
 	return fields, names
 }
 
+// scalarStruct is a struct that may also be written as a scalar: the
+// scalar then fills the field scalarField names (its yaml key), as if
+// written {key: scalar}, and is placed under <field>.<key>. (NVIDIA
+// OpenShell lists binaries as `- /usr/bin/curl` or `- {path: ...}`.)
+type scalarStruct interface{ scalarField() string }
+
+var scalarStructType = reflect.TypeFor[scalarStruct]()
+
 func (d *decoder) decodeStruct(n *yaml.Node, field string, v reflect.Value) {
+	if v.Type().Implements(scalarStructType) {
+		key := v.Interface().(scalarStruct).scalarField()
+		if n.Kind == yaml.ScalarNode {
+			fields, _ := fieldsOf(v.Type())
+			d.decode(n, join(field, key), v.Field(fields[key].index))
+			return
+		}
+		if n.Kind != yaml.MappingNode {
+			d.wrongType(n, field, "a mapping or a string ("+key+")")
+			return
+		}
+	}
 	if n.Kind != yaml.MappingNode {
 		d.wrongType(n, field, "a mapping")
 		return

@@ -1,9 +1,6 @@
 package policy
 
-import (
-	"fmt"
-	"strings"
-)
+import "fmt"
 
 // Messages for OpenShell fields that openshell recognises but does not
 // enforce. Each field so tagged is an error wherever it appears.
@@ -47,10 +44,14 @@ type osNetworkRule struct {
 	Binaries  []osBinary   `yaml:"binaries"`
 }
 
+// osBinary is one entry of binaries: `{path: /usr/bin/curl}`, or since
+// NVIDIA OpenShell 0.1.0 the path alone, `/usr/bin/curl`.
 type osBinary struct {
 	Path    string `yaml:"path"`
 	Harness bool   `yaml:"harness"` // deprecated upstream and ignored there too
 }
+
+func (osBinary) scalarField() string { return "path" }
 
 type osEndpoint struct {
 	Host        string   `yaml:"host"`
@@ -137,20 +138,12 @@ func fromOpenShell(f *osFile, s *errSink) *Policy {
 		} else if hasControl(name) {
 			s.addf(gf+".name", "%q contains a control character", name)
 		}
+		// Every endpoint of the policy is then reachable only from a
+		// listed executable; the gateway decides that per connection.
 		var bins []string
 		for i, b := range np.Binaries {
-			switch f := fmt.Sprintf("%s.binaries[%d].path", gf, i); {
-			case hasControl(b.Path):
-				s.addf(f, "%q contains a control character", b.Path)
-			case !strings.HasPrefix(b.Path, "/"):
-				s.addf(f, "%q is not an absolute path", b.Path)
-			}
+			checkBinaryPattern(fmt.Sprintf("%s.binaries[%d].path", gf, i), b.Path, s)
 			bins = append(bins, b.Path)
-		}
-		if len(bins) > 0 {
-			// Issue 18 will enforce it; until then it must not read as a
-			// restriction that holds.
-			s.warnf(gf+".binaries", "binaries is not enforced yet: every process in the sandbox may use these endpoints, not only %s", strings.Join(bins, ", "))
 		}
 		if len(np.Endpoints) == 0 {
 			s.addf(gf+".endpoints", "is empty: a network policy must list at least one endpoint")

@@ -81,9 +81,8 @@ func TestOpenShellModel(t *testing.T) {
 	if e[5].Group != "git_over_https" || len(e[5].HTTPRules) != 2 || e[5].HTTPRules[1].Method != "POST" {
 		t.Errorf("rule 5 = %+v", e[5])
 	}
-	// Landlock, and binaries (listed, not enforced yet) on agent_api.
-	if len(p.Warnings) != 2 || !strings.Contains(p.Warnings[0].Error(), "landlock.compatibility: Landlock does not exist inside gVisor") ||
-		!strings.Contains(p.Warnings[1].Error(), "network_policies.agent_api.binaries: binaries is not enforced yet") {
+	// Landlock only: binaries are enforced by the gateway.
+	if len(p.Warnings) != 1 || !strings.Contains(p.Warnings[0].Error(), "landlock.compatibility: Landlock does not exist inside gVisor") {
 		t.Errorf("warnings = %v", p.Warnings)
 	}
 }

@@ -63,6 +63,7 @@ type seedEgress struct {
 	MaxRequestSizeKB  int64    `yaml:"max_request_size_kb"`
 	MaxResponseSizeMB int64    `yaml:"max_response_size_mb"`
 	TLSRequired       bool     `yaml:"tls_required"`
+	Binaries          []string `yaml:"binaries"`
 }
 
 type seedProcess struct {
@@ -148,6 +149,12 @@ func fromSeed(f *seedFile, s *errSink) *Policy {
 			r.AllowedIPs = prefixes(e.AllowedIPs, field+".allowed_ips", s)
 			if e.RateLimit != "" {
 				r.RateLimit = rateLimit(e.RateLimit, field+".rate_limit", s)
+			}
+			for j, b := range e.Binaries {
+				checkBinaryPattern(fmt.Sprintf("%s.binaries[%d]", field, j), b, s)
+			}
+			if len(e.Binaries) > 0 {
+				r.Binaries = e.Binaries
 			}
 			p.Network.Egress = append(p.Network.Egress, r)
 		}
