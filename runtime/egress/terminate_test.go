@@ -62,21 +62,6 @@ func terminatedSetupPolicy(tb testing.TB, policyYAML string, handler http.Handle
 	if err != nil {
 		tb.Fatal(err)
 	}
-	ul, err := tls.Listen("tcp4", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{*leaf}})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	usrv := &http.Server{Handler: handler}
-	go usrv.Serve(ul)
-	tb.Cleanup(func() { usrv.Close() })
-	g.dialTCP = func(ctx context.Context, network, _ string) (net.Conn, error) {
-		c, err := (&net.Dialer{}).DialContext(ctx, network, ul.Addr().String())
-		if err != nil {
-			return nil, err
-		}
-		return fakeAddrConn{c}, nil
-	}
-	g.isLocal = func(ip netip.Addr) bool { return false }
 	caPEM, err := WriteCAFile(filepath.Join(dir, "sandbox.pem"), "sb1")
 	if err != nil {
 		tb.Fatal(err)
@@ -86,15 +71,13 @@ func terminatedSetupPolicy(tb testing.TB, policyYAML string, handler http.Handle
 	}
 	trust := x509.NewCertPool()
 	trust.AppendCertsFromPEM(caPEM)
-	pl, err := net.Listen("tcp4", "127.0.0.1:0")
+	ul, err := tls.Listen("tcp4", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{*leaf}})
 	if err != nil {
 		tb.Fatal(err)
 	}
-	psrv := g.httpServer(false)
-	go psrv.Serve(g.limit(pl))
-	tb.Cleanup(func() { psrv.Close() })
+	proxy := serveProxy(tb, g, ul, handler)
 	open := func() *tls.Conn {
-		c, err := net.Dial("tcp4", pl.Addr().String())
+		c, err := net.Dial("tcp4", proxy)
 		if err != nil {
 			tb.Fatal(err)
 		}
@@ -124,6 +107,20 @@ func plainProxySetup(tb testing.TB, handler http.Handler) net.Conn {
 	if err != nil {
 		tb.Fatal(err)
 	}
+	c, err := net.Dial("tcp4", serveProxy(tb, g, ul, handler))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { c.Close() })
+	return c
+}
+
+// serveProxy serves handler on ul as the upstream, which g dials for
+// every destination (a test's servers are on loopback, which g would
+// never dial), and g's proxy on a port of its own, whose address it
+// returns.
+func serveProxy(tb testing.TB, g *Gateway, ul net.Listener, handler http.Handler) string {
+	tb.Helper()
 	usrv := &http.Server{Handler: handler}
 	go usrv.Serve(ul)
 	tb.Cleanup(func() { usrv.Close() })
@@ -142,12 +139,7 @@ func plainProxySetup(tb testing.TB, handler http.Handler) net.Conn {
 	psrv := g.httpServer(false)
 	go psrv.Serve(g.limit(pl))
 	tb.Cleanup(func() { psrv.Close() })
-	c, err := net.Dial("tcp4", pl.Addr().String())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { c.Close() })
-	return c
+	return pl.Addr().String()
 }
 
 func bytesHandler() http.Handler {
