@@ -3,7 +3,7 @@
 #   make run          build everything and run the main job: a command sandboxed by openshell run
 #   make test         lint + unit + integration tests (the README's test command; CI runs it)
 #   make build        build openshell, openshell-runtime and containerd-shim-openshell-v1 into bin/
-#   make runsc        install the pinned runsc into bin/ (from the Go module proxy)
+#   make runsc        build openshell's runsc into bin/: the pinned gVisor runsc plus its attribution sink (runsc/)
 #   make containerd   install the pinned containerd, its runc shim and ctr into bin/ (engine tests)
 #   make crictl       build cri-tools' crictl into bin/ (the CRI tests)
 #   make dockerd      build moby's dockerd (>= 23, runtimeType) into bin/ (the Docker tests; Debian has 20.10)
@@ -127,10 +127,12 @@ install: build runsc
 
 runsc: $(BIN)/runsc
 
-$(BIN)/runsc:
-	CGO_ENABLED=0 GOBIN=$(BIN) $(GO) install -trimpath \
-	  -ldflags "-s -w -X gvisor.dev/gvisor/runsc/version.version=$(GVISOR_VERSION)" \
-	  gvisor.dev/gvisor/runsc@$(GVISOR_VERSION)
+# openshell's runsc: gVisor's runsc at GVISOR_VERSION (runsc/go.mod pins
+# the same one) plus the attribution sink per-binary egress rules need.
+$(BIN)/runsc: runsc/go.mod runsc/go.sum $(wildcard runsc/*.go runsc/*/*.go)
+	cd runsc && CGO_ENABLED=0 $(GO) build -trimpath \
+	  -ldflags "-s -w -X gvisor.dev/gvisor/runsc/version.version=$(GVISOR_VERSION)+openshell" \
+	  -o $(BIN)/runsc .
 
 deps:
 	@missing=$$(for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -144,6 +146,7 @@ test: lint unit integration
 unit:
 	$(GO) test -count=1 $(UNIT_PKGS)
 	cd shim && $(GO) test -count=1 -tags $(SHIM_TAGS) ./...
+	cd runsc && $(GO) test -count=1 ./...
 
 integration root-test: build runsc containerd crictl critest cni dockerd deps
 	OPENSHELL_BIN=$(BIN) OPENSHELL_RUNSC=$(BIN)/runsc $(GO) test -count=1 -v -timeout 60m ./integration/
@@ -173,10 +176,11 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzHostIP -fuzztime $(FUZZTIME) ./policyhook/egress/
 
 lint:
-	@bad=$$(gofmt -l . shim); if [ -n "$$bad" ]; then echo "gofmt needed:" $$bad; exit 1; fi
+	@bad=$$(gofmt -l . shim runsc); if [ -n "$$bad" ]; then echo "gofmt needed:" $$bad; exit 1; fi
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
 	cd shim && $(GO) vet -tags $(SHIM_TAGS) ./... && $(GO) run $(STATICCHECK) -tags $(SHIM_TAGS) ./...
+	cd runsc && $(GO) vet ./... && $(GO) run $(STATICCHECK) ./...
 
 clean:
 	rm -rf $(BIN)

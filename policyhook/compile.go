@@ -47,6 +47,10 @@ type Compiled struct {
 	GID     uint32
 	// Egress is set when the sandbox needs its egress gateway.
 	Egress bool
+	// Attribution is set when an egress rule names binaries: the gateway
+	// must learn which binary opened each connection, from the sink in
+	// openshell's runsc build.
+	Attribution bool
 	// Gateway is how the sandbox reaches it, when Egress is set.
 	Gateway *modifier.GatewayNetwork
 	// Warnings are the policy's own plus what the compiler could not
@@ -236,6 +240,9 @@ func Compile(p *policy.Policy, opts ...Option) (*Compiled, error) {
 		c.RunscFlags = []string{FlagOCISeccomp, FlagNetworkSandbox}
 		c.Egress = true
 		c.Gateway = o.gateway
+		for _, r := range p.Network.Egress {
+			c.Attribution = c.Attribution || len(r.Binaries) > 0
+		}
 	default:
 		c.Modifiers = c.Modifiers.Append(modifier.NewIsolateNetwork())
 		c.RunscFlags = []string{FlagOCISeccomp, FlagNetworkNone}

@@ -154,6 +154,9 @@ func (sb *Sandbox) startGateway(o GatewayOptions) (Owner, string, error) {
 		LogFile:       filepath.Join(sb.Dir, "gateway.log"),
 		DieWithParent: o.DieWithParent,
 		Confine:       o.Config.Egress.gatewayConfine(),
+		// The sentry reports each connection's binary here (per-binary
+		// rules); runsc connects to it at create.
+		AttributionSocket: sb.AttributionSocket(),
 	})
 	if err != nil {
 		return Owner{}, "", err

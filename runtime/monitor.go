@@ -24,15 +24,48 @@ type MonitorOptions struct {
 	DieWithParent bool
 }
 
+// AttributionSocket is where the sandbox's gateway listens for the
+// sentry's attribution sink, or "" when its policy has no binary-scoped
+// rule (the sink then is not asked for: it costs each connect a report).
+func (sb *Sandbox) AttributionSocket() string {
+	if sb.Compiled == nil || !sb.Compiled.Attribution {
+		return ""
+	}
+	return shortSocket(sb.Dir, "attr.sock", "a-")
+}
+
+// AttributionInit writes a trace session with the attribution sink alone,
+// for a sandbox without a process monitor, and returns the runsc flag
+// that reads it; "" when the sandbox needs none.
+func (sb *Sandbox) AttributionInit() (string, error) {
+	sock := sb.AttributionSocket()
+	if sock == "" {
+		return "", nil
+	}
+	data, err := monitor.PodInitConfig("", monitor.Options{Attribution: sock})
+	if err != nil {
+		return "", err
+	}
+	podInit := filepath.Join(sb.Dir, "pod-init.json")
+	if err := os.WriteFile(podInit, data, 0o600); err != nil {
+		return "", fmt.Errorf("attribution: %w", err)
+	}
+	return "--pod-init-config=" + podInit, nil
+}
+
 // monitorSocket is where runsc's sink finds sandbox dir's monitor: in
 // the state directory when the path fits a unix socket address, else
 // under the state root by a hash of dir.
-func monitorSocket(dir string) string {
-	if p := filepath.Join(dir, "monitor.sock"); len(p) <= 100 {
+func monitorSocket(dir string) string { return shortSocket(dir, "monitor.sock", "m-") }
+
+// shortSocket is dir/name when that fits a unix socket address, else a
+// name under dir's parent by a hash of dir.
+func shortSocket(dir, name, prefix string) string {
+	if p := filepath.Join(dir, name); len(p) <= 100 {
 		return p
 	}
 	sum := sha256.Sum256([]byte(dir))
-	return filepath.Join(filepath.Dir(dir), "m-"+hex.EncodeToString(sum[:8])+".sock")
+	return filepath.Join(filepath.Dir(dir), prefix+hex.EncodeToString(sum[:8])+".sock")
 }
 
 // StartMonitor starts the sandbox's process monitor and records it, and
@@ -73,7 +106,7 @@ func (sb *Sandbox) StartMonitor(st *State, o MonitorOptions) (string, error) {
 		ConfigFile:    filepath.Join(sb.Dir, "monitor.json"),
 		PodInitConfig: podInit,
 		Socket:        monitorSocket(sb.Dir),
-		Options:       monitor.Options{FileOpens: o.FileOpens},
+		Options:       monitor.Options{FileOpens: o.FileOpens, Attribution: sb.AttributionSocket()},
 		LogFile:       filepath.Join(sb.Dir, "monitor.log"),
 		DieWithParent: o.DieWithParent,
 		UID:           uid,
@@ -99,4 +132,7 @@ func (sb *Sandbox) stopMonitor() {
 		_ = syscall.Kill(st.Monitor.Pid, syscall.SIGTERM)
 	}
 	_ = os.Remove(monitorSocket(sb.Dir))
+	if s := sb.AttributionSocket(); s != "" {
+		_ = os.Remove(s)
+	}
 }

@@ -146,6 +146,31 @@ func (m *Matcher) Match(name string, port int) *policy.EgressRule {
 	return nil
 }
 
+// MatchAll returns every rule that allows name on port, in Match's order:
+// a rule scoped to some binaries may give way to a later one.
+func (m *Matcher) MatchAll(name string, port int) []*policy.EgressRule {
+	var out []*policy.EgressRule
+	for _, r := range m.Name(name) {
+		if hasPort(r, port) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// MatchIPAll returns every rule whose allowed_ips hold addr on port, in
+// MatchIP's order.
+func (m *Matcher) MatchIPAll(addr netip.Addr, port int) []*policy.EgressRule {
+	addr = addr.Unmap()
+	var out []*policy.EgressRule
+	for _, r := range m.withIPs {
+		if hasPort(r, port) && inAllowed(r, addr) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
 // MatchIP returns the first rule whose allowed_ips hold addr on port, or
 // nil: a raw address is reachable only through such a rule.
 func (m *Matcher) MatchIP(addr netip.Addr, port int) *policy.EgressRule {

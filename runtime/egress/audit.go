@@ -92,10 +92,14 @@ type Event struct {
 	// Method, Path (no query) and Status are a request's, where the
 	// gateway reads requests; Grant is which of the endpoint's HTTP
 	// rules allowed it.
-	Method    string `json:"method,omitempty"`
-	Path      string `json:"path,omitempty"`
-	Status    int    `json:"status,omitempty"`
-	Grant     string `json:"grant,omitempty"`
+	Method string `json:"method,omitempty"`
+	Path   string `json:"path,omitempty"`
+	Status int    `json:"status,omitempty"`
+	Grant  string `json:"grant,omitempty"`
+	// Binary is the executable that opened the connection, where a
+	// binary-scoped rule made the gateway ask (as the sentry reported
+	// it: a path inside the sandbox).
+	Binary    string `json:"binary,omitempty"`
 	BytesUp   int64  `json:"bytes_up"`
 	BytesDown int64  `json:"bytes_down"`
 	Decision  string `json:"decision"`
@@ -138,6 +142,7 @@ func (e *Event) Sanitize() {
 		{"method", &e.Method, MaxFieldBytes},
 		{"path", &e.Path, MaxFieldBytes},
 		{"grant", &e.Grant, MaxFieldBytes},
+		{"binary", &e.Binary, MaxFieldBytes},
 		{"decision", &e.Decision, MaxFieldBytes},
 		{"reason", &e.Reason, MaxReasonBytes},
 	} {

@@ -1,6 +1,7 @@
 package egress
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -26,7 +27,10 @@ func (g *Gateway) handleCatch(c net.Conn) {
 	}
 	ip, port := dst.Addr(), int(dst.Port())
 	ev := Event{Kind: "tcp", Host: ip.String(), Port: port, IP: ip.String()}
-	t, d := g.authorizeAddr(rs, ip, port)
+	ctx, cancel := context.WithTimeout(withPeer(context.Background(), g.peerOf(c, dst)), 15*time.Second)
+	defer cancel()
+	t, d := g.authorizeAddr(ctx, rs, ip, port)
+	ev.setBinary(t, d)
 	if d == nil {
 		if ev.Host = t.name; ev.Host == "" {
 			ev.Host = ip.String()
@@ -60,28 +64,36 @@ func (g *Gateway) handleCatch(c net.Conn) {
 		}
 	}
 	defer tracked(c).hold()()
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
 	g.dialAndRelay(ctx, rs, ev, t, hello, head, c)
 }
 
 // authorizeAddr decides a connection known only by its address: a name
 // the gateway resolved to it, with a rule for that name on port, or a
 // rule's allowed_ips.
-func (g *Gateway) authorizeAddr(rs *rules, ip netip.Addr, port int) (*target, *denial) {
+func (g *Gateway) authorizeAddr(ctx context.Context, rs *rules, ip netip.Addr, port int) (*target, *denial) {
 	names := g.names.namesOf(ip)
+	var refused *denial
 	for _, name := range names {
-		if r := rs.match(name, port); r != nil {
-			if reason := g.checkIP(rs, ip, r); reason != "" {
-				return nil, deny(r, "%s: %s", ip, reason)
-			}
-			return &target{rule: r, addrs: []netip.Addr{ip}, port: port, name: name}, nil
+		t, d := choose(ctx, rs.match(name, port), fmt.Sprintf("%s (%s) on port %d", ip, name, port))
+		if d != nil {
+			refused = cmp.Or(refused, d)
+			continue
 		}
+		if t != nil {
+			if reason := g.checkIP(rs, ip, t.rule); reason != "" {
+				return nil, deny(t.rule, "%s: %s", ip, reason)
+			}
+			t.addrs, t.port, t.name = []netip.Addr{ip}, port, name
+			return t, nil
+		}
+	}
+	if refused != nil {
+		return nil, refused
 	}
 	if len(names) > 0 {
 		return nil, deny(nil, "%s (%s) on port %d: no rule allows that port", ip, names[0], port)
 	}
-	return g.authorizeIP(rs, ip, port)
+	return g.authorizeIP(ctx, rs, ip, port)
 }
 
 // originalDst is where the sandbox sent a connection the firewall

@@ -24,6 +24,7 @@ import (
 	"os"
 	"reflect"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -66,6 +67,10 @@ type Config struct {
 	// answered, every connection no rule allows let through as audit.
 	// The runtime's switch, never a policy field.
 	Learn bool `json:"learn,omitempty"`
+	// Attribution: the sandbox's sentry reports which binary opened each
+	// connection (attribution.go), on the Attr socket. Off: binary-scoped
+	// rules grant nothing.
+	Attribution bool `json:"attribution,omitempty"`
 }
 
 // Listeners are the sockets a gateway serves, all in the sandbox's
@@ -81,6 +86,8 @@ type Listeners struct {
 	// raw socket that sees the sandbox's ICMP: both only to audit it.
 	UDPCatch *net.UDPConn
 	ICMP     *os.File
+	// Attr is the unix socket the sentry's attribution sink connects to.
+	Attr net.Listener
 }
 
 // rules is one loaded policy: swapped whole on reload.
@@ -139,6 +146,7 @@ type Gateway struct {
 	dnsSlots      chan struct{} // one per UDP DNS question being answered
 	reloadMu      sync.Mutex
 	inference     inferenceState
+	attr          *attribution
 }
 
 // New loads the policy and opens the audit log.
@@ -181,6 +189,9 @@ func New(cfg Config, log *slog.Logger) (*Gateway, error) {
 	g.tlsTransport, g.skipTransport = g.newTLSTransport(false), g.newTLSTransport(true)
 	g.drops = newDropLog()
 	g.rules.Store(newRules(p, cfg.Learn))
+	g.attr = newAttribution(cfg.Attribution, func(msg string) {
+		g.event(g.current(), Event{Kind: "attribution", Decision: Deny, Reason: msg})
+	})
 	return g, nil
 }
 
@@ -253,6 +264,9 @@ func (g *Gateway) Serve(ctx context.Context, l Listeners) error {
 	}
 	if l.UDPCatch != nil {
 		run(l.UDPCatch, func() { g.auditUDP(l.UDPCatch) })
+	}
+	if l.Attr != nil {
+		run(l.Attr, func() { serve(l.Attr, g.attr.serve) })
 	}
 	if l.ICMP != nil {
 		// A blocking read on a raw socket: not waited for at shutdown.
@@ -353,6 +367,7 @@ func (g *Gateway) Watch(ctx context.Context, interval time.Duration, hup <-chan 
 // denial is why a connection was refused, and under which rule.
 type denial struct {
 	rule        *policy.EgressRule
+	binary      string // the executable that opened the connection, when asked
 	reason      string
 	rateLimited bool // an HTTP client gets 429, not 403
 }
@@ -369,6 +384,9 @@ type target struct {
 	rule  *policy.EgressRule
 	addrs []netip.Addr
 	port  int
+	// binary is the executable that opened the connection, when a
+	// binary-scoped rule made the gateway ask.
+	binary string
 	// audit is set when the connection goes ahead only because its rule
 	// is in audit mode: the reason it would have been denied.
 	audit string
@@ -404,16 +422,85 @@ func (t *target) violate(d *denial) *denial {
 	return d
 }
 
+// choose picks, among the rules that allow a connection's host and port
+// (in the matcher's order), the first that admits the binary that opened
+// it. A rule without binaries admits every binary, so the binary is
+// asked for only when a binary-scoped rule comes first. When none
+// admits it, the first rule's denial stands, or its audit note when
+// that rule only audits.
+func choose(ctx context.Context, cands []*policy.EgressRule, what string) (*target, *denial) {
+	if len(cands) == 0 {
+		return nil, nil
+	}
+	var (
+		bin   Binary
+		berr  error
+		asked bool
+	)
+	for _, r := range cands {
+		if len(r.Binaries) == 0 {
+			t := &target{rule: r}
+			if asked && berr == nil {
+				t.binary = bin.Path
+			}
+			return t, nil
+		}
+		if !asked {
+			bin, berr = peerFrom(ctx).binary()
+			asked = true
+		}
+		if berr == nil && bin.ReadOnly && matchBinaries(r.Binaries, bin.Path) {
+			return &target{rule: r, binary: bin.Path}, nil
+		}
+	}
+	first := cands[0]
+	var d *denial
+	switch {
+	case berr != nil:
+		d = deny(first, "%s is allowed only to %s: %s", what, strings.Join(first.Binaries, ", "), berr)
+	case !bin.ReadOnly && matchBinaries(first.Binaries, bin.Path):
+		d = deny(first, "%s: %s is not on a read-only mount; a binary counts only where the agent cannot have written it", what, bin.Path)
+	default:
+		d = deny(first, "%s is allowed only to %s, not to %s", what, strings.Join(first.Binaries, ", "), orUnknown(bin.Path))
+	}
+	d.binary = bin.Path
+	if first.Enforcement == policy.EnforcementAudit {
+		return &target{rule: first, binary: bin.Path, audit: "would deny: " + d.reason}, nil
+	}
+	return nil, d
+}
+
+func orUnknown(p string) string {
+	if p == "" {
+		return "an unknown executable"
+	}
+	return p
+}
+
+func matchBinaries(patterns []string, path string) bool {
+	for _, p := range patterns {
+		if egress.BinaryMatch(p, path) {
+			return true
+		}
+	}
+	return false
+}
+
 // authorizeHost decides a connection the sandbox asked for by name (or by
 // an address written as a name) on port: the explicit proxy's case.
 func (g *Gateway) authorizeHost(ctx context.Context, rs *rules, host string, port int) (*target, *denial) {
 	if ip, ok := egress.HostIP(host); ok {
-		return g.authorizeIP(rs, ip, port)
+		return g.authorizeIP(ctx, rs, ip, port)
 	}
-	r := rs.match(host, port)
-	if r == nil {
-		return nil, deny(nil, "no rule allows %s:%d", egress.Normalize(host), port)
+	what := fmt.Sprintf("%s:%d", egress.Normalize(host), port)
+	t, d := choose(ctx, rs.match(host, port), what)
+	if d != nil {
+		return nil, d
 	}
+	if t == nil {
+		return nil, deny(nil, "no rule allows %s", what)
+	}
+	r := t.rule
 	addrs, err := g.lookup(ctx, host)
 	if err != nil {
 		return nil, deny(r, "resolve %s: %s", host, err)
@@ -433,24 +520,29 @@ func (g *Gateway) authorizeHost(ctx context.Context, rs *rules, host string, por
 		}
 		return nil, deny(r, "%s", why)
 	}
-	return &target{name: egress.Normalize(host), rule: r, addrs: ok, port: port}, nil
+	t.name, t.addrs, t.port = egress.Normalize(host), ok, port
+	return t, nil
 }
 
 // authorizeIP decides a connection to a raw address: only allowed_ips
 // open one.
-func (g *Gateway) authorizeIP(rs *rules, ip netip.Addr, port int) (*target, *denial) {
+func (g *Gateway) authorizeIP(ctx context.Context, rs *rules, ip netip.Addr, port int) (*target, *denial) {
 	ip = ip.Unmap()
-	r := rs.matchIP(ip, port)
-	if r == nil {
+	t, d := choose(ctx, rs.matchIP(ip, port), netip.AddrPortFrom(ip, uint16(port)).String())
+	if d != nil {
+		return nil, d
+	}
+	if t == nil {
 		if reason := g.checkIP(rs, ip, nil); reason != "" {
 			return nil, deny(nil, "%s: %s", ip, reason)
 		}
 		return nil, deny(nil, "raw address %s:%d: egress rules name hosts; no rule's allowed_ips lists it", ip, port)
 	}
-	if reason := g.checkIP(rs, ip, r); reason != "" {
-		return nil, deny(r, "%s: %s", ip, reason)
+	if reason := g.checkIP(rs, ip, t.rule); reason != "" {
+		return nil, deny(t.rule, "%s: %s", ip, reason)
 	}
-	return &target{rule: r, addrs: []netip.Addr{ip}, port: port}, nil
+	t.addrs, t.port = []netip.Addr{ip}, port
+	return t, nil
 }
 
 // authorizeDst decides a transparently captured connection: the sandbox
@@ -460,18 +552,23 @@ func (g *Gateway) authorizeIP(rs *rules, ip netip.Addr, port int) (*target, *den
 func (g *Gateway) authorizeDst(ctx context.Context, rs *rules, host string, dst netip.AddrPort) (*target, *denial) {
 	ip, port := dst.Addr().Unmap(), int(dst.Port())
 	if host == "" {
-		return g.authorizeIP(rs, ip, port)
+		return g.authorizeIP(ctx, rs, ip, port)
 	}
 	if hip, ok := egress.HostIP(host); ok {
 		if hip.Unmap() != ip {
 			return nil, deny(nil, "the connection names %s but goes to %s", hip, ip)
 		}
-		return g.authorizeIP(rs, ip, port)
+		return g.authorizeIP(ctx, rs, ip, port)
 	}
-	r := rs.match(host, port)
-	if r == nil {
-		return nil, deny(nil, "no rule allows %s:%d", egress.Normalize(host), port)
+	what := fmt.Sprintf("%s:%d", egress.Normalize(host), port)
+	t, d := choose(ctx, rs.match(host, port), what)
+	if d != nil {
+		return nil, d
 	}
+	if t == nil {
+		return nil, deny(nil, "no rule allows %s", what)
+	}
+	r := t.rule
 	if !g.names.has(ip, host) {
 		addrs, err := g.lookup(ctx, host)
 		if err != nil {
@@ -488,7 +585,8 @@ func (g *Gateway) authorizeDst(ctx context.Context, rs *rules, host string, dst 
 	if reason := g.checkIP(rs, ip, r); reason != "" {
 		return nil, deny(r, "%s: %s", ip, reason)
 	}
-	return &target{name: egress.Normalize(host), rule: r, addrs: []netip.Addr{ip}, port: port}, nil
+	t.name, t.addrs, t.port = egress.Normalize(host), []netip.Addr{ip}, port
+	return t, nil
 }
 
 func (g *Gateway) checkIP(rs *rules, ip netip.Addr, r *policy.EgressRule) string {

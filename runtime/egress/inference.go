@@ -124,7 +124,7 @@ func (h *proxyHandler) connectInference(w http.ResponseWriter, r *http.Request, 
 		g.serveInferenceTLS(rs, ev, &bufferedConn{Conn: down, r: br})
 		return
 	}
-	h.tunnelHTTP(down, br, InferenceHost, 80)
+	h.tunnelHTTP(down, br, InferenceHost, 80, nil)
 }
 
 // serveInferenceTLS serves https://inference.local on down, whose reader

@@ -51,27 +51,27 @@ func learnRule() *policy.EgressRule {
 	return &policy.EgressRule{Field: learnField, Enforcement: policy.EnforcementAudit}
 }
 
-// match is the first rule allowing name on port; in learning mode, the
+// match is every rule allowing name on port; in learning mode, the
 // learning rule for a name no rule allows (a name that is not a valid
 // host name never matches).
-func (rs *rules) match(name string, port int) *policy.EgressRule {
-	if r := rs.m.Match(name, port); r != nil || rs.learn == nil {
+func (rs *rules) match(name string, port int) []*policy.EgressRule {
+	if r := rs.m.MatchAll(name, port); len(r) > 0 || rs.learn == nil {
 		return r
 	}
 	if _, err := policy.NormalizeHost(name); err != nil {
 		return nil
 	}
-	return rs.learn
+	return []*policy.EgressRule{rs.learn}
 }
 
-// matchIP is the rule whose allowed_ips hold addr on port; in learning
+// matchIP is every rule whose allowed_ips hold addr on port; in learning
 // mode, the learning rule for any other address (checkIP still refuses
 // what is never a destination).
-func (rs *rules) matchIP(addr netip.Addr, port int) *policy.EgressRule {
-	if r := rs.m.MatchIP(addr, port); r != nil || rs.learn == nil {
+func (rs *rules) matchIP(addr netip.Addr, port int) []*policy.EgressRule {
+	if r := rs.m.MatchIPAll(addr, port); len(r) > 0 || rs.learn == nil {
 		return r
 	}
-	return rs.learn
+	return []*policy.EgressRule{rs.learn}
 }
 
 // name is the rules covering name on any port (the DNS server's

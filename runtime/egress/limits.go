@@ -109,10 +109,14 @@ type trackedConn struct {
 	table    *connTable
 	busy     atomic.Int32 // > 0: a decided connection, never displaced
 	released atomic.Bool
+	peerOnce sync.Once
+	peer     *peer
 }
 
 func (c *trackedConn) Close() error {
 	c.table.release(c)
+	c.peerOnce.Do(func() {}) // no peer is made once closing
+	c.peer.done()
 	return c.Conn.Close()
 }
 

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // The gateway process gets its sockets as inherited files, in this order
@@ -29,6 +30,9 @@ const (
 	fdCatch
 	fdUDPCatch
 	fdICMP
+	// fdAttr is the unix socket the sentry's attribution sink connects
+	// to (/dev/null when the sandbox has none).
+	fdAttr
 	fdReady
 	// fdAudit is the serving process's audit file, opened by its keeper:
 	// the serving process cannot reach the audit directory.
@@ -61,6 +65,9 @@ type StartOptions struct {
 	DieWithParent bool
 	// Confine is what the serving process is held to; zero: the defaults.
 	Confine Confine
+	// AttributionSocket, when set, is where the gateway listens for the
+	// sentry's attribution sink (Config.Attribution is set with it).
+	AttributionSocket string
 }
 
 // processConfig is the file Start writes for the gateway process.
@@ -72,6 +79,7 @@ type processConfig struct {
 // Start opens the gateway's sockets, starts the gateway process and waits
 // until it has loaded the policy. It returns the process's pid.
 func Start(o StartOptions) (int, error) {
+	o.Config.Attribution = o.AttributionSocket != ""
 	data, err := json.MarshalIndent(processConfig{o.Config, o.Confine.withDefaults()}, "", "  ")
 	if err != nil {
 		return 0, fmt.Errorf("gateway config: %w", err)
@@ -88,6 +96,11 @@ func Start(o StartOptions) (int, error) {
 			_ = f.Close()
 		}
 	}()
+	attr, err := listenAttribution(o.AttributionSocket)
+	if err != nil {
+		return 0, err
+	}
+	files = append(files, attr)
 	cmd := exec.Command(o.Command[0], append(o.Command[1:], o.ConfigFile)...)
 	cmd.ExtraFiles = append(files, nil) // the ready pipe
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -156,7 +169,7 @@ func runServing(configFile string) error {
 		return fail(err)
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil)).With("sandbox", cfg.Sandbox)
-	l, err := inherited()
+	l, err := inherited(cfg.Attribution)
 	if err != nil {
 		return fail(err)
 	}
@@ -199,7 +212,7 @@ func runServing(configFile string) error {
 	return g.Serve(ctx, l)
 }
 
-func inherited() (Listeners, error) {
+func inherited(attribution bool) (Listeners, error) {
 	var l Listeners
 	var errs []error
 	ln := func(fd int, name string) net.Listener {
@@ -232,6 +245,11 @@ func inherited() (Listeners, error) {
 		l.UDPCatch = upc.(*net.UDPConn)
 	}
 	l.ICMP = os.NewFile(fdICMP, "icmp")
+	if attribution {
+		l.Attr = ln(fdAttr, "attribution")
+	} else {
+		_ = unix.Close(fdAttr)
+	}
 	return l, errors.Join(errs...)
 }
 
@@ -251,4 +269,29 @@ func NetnsExists(path string) bool {
 	}
 	_ = h.Close()
 	return true
+}
+
+// listenAttribution opens the unix socket runsc connects the sentry's
+// attribution sink to at create (as root: the state directory is root's
+// alone). Without a path, /dev/null holds the descriptor's place.
+func listenAttribution(path string) (*os.File, error) {
+	if path == "" {
+		return os.Open(os.DevNull)
+	}
+	_ = os.Remove(path)
+	l, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: path, Net: "unixpacket"})
+	if err != nil {
+		return nil, fmt.Errorf("attribution socket: %w", err)
+	}
+	l.SetUnlinkOnClose(false) // the gateway's copy serves it from now on
+	defer l.Close()
+	f, err := l.File()
+	if err != nil {
+		return nil, fmt.Errorf("attribution socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		_ = f.Close()
+		return nil, fmt.Errorf("attribution socket: %w", err)
+	}
+	return f, nil
 }

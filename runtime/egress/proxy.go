@@ -60,6 +60,20 @@ type proxyHandler struct {
 	// tls is set inside a TLS connection the gateway terminated: the
 	// sandbox's side is TLS, and requests go on over the gateway's own.
 	tls bool
+	// peer is the tunnel's connection from the sandbox (nil on the
+	// top-level servers, where each request's connection says).
+	peer *peer
+}
+
+// peerFor is the sandbox's end of the connection r came on.
+func (h *proxyHandler) peerFor(r *http.Request) *peer {
+	if h.peer != nil {
+		return h.peer
+	}
+	if c := trackedOf(r.Context()); c != nil {
+		return h.g.peerOf(c, netip.AddrPort{})
+	}
+	return nil
 }
 
 // denyBody is the JSON a refused HTTP request gets with its 403.
@@ -105,7 +119,7 @@ func (h *proxyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	// Not canceled when the client half-closes after its request (an
 	// HTTP/1.0 client, nc): it still wants the answer.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 30*time.Second)
+	ctx, cancel := context.WithTimeout(withPeer(context.WithoutCancel(r.Context()), h.peerFor(r)), 30*time.Second)
 	defer cancel()
 	var (
 		host string
@@ -152,6 +166,7 @@ func (h *proxyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		d = deny(nil, "bad request: %s", err)
 	}
+	ev.setBinary(t, d)
 	if host == InferenceHost {
 		g.serveInference(w, r)
 		return
@@ -546,6 +561,7 @@ func (h *proxyHandler) connect(w http.ResponseWriter, r *http.Request, rs *rules
 	g := h.g
 	host, port, err := splitHostPort(r.Host, 0)
 	ev := Event{Kind: "connect", Host: host, Port: port}
+	p := h.peerFor(r)
 	var t *target
 	var d *denial
 	switch {
@@ -555,8 +571,9 @@ func (h *proxyHandler) connect(w http.ResponseWriter, r *http.Request, rs *rules
 		h.connectInference(w, r, rs, port)
 		return
 	default:
-		t, d = g.authorizeHost(r.Context(), rs, host, port)
+		t, d = g.authorizeHost(withPeer(r.Context(), p), rs, host, port)
 	}
+	ev.setBinary(t, d)
 	// Port 80 may carry requests the gateway can read, and an endpoint
 	// with HTTP rules has its requests read (its TLS terminated): they
 	// are counted once it knows, not the tunnel.
@@ -603,13 +620,13 @@ func (h *proxyHandler) connect(w http.ResponseWriter, r *http.Request, rs *rules
 		if first[0] != recordHandshake {
 			ev.Decision, ev.Reason = Allow, "plain HTTP: each request is decided and audited on its own"
 			g.event(rs, ev)
-			h.tunnelHTTP(down, br, host, port)
+			h.tunnelHTTP(down, br, host, port, p)
 			return
 		}
 		if inspect {
 			ev.Decision, ev.Reason = Allow, "TLS terminated: each request is decided and audited on its own"
 			g.event(rs, ev)
-			g.terminate(rs, ev, t, &bufferedConn{Conn: down, r: br}, host, port)
+			g.terminate(rs, ev, t, &bufferedConn{Conn: down, r: br}, host, port, p)
 			return
 		}
 		// TLS on port 80: no requests to see, so the tunnel counts.
@@ -654,8 +671,8 @@ func buffered(br *bufio.Reader) []byte {
 
 // tunnelHTTP serves the plain HTTP a CONNECT tunnel to host:port carries,
 // until the client closes it or it idles.
-func (h *proxyHandler) tunnelHTTP(down net.Conn, br *bufio.Reader, host string, port int) {
-	serveConn(&bufferedConn{Conn: down, r: br}, &proxyHandler{g: h.g, tunnel: true, tunnelHost: host, tunnelPort: port})
+func (h *proxyHandler) tunnelHTTP(down net.Conn, br *bufio.Reader, host string, port int, p *peer) {
+	serveConn(&bufferedConn{Conn: down, r: br}, &proxyHandler{g: h.g, tunnel: true, tunnelHost: host, tunnelPort: port, peer: p})
 }
 
 // serveConn serves the requests one connection carries with h, until the
@@ -751,16 +768,18 @@ func (g *Gateway) handleTLS(c net.Conn) {
 		g.serveInferenceTLS(rs, ev, &prefixConn{Conn: c, r: io.MultiReader(bytes.NewReader(rec.Bytes()), c)})
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	p := g.peerOf(c, netip.AddrPort{})
+	ctx, cancel := context.WithTimeout(withPeer(context.Background(), p), 15*time.Second)
 	defer cancel()
 	t, d := g.authorizeDst(ctx, rs, sni, dst)
+	ev.setBinary(t, d)
 	if d == nil && rs.l7.inspect[t.rule] {
 		// Each request is decided and counted; the connection is not.
 		defer tracked(c).hold()()
 		ev.Rule, ev.Decision, ev.Reason = ruleName(t.rule), Allow, "TLS terminated: each request is decided and audited on its own"
 		g.event(rs, ev)
 		all := append([]byte(nil), rec.Bytes()...)
-		g.terminate(rs, ev, t, &prefixConn{Conn: c, r: io.MultiReader(bytes.NewReader(all), c)}, sni, int(dst.Port()))
+		g.terminate(rs, ev, t, &prefixConn{Conn: c, r: io.MultiReader(bytes.NewReader(all), c)}, sni, int(dst.Port()), p)
 		return
 	}
 	if d == nil {

@@ -173,7 +173,7 @@ func (g *Gateway) newTLSTransport(skip bool) *http.Transport {
 // terminate serves the TLS a sandbox opened to host:port, on an endpoint
 // whose requests are decided one by one. down's reader starts with the
 // ClientHello. It returns when the connection ends.
-func (g *Gateway) terminate(rs *rules, ev Event, t *target, down net.Conn, host string, port int) {
+func (g *Gateway) terminate(rs *rules, ev Event, t *target, down net.Conn, host string, port int, p *peer) {
 	if g.ca == nil {
 		ev.Rule, ev.Decision, ev.Reason = ruleName(t.rule), Deny, "this endpoint's HTTP rules need TLS termination, and the gateway has no sandbox CA (fail closed)"
 		g.event(rs, ev)
@@ -185,7 +185,7 @@ func (g *Gateway) terminate(rs *rules, ev Event, t *target, down net.Conn, host 
 		g.event(rs, ev)
 		return
 	}
-	serveConn(tc, &proxyHandler{g: g, tunnel: true, tunnelHost: host, tunnelPort: port, tls: true})
+	serveConn(tc, &proxyHandler{g: g, tunnel: true, tunnelHost: host, tunnelPort: port, tls: true, peer: p})
 }
 
 // handshake answers the TLS handshake the sandbox opened to host on down

@@ -19,6 +19,12 @@ type Options struct {
 	// by up to about Retries*BackoffMax each, never forever).
 	Retries    int
 	BackoffMax time.Duration
+	// Attribution, when set, is the egress gateway's socket for
+	// openshell's own sink (runsc/sink, in openshell's runsc build): it
+	// reports which binary opened each TCP connection, for per-binary
+	// egress rules. It rides in the same trace session, since runsc takes
+	// one pod init config.
+	Attribution string
 }
 
 // Lossless defaults: the sentry's own (no retries, 10 ms backoff) drop
@@ -46,6 +52,10 @@ var (
 	connectFields = append(append([]string(nil), idFields...), "is_exec_session")
 )
 
+// AttributionSink is the name openshell's runsc build registers its sink
+// under (runsc/sink.Name).
+const AttributionSink = "openshell"
+
 // Point names in runsc's trace configuration.
 type pointConfig struct {
 	Name           string   `json:"name"`
@@ -69,7 +79,7 @@ type sessionConfig struct {
 // The container's environment is not asked for (container/start's env
 // field); execve's is always sent, and Decode keeps only its names.
 func PodInitConfig(endpoint string, o Options) ([]byte, error) {
-	if endpoint == "" {
+	if endpoint == "" && o.Attribution == "" {
 		return nil, fmt.Errorf("monitor: no endpoint")
 	}
 	if o.Retries <= 0 {
@@ -94,17 +104,23 @@ func PodInitConfig(endpoint string, o Options) ([]byte, error) {
 			pointConfig{Name: "syscall/creat/exit", ContextFields: contextFields},
 		)
 	}
-	cfg := struct {
-		TraceSession sessionConfig `json:"trace_session"`
-	}{sessionConfig{
-		Name:   "Default",
-		Points: points,
-		Sinks: []sinkConfig{{Name: "remote", Config: map[string]any{
+	var sinks []sinkConfig
+	if endpoint != "" {
+		sinks = append(sinks, sinkConfig{Name: "remote", Config: map[string]any{
 			"endpoint":    endpoint,
 			"retries":     o.Retries,
 			"backoff":     backoff.String(),
 			"backoff_max": o.BackoffMax.String(),
-		}}},
-	}}
+		}})
+	} else {
+		// The attribution sink alone needs only the connects.
+		points = []pointConfig{{Name: "syscall/connect/exit"}}
+	}
+	if o.Attribution != "" {
+		sinks = append(sinks, sinkConfig{Name: AttributionSink, Config: map[string]any{"endpoint": o.Attribution}})
+	}
+	cfg := struct {
+		TraceSession sessionConfig `json:"trace_session"`
+	}{sessionConfig{Name: "Default", Points: points, Sinks: sinks}}
 	return json.MarshalIndent(cfg, "", "  ")
 }

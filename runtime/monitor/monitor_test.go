@@ -264,6 +264,40 @@ func TestPodInitConfig(t *testing.T) {
 	if !strings.Contains(string(b), "syscall/openat/exit") {
 		t.Error("file opens not asked for")
 	}
+	if strings.Contains(s, AttributionSink) {
+		t.Errorf("the attribution sink asked for without per-binary rules:\n%s", s)
+	}
+}
+
+// Per-binary rules add openshell's sink to the same session (runsc reads
+// one pod init config), or make a session of it alone.
+func TestPodInitConfigAttribution(t *testing.T) {
+	var both, alone struct {
+		TraceSession sessionConfig `json:"trace_session"`
+	}
+	b, err := PodInitConfig("/run/m.sock", Options{Attribution: "/run/a.sock"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &both); err != nil {
+		t.Fatal(err)
+	}
+	if s := both.TraceSession.Sinks; len(s) != 2 || s[0].Name != "remote" || s[1].Name != AttributionSink || s[1].Config["endpoint"] != "/run/a.sock" {
+		t.Errorf("sinks %+v", s)
+	}
+	b, err = PodInitConfig("", Options{Attribution: "/run/a.sock"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &alone); err != nil {
+		t.Fatal(err)
+	}
+	if s, p := alone.TraceSession.Sinks, alone.TraceSession.Points; len(s) != 1 || s[0].Name != AttributionSink || len(p) != 1 || p[0].Name != "syscall/connect/exit" {
+		t.Errorf("attribution alone: %s", b)
+	}
+	if _, err := PodInitConfig("", Options{}); err == nil {
+		t.Error("a session with no sink")
+	}
 }
 
 // TestServe drives the server as runsc's remote sink does: connect,

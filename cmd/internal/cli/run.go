@@ -106,6 +106,9 @@ func runRun(ctx context.Context, s streams, args []string) int {
 	if err != nil {
 		return fail("%s", err)
 	}
+	if err := runtime.CheckAttribution(ctx, *runscPath, p); err != nil {
+		return fail("%s", err)
+	}
 	for _, w := range gpuWarnings {
 		fmt.Fprintf(s.err, "openshell: warning: %s\n", w)
 	}
@@ -156,6 +159,11 @@ func runRun(ctx context.Context, s streams, args []string) int {
 			_ = sb.Cleanup()
 			return fail("%s", err)
 		}
+		r.Flags = append(r.Flags, flag)
+	} else if flag, err := sb.AttributionInit(); err != nil {
+		_ = sb.Cleanup()
+		return fail("%s", err)
+	} else if flag != "" {
 		r.Flags = append(r.Flags, flag)
 	}
 

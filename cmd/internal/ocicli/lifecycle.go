@@ -90,6 +90,9 @@ func (e *env) prepare(id, bundle string) (*runtime.Sandbox, *runtime.State, func
 	if err != nil {
 		return nil, nil, nil, err
 	}
+	if err := runtime.CheckAttribution(context.Background(), e.runsc.Path, p); err != nil {
+		return nil, nil, nil, err
+	}
 	sb, err := runtime.Prepare(runtime.PrepareOptions{
 		StateDir: e.stateDir(), ID: id, Spec: spec, Bundle: bundle,
 		Compile: runtime.CompilePolicy(p, e.cfg),

@@ -1,0 +1,224 @@
+package integration
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/openshell/openshell/policyhook"
+	"github.com/openshell/openshell/runtime"
+	"github.com/openshell/openshell/runtime/egress"
+)
+
+// binariesPolicy lets only /usr/bin/curl reach allowed.test, and any
+// binary reach pass.test (the same server). It also names
+// /tmp/tools/curl, which lies on a writable mount: listed or not, such a
+// binary never counts.
+const binariesPolicy = `version: "1.0"
+name: binaries-it
+sandbox:
+  filesystem:
+    allowed_writes: [/tmp]
+  process: {allow_exec: true, max_processes: 128}
+  network:
+    allowed_egress:
+      - {host: allowed.test, ports: [80], binaries: [/usr/bin/curl, /tmp/tools/curl]}
+      - {host: pass.test, ports: [80]}
+`
+
+// binariesProbe: 64 curl processes (through the proxy) and 64 python3
+// connections (captured, straight to the address) to allowed.test, 16 at
+// a time; then a copy of curl in the writable /tmp; then, after the test
+// cut the sentry's attribution channel, curl to allowed.test and python3
+// to pass.test. Each line: who, then the HTTP status.
+const binariesProbe = `
+import socket, subprocess, shutil, sys, json
+from concurrent.futures import ThreadPoolExecutor
+
+def curl(path="/usr/bin/curl", host="allowed.test"):
+    r = subprocess.run([path, "-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "10", "http://%s/" % host], capture_output=True, text=True)
+    return r.stdout or "err"
+
+def direct(host="allowed.test"):
+    try:
+        s = socket.create_connection((host, 80), timeout=10)
+        s.sendall(("GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % host).encode())
+        line = s.makefile("rb").readline().decode()
+        s.close()
+        return line.split()[1] if line else "closed"
+    except OSError as e:
+        return "oserror"
+
+jobs = [("curl", curl) for _ in range(64)] + [("python3", direct) for _ in range(64)]
+jobs = [j for pair in zip(jobs[:64], jobs[64:]) for j in pair]
+with ThreadPoolExecutor(16) as ex:
+    results = list(ex.map(lambda j: (j[0], j[1]()), jobs))
+print(json.dumps(results), flush=True)
+shutil.copy("/usr/bin/curl", "/tmp/curl")
+print("copy", curl("/tmp/curl"), flush=True)
+import os
+os.makedirs("/tmp/tools")
+shutil.copy("/usr/bin/curl", "/tmp/tools/curl")
+print("listed-copy", curl("/tmp/tools/curl"), flush=True)
+print("phase1", flush=True)
+sys.stdin.readline()
+print("after-curl", curl(), flush=True)
+print("after-python3-pass", direct("pass.test"), flush=True)
+`
+
+func TestEgressBinaries(t *testing.T) {
+	e := newEgressEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 180*time.Second)
+	defer cancel()
+	c, stdin, lines, errb := e.startPiped(t, ctx, writePolicy(t, binariesPolicy), binariesProbe)
+	if !lines.Scan() {
+		t.Fatalf("sandbox said nothing\n%s", errb.String())
+	}
+	var results [][2]string
+	if err := json.Unmarshal(lines.Bytes(), &results); err != nil {
+		t.Fatalf("results %q: %v\n%s", lines.Text(), err, errb.String())
+	}
+	right := map[string]int{}
+	for _, r := range results {
+		want := map[string]string{"curl": "200", "python3": "403"}[r[0]]
+		if r[1] == want {
+			right[r[0]]++
+		} else {
+			t.Errorf("%s got %s, want %s", r[0], r[1], want)
+		}
+	}
+	t.Logf("per-binary decisions: curl %d/64 allowed, python3 %d/64 refused (16 at a time, one host)", right["curl"], right["python3"])
+	if len(results) != 128 {
+		t.Fatalf("%d results", len(results))
+	}
+	for _, want := range []string{"copy 403", "listed-copy 403", "phase1"} {
+		if !lines.Scan() || lines.Text() != want {
+			t.Fatalf("sandbox: %q, want %q\n%s", lines.Text(), want, errb.String())
+		}
+	}
+
+	// The gateway's audit names the binary of each binary-scoped decision.
+	id := sandboxPid(t, "binaries-it")
+	_, st, err := runtime.Open(stateDir, id)
+	if err != nil || st.Gateway == nil {
+		t.Fatalf("state: %v", err)
+	}
+	audit := readAuditEvents(t, st.AuditFile)
+	var curlAllowed, pyDenied, copyDenied, listedDenied bool
+	for _, ev := range audit {
+		switch {
+		case ev.Binary == "/usr/bin/curl" && ev.Decision == egress.Allow:
+			curlAllowed = true
+		case strings.HasPrefix(ev.Binary, "/usr/bin/python3") && ev.Decision == egress.Deny:
+			pyDenied = true
+		case ev.Binary == "/tmp/curl" && ev.Decision == egress.Deny && strings.Contains(ev.Reason, "not to /tmp/curl"):
+			copyDenied = true
+		case ev.Binary == "/tmp/tools/curl" && ev.Decision == egress.Deny && strings.Contains(ev.Reason, "not on a read-only mount"):
+			listedDenied = true
+		}
+	}
+	if !curlAllowed || !pyDenied || !copyDenied || !listedDenied {
+		for _, ev := range audit {
+			if ev.Decision != egress.Allow {
+				t.Logf("%+v", ev)
+			}
+		}
+		t.Errorf("audit: curl allowed %v, python3 denied %v, /tmp/curl denied %v, /tmp/tools/curl denied for its mount %v", curlAllowed, pyDenied, copyDenied, listedDenied)
+	}
+
+	// Cut the sentry's channel: binary-scoped rules must deny from then
+	// on, and rules without binaries keep working.
+	cutAttribution(t, childOf(t, st.Gateway.Pid), runtimeAttrSocket(id))
+	fmt.Fprintln(stdin)
+	rest := waitRest(t, c, lines, errb)
+	if strings.Join(rest, "|") != "after-curl 403|after-python3-pass 200" {
+		t.Errorf("after the channel was cut: %q", rest)
+	}
+	assertNothingLeft(t, stateDir)
+}
+
+// runtimeAttrSocket is where openshell run's sandbox id has its
+// attribution socket.
+func runtimeAttrSocket(id string) string {
+	sb := &runtime.Sandbox{ID: id, Dir: filepath.Join(stateDir, id)}
+	sb.Compiled = &policyhook.Compiled{Attribution: true}
+	return sb.AttributionSocket()
+}
+
+// cutAttribution shuts down, from outside, the gateway process pid's
+// connection from the sentry's sink on socket path: it takes a copy of
+// the descriptor (pidfd_getfd) and shuts the socket both ways, as a
+// crashed or killed channel would end.
+func cutAttribution(t *testing.T, pid int, path string) {
+	t.Helper()
+	// The socket lives in the network namespace it was made in: the
+	// runtime's (this test's), not the gateway's.
+	var data []byte
+	for _, f := range []string{"/proc/self/net/unix", fmt.Sprintf("/proc/%d/net/unix", pid)} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data = append(data, b...)
+	}
+	inodes := map[string]bool{}
+	sc := bufio.NewScanner(strings.NewReader(string(data)))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		// Num RefCount Protocol Flags Type St Inode Path; St 03: connected.
+		if len(f) == 8 && f[7] == path && f[5] == "03" {
+			inodes[f[6]] = true
+		}
+	}
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(pidfd)
+	cut := 0
+	for _, fd := range fds {
+		link, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
+		if err != nil || !strings.HasPrefix(link, "socket:[") || !inodes[strings.Trim(link[len("socket:"):], "[]")] {
+			continue
+		}
+		n, _ := strconv.Atoi(fd.Name())
+		dup, err := unix.PidfdGetfd(pidfd, n, 0)
+		if err != nil {
+			t.Fatalf("pidfd_getfd: %v", err)
+		}
+		err = unix.Shutdown(dup, unix.SHUT_RDWR)
+		unix.Close(dup)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cut++
+	}
+	if cut == 0 {
+		t.Fatalf("no attribution channel of %s in gateway %d", path, pid)
+	}
+	// The gateway notices the end before the next decision.
+	time.Sleep(200 * time.Millisecond)
+}
+
+// readAuditEvents reads an audit log's events.
+func readAuditEvents(t *testing.T, file string) []egress.Event {
+	t.Helper()
+	var evs []egress.Event
+	if err := egress.ReadAuditLog(file, func(e *egress.Event) error { evs = append(evs, *e); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return evs
+}

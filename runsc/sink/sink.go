@@ -1,0 +1,231 @@
+// Package sink is openshell's gVisor trace sink: at the exit of each
+// TCP connect(2) it reports, to the sandbox's egress gateway, the
+// socket's local and remote addresses and the executable of the process
+// that called it, with whether that executable lies on a read-only
+// mount. The gateway sees the same local address as the source of the
+// connection it accepts, so it knows exactly which binary opened it,
+// whatever else connects to the same host at the same moment.
+//
+// The sink runs inside the sentry, beside the agent's code. It reads
+// only kernel state the sentry owns (the fd table, the socket's bound
+// address, the memory manager's executable); nothing the process wrote
+// into its own memory or chose to call itself decides the record.
+package sink
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
+	"gvisor.dev/gvisor/pkg/abi/linux"
+	"gvisor.dev/gvisor/pkg/atomicbitops"
+	"gvisor.dev/gvisor/pkg/context"
+	"gvisor.dev/gvisor/pkg/fd"
+	"gvisor.dev/gvisor/pkg/sentry/kernel"
+	"gvisor.dev/gvisor/pkg/sentry/seccheck"
+	pb "gvisor.dev/gvisor/pkg/sentry/seccheck/points/points_go_proto"
+	"gvisor.dev/gvisor/pkg/sentry/socket"
+)
+
+// Name is the sink's name in runsc's trace configuration.
+const Name = "openshell"
+
+// Version is the record format's version, the "v" of each record.
+const Version = 1
+
+// Record is one connect, sent as one JSON object per SOCK_SEQPACKET
+// packet. The gateway's reader (runtime/egress) parses the same fields;
+// testdata/record.json is the shape both sides test against.
+type Record struct {
+	V      int    `json:"v"`
+	Local  string `json:"local"`
+	Remote string `json:"remote"`
+	PID    int32  `json:"pid"`
+	Exe    string `json:"exe"`
+	// RO: the executable lies on a read-only mount, so the agent cannot
+	// have written it.
+	RO bool `json:"ro"`
+	// Dropped counts the records this sink could not deliver so far.
+	Dropped uint32 `json:"dropped,omitempty"`
+}
+
+// Register makes the sink known to runsc, before its command line is
+// read: runsc's own sinks do this in init functions.
+func Register() {
+	seccheck.RegisterSink(seccheck.SinkDesc{Name: Name, Setup: setup, New: newSink})
+}
+
+// setup runs in runsc outside the sandbox: it connects to the gateway's
+// socket, whose descriptor runsc donates to the sentry.
+func setup(config map[string]any) (*os.File, error) {
+	path, ok := config["endpoint"].(string)
+	if !ok || path == "" {
+		return nil, fmt.Errorf("openshell sink: endpoint missing or not a string")
+	}
+	s, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("openshell sink: socket: %w", err)
+	}
+	if err := unix.Connect(s, &unix.SockaddrUnix{Name: path}); err != nil {
+		_ = unix.Close(s)
+		return nil, fmt.Errorf("openshell sink: connect %s: %w", path, err)
+	}
+	if err := unix.SetNonblock(s, true); err != nil {
+		_ = unix.Close(s)
+		return nil, fmt.Errorf("openshell sink: %w", err)
+	}
+	return os.NewFile(uintptr(s), path), nil
+}
+
+// Retry schedule when the gateway's socket is full: about two seconds in
+// all before a record is dropped, as the process monitor's sink. A
+// dropped record costs only its own connection (the gateway refuses a
+// binary-scoped grant it cannot attribute), never a wrong attribution.
+const (
+	retries        = 2000
+	initialBackoff = 25 * time.Microsecond
+	maxBackoff     = time.Millisecond
+)
+
+type sink struct {
+	seccheck.SinkDefaults
+	endpoint *fd.FD
+	dropped  atomicbitops.Uint32
+}
+
+func newSink(_ map[string]any, endpoint *fd.FD) (seccheck.Sink, error) {
+	if endpoint == nil {
+		return nil, fmt.Errorf("openshell sink: no endpoint")
+	}
+	return &sink{endpoint: endpoint}, nil
+}
+
+func (*sink) Name() string { return Name }
+
+func (s *sink) Status() seccheck.SinkStatus {
+	return seccheck.SinkStatus{DroppedCount: uint64(s.dropped.Load())}
+}
+
+func (s *sink) Stop() { _ = s.endpoint.Close() }
+
+// Syscall takes syscall/connect/exit; every other point is ignored.
+func (s *sink) Syscall(ctx context.Context, _ seccheck.FieldSet, _ *pb.ContextData, typ pb.MessageType, msg proto.Message) error {
+	if typ != pb.MessageType_MESSAGE_SYSCALL_CONNECT {
+		return nil
+	}
+	c, ok := msg.(*pb.Connect)
+	if !ok || c.Exit == nil {
+		return nil
+	}
+	// A non-blocking connect has its local port once it returns
+	// EINPROGRESS; any other failure opened nothing.
+	if c.Exit.Errorno != 0 && c.Exit.Errorno != int64(unix.EINPROGRESS) {
+		return nil
+	}
+	t := kernel.TaskFromContext(ctx)
+	if t == nil {
+		return nil
+	}
+	if r, ok := record(t, int32(c.Fd), c.Address); ok {
+		s.write(r)
+	}
+	return nil
+}
+
+// record reads what the sentry knows of the task's connected socket fd.
+func record(t *kernel.Task, fdNum int32, dst []byte) (Record, bool) {
+	file := t.GetFile(fdNum)
+	if file == nil {
+		return Record{}, false
+	}
+	defer file.DecRef(t)
+	sock, ok := file.Impl().(socket.Socket)
+	if !ok {
+		return Record{}, false
+	}
+	family, stype, _ := sock.Type()
+	if stype != linux.SOCK_STREAM || (family != linux.AF_INET && family != linux.AF_INET6) {
+		return Record{}, false
+	}
+	sa, _, serr := sock.GetSockName(t)
+	if serr != nil {
+		return Record{}, false
+	}
+	local, ok := sockAddr(sa)
+	if !ok {
+		return Record{}, false
+	}
+	remote, ok := rawSockAddr(dst)
+	if !ok {
+		return Record{}, false
+	}
+	r := Record{V: Version, Local: local.String(), Remote: remote.String(), PID: int32(t.ThreadGroup().ID())}
+	if mm := t.MemoryManager(); mm != nil {
+		if exe := mm.Executable(); exe != nil {
+			defer exe.DecRef(t)
+			root := t.MountNamespace().Root(t)
+			defer root.DecRef(t)
+			if p, err := t.Kernel().VFS().PathnameWithDeleted(t, root, exe.VirtualDentry()); err == nil {
+				r.Exe, r.RO = p, exe.Mount().ReadOnly()
+			}
+		}
+	}
+	return r, true
+}
+
+// sockAddr converts a socket's bound address.
+func sockAddr(sa linux.SockAddr) (netip.AddrPort, bool) {
+	switch a := sa.(type) {
+	case *linux.SockAddrInet:
+		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), socket.Ntohs(a.Port)), true
+	case *linux.SockAddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr).Unmap(), socket.Ntohs(a.Port)), true
+	}
+	return netip.AddrPort{}, false
+}
+
+// rawSockAddr reads the sockaddr bytes connect was given.
+func rawSockAddr(b []byte) (netip.AddrPort, bool) {
+	if len(b) < 2 {
+		return netip.AddrPort{}, false
+	}
+	family := uint16(b[0]) | uint16(b[1])<<8 // host order: amd64 and arm64 are little-endian
+	switch {
+	case family == linux.AF_INET && len(b) >= 8:
+		port := uint16(b[2])<<8 | uint16(b[3])
+		return netip.AddrPortFrom(netip.AddrFrom4([4]byte(b[4:8])), port), true
+	case family == linux.AF_INET6 && len(b) >= 24:
+		port := uint16(b[2])<<8 | uint16(b[3])
+		return netip.AddrPortFrom(netip.AddrFrom16([16]byte(b[8:24])).Unmap(), port), true
+	}
+	return netip.AddrPort{}, false
+}
+
+// write sends r, retrying while the gateway's socket is full; a record
+// that cannot go is counted, and the count rides on the next one.
+func (s *sink) write(r Record) {
+	r.Dropped = s.dropped.Load()
+	out, err := json.Marshal(r)
+	if err != nil {
+		s.dropped.Add(1)
+		return
+	}
+	backoff := initialBackoff
+	for i := 0; ; i++ {
+		_, err := unix.Write(s.endpoint.FD(), out)
+		if err == nil {
+			return
+		}
+		if !errors.Is(err, unix.EAGAIN) || i >= retries {
+			s.dropped.Add(1)
+			return
+		}
+		time.Sleep(backoff)
+		backoff = min(backoff*2, maxBackoff)
+	}
+}

@@ -1,0 +1,394 @@
+package egress
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+)
+
+// Per-binary egress rules: which executable opened each connection.
+//
+// openshell's runsc build (the runsc/ module) carries a trace sink that,
+// at the exit of every TCP connect in the sandbox, reports the socket's
+// local and remote addresses and the calling process's executable, with
+// whether it lies on a read-only mount. The gateway accepts the same
+// connection with the same local address as its peer, so the pair of
+// addresses names exactly one connect: no guess from the destination
+// alone, whatever else connects to the same host at once.
+//
+// The sentry runs the agent's code, so every record is bounded and
+// parsed strictly, and nothing in it can widen a grant on its own: a
+// missing, late, dropped, conflicting or unparsable record leaves the
+// connection unattributed, and an unattributed connection gets no
+// binary-scoped grant (fail closed). Rules without binaries never wait.
+
+// attrRecord is one report of the sink (runsc/sink.Record).
+type attrRecord struct {
+	V       int    `json:"v"`
+	Local   string `json:"local"`
+	Remote  string `json:"remote"`
+	PID     int32  `json:"pid"`
+	Exe     string `json:"exe"`
+	RO      bool   `json:"ro"`
+	Dropped uint32 `json:"dropped,omitempty"`
+}
+
+// Bounds on what the sentry can make the gateway hold.
+const (
+	maxAttrPacket  = 8 << 10 // one record; a path is at most 4 KiB
+	maxAttrRecords = 16384   // records waiting for their connection
+	attrTTL        = 10 * time.Second
+	// attrWait is how long a decision that needs a connection's binary
+	// waits for its record: the sink retries a full socket for about two
+	// seconds before it drops one.
+	attrWait = 2500 * time.Millisecond
+	// maxAttrChannels: runsc connects once per sandbox; a few more are
+	// tolerated (a restore), never an unbounded number.
+	maxAttrChannels = 4
+)
+
+// Binary is who opened a connection, as the sentry reported it.
+type Binary struct {
+	Path string
+	// ReadOnly: the executable lies on a read-only mount of the
+	// sandbox's view, so the agent cannot have written it.
+	ReadOnly bool
+	PID      int32
+}
+
+// Why a connection has no binary.
+var (
+	errAttrOff       = errors.New("this sandbox was started without connection attribution (its policy at create had no binaries, or runsc is not openshell's build)")
+	errAttrLost      = errors.New("connection attribution was lost (the sentry's channel closed)")
+	errAttrTimeout   = errors.New("no attribution record arrived for the connection")
+	errAttrConflict  = errors.New("two records claim the connection's addresses")
+	errAttrNoAddress = errors.New("the connection's addresses are unknown")
+)
+
+type attrKey struct{ local, remote netip.AddrPort }
+
+type attrEntry struct {
+	bin      Binary
+	at       time.Time
+	conflict bool
+}
+
+// attribution holds the records that have not yet met their connection,
+// and the decisions waiting for a record.
+type attribution struct {
+	on       bool
+	mu       sync.Mutex
+	records  map[attrKey]attrEntry
+	waiting  map[attrKey]chan struct{}
+	lost     bool
+	channels int
+	dropped  uint32 // the highest count a record carried
+	bad      atomic.Int64
+	now      func() time.Time
+	// note audits what the channel says about itself (drops, loss).
+	note func(string)
+}
+
+func newAttribution(on bool, note func(string)) *attribution {
+	return &attribution{on: on, records: map[attrKey]attrEntry{}, waiting: map[attrKey]chan struct{}{}, now: time.Now, note: note}
+}
+
+// parseAttrRecord reads one packet; anything off is an error.
+func parseAttrRecord(b []byte) (attrKey, Binary, uint32, error) {
+	if len(b) == 0 || len(b) > maxAttrPacket {
+		return attrKey{}, Binary{}, 0, fmt.Errorf("record of %d bytes", len(b))
+	}
+	d := json.NewDecoder(bytes.NewReader(b))
+	d.DisallowUnknownFields()
+	var r attrRecord
+	if err := d.Decode(&r); err != nil {
+		return attrKey{}, Binary{}, 0, fmt.Errorf("record: %w", err)
+	}
+	if d.More() {
+		return attrKey{}, Binary{}, 0, errors.New("record: trailing data")
+	}
+	if r.V != 1 {
+		return attrKey{}, Binary{}, 0, fmt.Errorf("record version %d", r.V)
+	}
+	local, err := netip.ParseAddrPort(r.Local)
+	if err != nil {
+		return attrKey{}, Binary{}, 0, fmt.Errorf("record local address: %w", err)
+	}
+	remote, err := netip.ParseAddrPort(r.Remote)
+	if err != nil {
+		return attrKey{}, Binary{}, 0, fmt.Errorf("record remote address: %w", err)
+	}
+	// An executable path the kernel could hold: absolute, valid UTF-8
+	// (encoding/json replaces what is not, so such a path never matches
+	// a pattern), no NUL or newline.
+	if r.Exe != "" && (!strings.HasPrefix(r.Exe, "/") || len(r.Exe) > 4096 || !utf8.ValidString(r.Exe) || strings.ContainsAny(r.Exe, "\x00\n")) {
+		return attrKey{}, Binary{}, 0, errors.New("record executable path is malformed")
+	}
+	key := attrKey{local: unmapPort(local), remote: unmapPort(remote)}
+	return key, Binary{Path: r.Exe, ReadOnly: r.RO, PID: r.PID}, r.Dropped, nil
+}
+
+func unmapPort(a netip.AddrPort) netip.AddrPort {
+	return netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
+}
+
+// serve reads one sink channel until it closes. A closed channel ends
+// attribution for the sandbox: later decisions do not wait for records
+// that cannot come.
+func (a *attribution) serve(c net.Conn) {
+	defer c.Close()
+	a.mu.Lock()
+	a.channels++
+	n := a.channels
+	a.mu.Unlock()
+	if n > maxAttrChannels {
+		a.mu.Lock()
+		a.channels--
+		a.mu.Unlock()
+		a.note(fmt.Sprintf("attribution: a channel beyond the %d allowed was refused", maxAttrChannels))
+		return
+	}
+	buf := make([]byte, maxAttrPacket+1)
+	for {
+		n, err := c.Read(buf)
+		if err != nil || n == 0 {
+			break
+		}
+		key, bin, dropped, err := parseAttrRecord(buf[:n])
+		if err != nil {
+			if a.bad.Add(1) == 1 {
+				a.note("attribution: malformed record ignored: " + err.Error())
+			}
+			continue
+		}
+		a.add(key, bin, dropped)
+	}
+	a.mu.Lock()
+	a.channels--
+	last := a.channels == 0
+	if last {
+		a.lost = true
+		for k, ch := range a.waiting {
+			close(ch)
+			delete(a.waiting, k)
+		}
+	}
+	a.mu.Unlock()
+	if last {
+		a.note("attribution: the sentry's channel closed; binary-scoped rules deny from now on")
+	}
+}
+
+// add files a record. A second record for the same addresses before the
+// first met its connection makes both worthless: which one the accepted
+// connection is cannot be told, so neither is believed.
+func (a *attribution) add(key attrKey, bin Binary, dropped uint32) {
+	a.mu.Lock()
+	now := a.now()
+	if dropped > a.dropped {
+		d := dropped - a.dropped
+		a.dropped = dropped
+		defer a.note(fmt.Sprintf("attribution: the sentry dropped %d records (the gateway was too slow); their connections get no binary-scoped grant", d))
+	}
+	e, ok := a.records[key]
+	switch {
+	case ok && now.Sub(e.at) < attrTTL:
+		e.conflict, e.at = true, now
+	default:
+		if len(a.records) >= maxAttrRecords {
+			a.shrink(now)
+		}
+		e = attrEntry{bin: bin, at: now}
+	}
+	a.records[key] = e
+	if ch := a.waiting[key]; ch != nil {
+		close(ch)
+		delete(a.waiting, key)
+	}
+	a.mu.Unlock()
+}
+
+// shrink drops expired records, then the oldest, to make room: a record
+// dropped this way costs its connection the binary-scoped grant only.
+func (a *attribution) shrink(now time.Time) {
+	var oldest attrKey
+	var at time.Time
+	for k, e := range a.records {
+		if now.Sub(e.at) >= attrTTL {
+			delete(a.records, k)
+			continue
+		}
+		if at.IsZero() || e.at.Before(at) {
+			oldest, at = k, e.at
+		}
+	}
+	if len(a.records) >= maxAttrRecords {
+		delete(a.records, oldest)
+	}
+}
+
+// take is the binary that opened the connection local→remote (addresses
+// as the sandbox saw them), waiting up to wait for its record. The record
+// is consumed: it answers for one connection only.
+func (a *attribution) take(key attrKey, wait time.Duration) (Binary, error) {
+	if a == nil || !a.on {
+		return Binary{}, errAttrOff
+	}
+	deadline := time.NewTimer(wait)
+	defer deadline.Stop()
+	for {
+		a.mu.Lock()
+		if e, ok := a.records[key]; ok {
+			delete(a.records, key)
+			a.mu.Unlock()
+			switch {
+			case e.conflict:
+				return Binary{}, errAttrConflict
+			case a.now().Sub(e.at) >= attrTTL:
+				return Binary{}, errAttrTimeout
+			}
+			return e.bin, nil
+		}
+		if a.lost {
+			a.mu.Unlock()
+			return Binary{}, errAttrLost
+		}
+		ch := a.waiting[key]
+		if ch == nil {
+			if len(a.waiting) >= maxAttrRecords {
+				a.mu.Unlock()
+				return Binary{}, errAttrTimeout
+			}
+			ch = make(chan struct{})
+			a.waiting[key] = ch
+		}
+		a.mu.Unlock()
+		select {
+		case <-ch:
+		case <-deadline.C:
+			a.mu.Lock()
+			if a.waiting[key] == ch {
+				delete(a.waiting, key)
+			}
+			a.mu.Unlock()
+			return Binary{}, errAttrTimeout
+		}
+	}
+}
+
+// forget drops a record its connection never asked for, when the
+// connection ends: it must not outlive it and answer for a later
+// connection that reuses the addresses.
+func (a *attribution) forget(key attrKey) {
+	if a == nil || !a.on {
+		return
+	}
+	a.mu.Lock()
+	delete(a.records, key)
+	a.mu.Unlock()
+}
+
+// peer is the sandbox end of one accepted connection: its addresses and,
+// asked for at most once, its binary.
+type peer struct {
+	key   attrKey
+	known bool // the addresses were read
+	attr  *attribution
+	once  sync.Once
+	bin   Binary
+	err   error
+}
+
+// newPeer reads c's addresses: its remote address is the sandbox's local
+// one, and the sandbox dialled dst (the original destination of a
+// redirected connection, else the gateway's own address).
+func newPeer(a *attribution, c net.Conn, dst netip.AddrPort) *peer {
+	p := &peer{attr: a}
+	src, err := netip.ParseAddrPort(c.RemoteAddr().String())
+	if err == nil && dst.IsValid() {
+		p.key, p.known = attrKey{local: unmapPort(src), remote: unmapPort(dst)}, true
+	}
+	return p
+}
+
+// binary is the connection's binary, asked of the attribution table the
+// first time a decision needs it.
+func (p *peer) binary() (Binary, error) {
+	if p == nil {
+		return Binary{}, errAttrOff
+	}
+	p.once.Do(func() {
+		if !p.known {
+			p.err = errAttrNoAddress
+			if p.attr == nil || !p.attr.on {
+				p.err = errAttrOff
+			}
+			return
+		}
+		p.bin, p.err = p.attr.take(p.key, attrWait)
+	})
+	return p.bin, p.err
+}
+
+// done forgets the connection's record if no decision took it.
+func (p *peer) done() {
+	if p != nil && p.known {
+		p.attr.forget(p.key)
+	}
+}
+
+type peerKey struct{}
+
+func withPeer(ctx context.Context, p *peer) context.Context {
+	if p == nil {
+		return ctx
+	}
+	return context.WithValue(ctx, peerKey{}, p)
+}
+
+// peerFrom is the connection a decision is for; nil (no binary) when
+// unknown.
+func peerFrom(ctx context.Context) *peer {
+	p, _ := ctx.Value(peerKey{}).(*peer)
+	return p
+}
+
+// peerOf is c's peer, made once per tracked connection and forgotten
+// when it closes. dst is where the sandbox sent it; invalid: c's own
+// local address (the proxy's, or the original destination the
+// transparent listeners see as theirs).
+func (g *Gateway) peerOf(c net.Conn, dst netip.AddrPort) *peer {
+	mk := func() *peer {
+		if !dst.IsValid() {
+			if a, err := netip.ParseAddrPort(c.LocalAddr().String()); err == nil {
+				dst = a
+			}
+		}
+		return newPeer(g.attr, c, dst)
+	}
+	tc := tracked(c)
+	if tc == nil {
+		return mk()
+	}
+	tc.peerOnce.Do(func() { tc.peer = mk() })
+	return tc.peer
+}
+
+// setBinary records who opened the connection, where it was asked.
+func (e *Event) setBinary(t *target, d *denial) {
+	switch {
+	case d != nil && d.binary != "":
+		e.Binary = d.binary
+	case t != nil && t.binary != "":
+		e.Binary = t.binary
+	}
+}
