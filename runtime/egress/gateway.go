@@ -303,6 +303,9 @@ func (g *Gateway) Reload() error {
 	if err == nil {
 		err = SameOutsideNetwork(old.policy, p)
 	}
+	if err == nil && !g.cfg.Attribution {
+		err = needsAttribution(p)
+	}
 	var nr *rules
 	if err == nil {
 		nr = newRules(p, g.cfg.Learn)
@@ -315,6 +318,18 @@ func (g *Gateway) Reload() error {
 	g.rules.Store(nr)
 	g.event(nr, Event{Kind: "reload", Host: g.cfg.PolicyFile, Decision: Allow, Reason: fmt.Sprintf("%d egress rule(s) active", len(p.Network.Egress))})
 	g.log.Info("policy reloaded", "file", g.cfg.PolicyFile, "sha256", p.Hash, "rules", len(p.Network.Egress))
+	return nil
+}
+
+// needsAttribution refuses binary-scoped rules for a sandbox started
+// without the sentry's attribution: they could grant nothing, and a rule
+// that cannot hold is refused, not kept and dropped.
+func needsAttribution(p *policy.Policy) error {
+	for _, r := range p.Network.Egress {
+		if len(r.Binaries) > 0 {
+			return fmt.Errorf("%s names binaries, and this sandbox was started without connection attribution (its policy then named none): restart it under the new policy", r.Field)
+		}
+	}
 	return nil
 }
 

@@ -302,11 +302,19 @@ func TestReload(t *testing.T) {
 	if err := g.Reload(); err == nil || !strings.Contains(err.Error(), "port") {
 		t.Fatalf("an invalid policy was not refused: %v", err)
 	}
+	// Binaries need the attribution this sandbox was started without.
+	scoped := strings.Replace(added, "{host: new.example.org, port: 443}", "{host: new.example.org, port: 443, binaries: [/usr/bin/git]}", 1)
+	if err := os.WriteFile(g.cfg.PolicyFile, []byte(scoped), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Reload(); err == nil || !strings.Contains(err.Error(), "without connection attribution") {
+		t.Fatalf("binaries without attribution were not refused: %v", err)
+	}
 	var decisions []string
 	for _, e := range readEvents(t, audit) {
 		decisions = append(decisions, e.Kind+"/"+e.Decision)
 	}
-	if got := strings.Join(decisions, " "); got != "reload/allow reload/deny reload/deny" {
+	if got := strings.Join(decisions, " "); got != "reload/allow reload/deny reload/deny reload/deny" {
 		t.Errorf("reload events: %s", got)
 	}
 }
