@@ -1,7 +1,6 @@
 package monitor
 
 import (
-	"net/netip"
 	"sync"
 	"time"
 )
@@ -14,9 +13,8 @@ type Sink interface {
 
 // Table bounds.
 const (
-	maxProcs    = 1 << 14 // live and recently exited processes kept
-	maxConnects = 4096    // recent connects kept for attribution
-	maxNotes    = 20      // malformed-packet notes written before only counting
+	maxProcs = 1 << 14 // live and recently exited processes kept
+	maxNotes = 20      // malformed-packet notes written before only counting
 )
 
 // Proc is what the monitor knows of one process in the sandbox.
@@ -31,14 +29,6 @@ type Proc struct {
 	Exited     bool
 }
 
-// Connect is one recorded connect, for attribution.
-type Connect struct {
-	Time   time.Time
-	Dest   netip.AddrPort
-	Proc   Proc
-	Result string
-}
-
 // Monitor keeps a sandbox's process table and writes its timeline. It is
 // safe for concurrent use.
 type Monitor struct {
@@ -50,12 +40,10 @@ type Monitor struct {
 	procs    map[procKey]*Proc
 	byPid    map[int32]procKey // the live process with each pid
 	exited   []procKey         // oldest first: evicted beyond maxProcs
-	connects []Connect         // a ring of the last maxConnects
-	next     int
-	root     procKey // the container's first process (container/start)
-	nDropped uint64  // events the sentry dropped, in all
-	bad      uint64  // malformed packets
-	sinkErr  error   // the first write error; later writes are not tried
+	root     procKey           // the container's first process (container/start)
+	nDropped uint64            // events the sentry dropped, in all
+	bad      uint64            // malformed packets
+	sinkErr  error             // the first write error; later writes are not tried
 }
 
 type procKey struct {
@@ -116,16 +104,7 @@ func (m *Monitor) recordLocked(ev *Event) {
 		}
 		m.evict()
 	case KindConnect:
-		p := m.proc(ev)
-		if dst, err := netip.ParseAddrPort(ev.Dest); err == nil {
-			c := Connect{Time: ev.Time, Dest: dst, Proc: *p, Result: ev.Result}
-			if len(m.connects) < maxConnects {
-				m.connects = append(m.connects, c)
-			} else {
-				m.connects[m.next] = c
-				m.next = (m.next + 1) % maxConnects
-			}
-		}
+		m.proc(ev)
 	case KindOpen:
 		m.proc(ev)
 	}
@@ -255,46 +234,4 @@ func (m *Monitor) Close() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.recordLocked(&Event{Kind: KindMonitor, Note: "monitor ended", Total: m.nDropped})
-}
-
-// Attribution answers which process made a connection to dst at about
-// t (within window either side) — the question the egress gateway asks
-// of an accepted connection. With stock runsc a connect event carries no
-// local port, so several processes may match: Certain is true only when
-// every candidate runs the same binary, none is attributed rather than
-// exec'd, and the sentry has dropped no event (a dropped connect could
-// be the one). Callers must treat an uncertain answer as unknown.
-type Attribution struct {
-	Candidates []Proc
-	Binary     string // the binary, when Certain
-	Certain    bool
-}
-
-// Attribute looks up the recorded connects to dst within window of t.
-func (m *Monitor) Attribute(dst netip.AddrPort, t time.Time, window time.Duration) Attribution {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	var a Attribution
-	seen := map[procKey]bool{}
-	for _, c := range m.connects {
-		if c.Dest != dst || c.Time.Before(t.Add(-window)) || c.Time.After(t.Add(window)) {
-			continue
-		}
-		k := procKey{c.Proc.Pid, c.Proc.Start}
-		if !seen[k] {
-			seen[k] = true
-			a.Candidates = append(a.Candidates, c.Proc)
-		}
-	}
-	if len(a.Candidates) == 0 || m.nDropped > 0 {
-		return a
-	}
-	a.Binary, a.Certain = a.Candidates[0].Binary, true
-	for _, p := range a.Candidates {
-		if p.Binary != a.Binary || p.Attributed != "" {
-			a.Binary, a.Certain = "", false
-			break
-		}
-	}
-	return a
 }

@@ -132,29 +132,6 @@ func TestMonitorSession(t *testing.T) {
 	}
 }
 
-func TestAttribute(t *testing.T) {
-	pkts := session(t)
-	// Without drops: certain.
-	m, _ := record(t, pkts[:6])
-	dst := netip.MustParseAddrPort("10.0.0.1:3128")
-	if a := m.Attribute(dst, time.Unix(4, 0), time.Second); !a.Certain || a.Binary != "/usr/bin/curl" {
-		t.Errorf("attribute = %+v", a)
-	}
-	if a := m.Attribute(netip.MustParseAddrPort("10.0.0.1:80"), time.Unix(4, 0), time.Second); a.Certain || len(a.Candidates) != 0 {
-		t.Errorf("attribute of another destination = %+v", a)
-	}
-	// The shell connects to the same place: two binaries, uncertain.
-	m.Record(&Event{Kind: KindConnect, Pid: 1, PidStart: 1000, Dest: "10.0.0.1:3128", Time: time.Unix(4, 0)})
-	if a := m.Attribute(dst, time.Unix(4, 0), time.Second); a.Certain || len(a.Candidates) != 2 {
-		t.Errorf("ambiguous attribute = %+v", a)
-	}
-	// Any drop makes every answer uncertain.
-	m2, _ := record(t, pkts[:7])
-	if a := m2.Attribute(dst, time.Unix(4, 0), time.Second); a.Certain {
-		t.Errorf("attribute after drops = %+v", a)
-	}
-}
-
 func TestDecodeMalformed(t *testing.T) {
 	for name, pkt := range map[string][]byte{
 		"short":           {1, 2, 3},
