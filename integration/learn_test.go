@@ -10,20 +10,23 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/openshell/openshell/policyhook/policy"
+	"github.com/openshell/openshell/runtime"
 	"github.com/openshell/openshell/runtime/egress"
 )
 
-// learnScript is a small agent: a plain HTTP fetch with curl (through the
-// proxy), another with python3 (urllib, through the proxy too) of a host
+// learnScript is a small agent: an HTTPS fetch with curl (through the
+// proxy's CONNECT; the fake internet's CA is not in the image, hence -k),
+// a plain HTTP one with python3 (urllib, through the proxy too) of a host
 // the permissive policy does not name, and a result written to its
 // workspace.
 const learnScript = `set -e
-curl -sS -m 5 -o /dev/null http://allowed.test/
+curl -sS -k -m 5 -o /dev/null https://allowed.test/
 python3 -c "import urllib.request; urllib.request.urlopen('http://pass.test/', timeout=5).read(); print('fetched')"
 echo done > WS/out/result.txt
 cat WS/out/result.txt
@@ -124,6 +127,15 @@ sandbox:
 	if len(reads) != 0 || len(writes) != 1 || (writes[0] != ws && writes[0] != ws+"/out") {
 		t.Errorf("suggested reads %v, writes %v; want only %s (or its out/)", reads, writes, ws)
 	}
+	// Each host was reached by one binary, which the sentry named: the
+	// suggestion scopes its rule to it (and the rerun below, under
+	// openshell's runsc, enforces that).
+	for _, r := range p.Network.Egress {
+		want := map[string]string{"allowed.test": "/usr/bin/curl", "pass.test": "/usr/bin/python3"}[r.Host]
+		if len(r.Binaries) != 1 || !strings.HasPrefix(r.Binaries[0], want) {
+			t.Errorf("suggested %s for binaries %v, want %s", r.Host, r.Binaries, want)
+		}
+	}
 	if !p.Process.AllowExec || p.Process.MaxProcesses >= 128 {
 		t.Errorf("suggested process %+v", p.Process)
 	}
@@ -148,4 +160,59 @@ sandbox:
 		}
 	}
 	t.Logf("learn, suggest and rerun: %s", time.Since(start).Round(time.Millisecond))
+}
+
+// TestLearnThroughRuntime: an engine asks for learning mode with the
+// io.openshell.learn annotation, which the operator's allow_learn lets
+// through; openshell policy suggest then reads that container's run.
+// Without allow_learn the annotation is refused at create.
+func TestLearnThroughRuntime(t *testing.T) {
+	e := newEgressEnv(t)
+	wide := `version: "1.0"
+name: learn-engine
+sandbox:
+  filesystem: {allowed_writes: [/tmp]}
+  process: {allow_exec: true, max_processes: 64}
+  network:
+    allowed_egress:
+      - {host: allowed.test, ports: [80, 443]}
+`
+	script := `curl -sS -k -m 5 -o /dev/null https://allowed.test/ && python3 -c "import urllib.request; urllib.request.urlopen('http://pass.test/', timeout=5).read(); print('fetched')"`
+	g := inlineSpec(t, e.root, wide, "/bin/sh", "-c", script)
+	g.AddAnnotation(runtime.AnnotationLearn, "true")
+	bundle := t.TempDir()
+	writeBundleSpec(t, bundle, g.Config)
+	id := "learn-" + strconv.Itoa(os.Getpid())
+
+	if out, err := runtimeRun(t, e.config, bundle, id); err == nil || !strings.Contains(string(out), "allow_learn") {
+		t.Fatalf("learning without allow_learn: %v\n%s", err, out)
+	}
+	cfg, err := os.ReadFile(e.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	learnCfg := filepath.Join(t.TempDir(), "config.toml")
+	if err := os.WriteFile(learnCfg, append([]byte("allow_learn = true\n"), cfg...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := runtimeRun(t, learnCfg, bundle, id); err != nil || !strings.Contains(string(out), "fetched") {
+		t.Fatalf("learning run: %v\n%s", err, out)
+	}
+	sugg := filepath.Join(t.TempDir(), "suggested.yaml")
+	rc, out, errOut := runCmd(t, openshellBin, "policy", "suggest", "--config", learnCfg, id, "-o", sugg)
+	if rc != 0 {
+		t.Fatalf("policy suggest: %d\n%s\n%s", rc, out, errOut)
+	}
+	p, err := policy.Load(sugg)
+	if err != nil {
+		t.Fatalf("the suggestion does not validate: %v", err)
+	}
+	got := map[string][]string{}
+	for _, r := range p.Network.Egress {
+		got[r.Host] = r.Binaries
+	}
+	if len(got) != 2 || !slices.Equal(got["allowed.test"], []string{"/usr/bin/curl"}) || len(got["pass.test"]) != 1 || !strings.HasPrefix(got["pass.test"][0], "/usr/bin/python3") {
+		data, _ := os.ReadFile(sugg)
+		t.Errorf("suggested egress %v\n%s", got, data)
+	}
 }

@@ -240,6 +240,9 @@ func Compile(p *policy.Policy, opts ...Option) (*Compiled, error) {
 		c.RunscFlags = []string{FlagOCISeccomp, FlagNetworkSandbox}
 		c.Egress = true
 		c.Gateway = o.gateway
+		// Learning asks too: its suggestion names binaries where the
+		// sentry said which one connected.
+		c.Attribution = o.learn
 		for _, r := range p.Network.Egress {
 			c.Attribution = c.Attribution || len(r.Binaries) > 0
 		}

@@ -33,8 +33,25 @@ func CheckAttribution(ctx context.Context, runscPath string, p *policy.Policy) e
 	if err != nil {
 		return fmt.Errorf("%s names binaries: %w", field, err)
 	}
-	if !strings.Contains(version, RunscBuildMark) {
+	if !hasMark(version) {
 		return fmt.Errorf("%s names binaries, and per-binary egress rules need openshell's runsc build (make runsc), which reports the binary behind each connection; %s is %q", field, runscPath, version)
 	}
 	return nil
+}
+
+func hasMark(version string) bool { return strings.Contains(version, RunscBuildMark) }
+
+// LearnWithoutSink turns attribution off for a learning sandbox whose
+// runsc is not openshell's build (CheckAttribution has already refused one
+// whose policy names binaries), and says what that costs: the suggestion
+// names no binaries. "" when nothing changed.
+func (sb *Sandbox) LearnWithoutSink(ctx context.Context, runscPath string) string {
+	if sb.Compiled == nil || !sb.Compiled.Attribution {
+		return ""
+	}
+	if v, err := (&runsc.Runsc{Path: runscPath}).Check(ctx); err == nil && hasMark(v) {
+		return ""
+	}
+	sb.Compiled.Attribution = false
+	return "learning without openshell's runsc build (make runsc): the suggested policy will name no binaries"
 }

@@ -94,8 +94,10 @@ type attribution struct {
 	dropped  uint32 // the highest count a record carried
 	bad      atomic.Int64
 	now      func() time.Time
-	// note audits what the channel says about itself (drops, loss).
-	note func(string)
+	// note audits what the channel says about itself (drops, malformed
+	// records); closed is told when the last channel ends.
+	note   func(string)
+	closed func()
 }
 
 func newAttribution(on bool, note func(string)) *attribution {
@@ -183,8 +185,10 @@ func (a *attribution) serve(c net.Conn) {
 		}
 	}
 	a.mu.Unlock()
-	if last {
-		a.note("attribution: the sentry's channel closed; binary-scoped rules deny from now on")
+	if last && a.closed != nil {
+		// Not an audit line: the channel closes whenever the sandbox
+		// ends. A later binary-scoped decision says why it was denied.
+		a.closed()
 	}
 }
 
@@ -383,12 +387,18 @@ func (g *Gateway) peerOf(c net.Conn, dst netip.AddrPort) *peer {
 	return tc.peer
 }
 
-// setBinary records who opened the connection, where it was asked.
-func (e *Event) setBinary(t *target, d *denial) {
+// who records in ev the executable that opened the connection, where a
+// binary-scoped rule asked; in learning mode it asks for every allowed
+// connection, so that a suggested policy can name binaries.
+func (g *Gateway) who(ctx context.Context, rs *rules, ev *Event, t *target, d *denial) {
+	var b Binary
 	switch {
-	case d != nil && d.binary != "":
-		e.Binary = d.binary
-	case t != nil && t.binary != "":
-		e.Binary = t.binary
+	case d != nil:
+		b = d.bin
+	case t != nil && t.bin.Path != "":
+		b = t.bin
+	case t != nil && rs.learn != nil && g.attr.on:
+		b, _ = peerFrom(ctx).binary()
 	}
+	ev.Binary, ev.BinaryWritable = b.Path, b.Path != "" && !b.ReadOnly
 }

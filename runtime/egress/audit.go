@@ -99,7 +99,10 @@ type Event struct {
 	// Binary is the executable that opened the connection, where a
 	// binary-scoped rule made the gateway ask (as the sentry reported
 	// it: a path inside the sandbox).
-	Binary    string `json:"binary,omitempty"`
+	Binary string `json:"binary,omitempty"`
+	// BinaryWritable: that executable lies on a writable mount, so it
+	// counts for no binary-scoped rule.
+	BinaryWritable bool `json:"binary_writable,omitempty"`
 	BytesUp   int64  `json:"bytes_up"`
 	BytesDown int64  `json:"bytes_down"`
 	Decision  string `json:"decision"`

@@ -30,7 +30,7 @@ func (g *Gateway) handleCatch(c net.Conn) {
 	ctx, cancel := context.WithTimeout(withPeer(context.Background(), g.peerOf(c, dst)), 15*time.Second)
 	defer cancel()
 	t, d := g.authorizeAddr(ctx, rs, ip, port)
-	ev.setBinary(t, d)
+	g.who(ctx, rs, &ev, t, d)
 	if d == nil {
 		if ev.Host = t.name; ev.Host == "" {
 			ev.Host = ip.String()

@@ -192,6 +192,9 @@ func New(cfg Config, log *slog.Logger) (*Gateway, error) {
 	g.attr = newAttribution(cfg.Attribution, func(msg string) {
 		g.event(g.current(), Event{Kind: "attribution", Decision: Deny, Reason: msg})
 	})
+	g.attr.closed = func() {
+		g.log.Warn("attribution: the sentry's channel closed; binary-scoped rules deny from now on")
+	}
 	return g, nil
 }
 
@@ -382,7 +385,7 @@ func (g *Gateway) Watch(ctx context.Context, interval time.Duration, hup <-chan 
 // denial is why a connection was refused, and under which rule.
 type denial struct {
 	rule        *policy.EgressRule
-	binary      string // the executable that opened the connection, when asked
+	bin         Binary // the executable that opened the connection, when asked
 	reason      string
 	rateLimited bool // an HTTP client gets 429, not 403
 }
@@ -399,9 +402,9 @@ type target struct {
 	rule  *policy.EgressRule
 	addrs []netip.Addr
 	port  int
-	// binary is the executable that opened the connection, when a
+	// bin is the executable that opened the connection, when a
 	// binary-scoped rule made the gateway ask.
-	binary string
+	bin Binary
 	// audit is set when the connection goes ahead only because its rule
 	// is in audit mode: the reason it would have been denied.
 	audit string
@@ -456,7 +459,7 @@ func choose(ctx context.Context, cands []*policy.EgressRule, what string) (*targ
 		if len(r.Binaries) == 0 {
 			t := &target{rule: r}
 			if asked && berr == nil {
-				t.binary = bin.Path
+				t.bin = bin
 			}
 			return t, nil
 		}
@@ -465,7 +468,7 @@ func choose(ctx context.Context, cands []*policy.EgressRule, what string) (*targ
 			asked = true
 		}
 		if berr == nil && bin.ReadOnly && matchBinaries(r.Binaries, bin.Path) {
-			return &target{rule: r, binary: bin.Path}, nil
+			return &target{rule: r, bin: bin}, nil
 		}
 	}
 	first := cands[0]
@@ -478,9 +481,9 @@ func choose(ctx context.Context, cands []*policy.EgressRule, what string) (*targ
 	default:
 		d = deny(first, "%s is allowed only to %s, not to %s", what, strings.Join(first.Binaries, ", "), orUnknown(bin.Path))
 	}
-	d.binary = bin.Path
+	d.bin = bin
 	if first.Enforcement == policy.EnforcementAudit {
-		return &target{rule: first, binary: bin.Path, audit: "would deny: " + d.reason}, nil
+		return &target{rule: first, bin: bin, audit: "would deny: " + d.reason}, nil
 	}
 	return nil, d
 }

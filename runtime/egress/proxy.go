@@ -166,7 +166,7 @@ func (h *proxyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		d = deny(nil, "bad request: %s", err)
 	}
-	ev.setBinary(t, d)
+	g.who(ctx, rs, &ev, t, d)
 	if host == InferenceHost {
 		g.serveInference(w, r)
 		return
@@ -573,7 +573,7 @@ func (h *proxyHandler) connect(w http.ResponseWriter, r *http.Request, rs *rules
 	default:
 		t, d = g.authorizeHost(withPeer(r.Context(), p), rs, host, port)
 	}
-	ev.setBinary(t, d)
+	g.who(withPeer(r.Context(), p), rs, &ev, t, d)
 	// Port 80 may carry requests the gateway can read, and an endpoint
 	// with HTTP rules has its requests read (its TLS terminated): they
 	// are counted once it knows, not the tunnel.
@@ -772,7 +772,7 @@ func (g *Gateway) handleTLS(c net.Conn) {
 	ctx, cancel := context.WithTimeout(withPeer(context.Background(), p), 15*time.Second)
 	defer cancel()
 	t, d := g.authorizeDst(ctx, rs, sni, dst)
-	ev.setBinary(t, d)
+	g.who(ctx, rs, &ev, t, d)
 	if d == nil && rs.l7.inspect[t.rule] {
 		// Each request is decided and counted; the connection is not.
 		defer tracked(c).hold()()

@@ -68,6 +68,10 @@ type Rule struct {
 	Host  string
 	Ports []int
 	From  *policy.EgressRule // the policy's own rule, nil when only learning allowed it
+	// Binaries are the executables that made every connection to Host,
+	// when the sentry named one, on a read-only mount, for each of them;
+	// else none (the rule allows any process).
+	Binaries []string
 }
 
 // Headroom for max_processes: twice the peak plus eight, at least
@@ -107,6 +111,8 @@ var connectionKinds = map[string]bool{"connect": true, "http": true, "https": tr
 func (s *Suggestion) learnNetwork(in Input) {
 	m := egress.New(in.Policy.Network)
 	ports := map[string]map[int]bool{}
+	bins := map[string]map[string]bool{}
+	unattributed := map[string]bool{}
 	resolved := map[string]bool{}
 	for _, e := range in.Audit {
 		if e.Decision != audit.Allow && e.Decision != audit.Audit {
@@ -131,9 +137,14 @@ func (s *Suggestion) learnNetwork(in Input) {
 			continue
 		}
 		if ports[h] == nil {
-			ports[h] = map[int]bool{}
+			ports[h], bins[h] = map[int]bool{}, map[string]bool{}
 		}
 		ports[h][e.Port] = true
+		if e.Binary == "" || e.BinaryWritable {
+			unattributed[h] = true
+		} else {
+			bins[h][e.Binary] = true
+		}
 	}
 	for h, ps := range ports {
 		r := Rule{Host: h}
@@ -144,6 +155,9 @@ func (s *Suggestion) learnNetwork(in Input) {
 		// The policy's rule that allowed it keeps its limits; the
 		// first port's rule stands for all (they are one name's).
 		r.From = m.Match(h, r.Ports[0])
+		if !unattributed[h] {
+			r.Binaries = sortedKeys(bins[h])
+		}
 		s.Egress = append(s.Egress, r)
 	}
 	slices.SortFunc(s.Egress, func(a, b Rule) int { return strings.Compare(a.Host, b.Host) })

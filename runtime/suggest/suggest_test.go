@@ -129,3 +129,46 @@ func TestCollapseNeverRoot(t *testing.T) {
 		t.Errorf("collapse under /: %v", got)
 	}
 }
+
+// A host every connection to which the sentry attributed to binaries on
+// read-only mounts gets those binaries; any other connection (no binary,
+// or one on a writable mount) leaves its host open to every process.
+func TestLearnBinaries(t *testing.T) {
+	p, err := policy.Parse("p.yaml", []byte("version: \"1.0\"\nname: b\nsandbox: {network: {allowed_egress: [{host: a.test, port: 443}]}}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := func(host, bin string, writable bool) *audit.Event {
+		return &audit.Event{Kind: "connect", Host: host, Port: 443, Decision: "audit", Binary: bin, BinaryWritable: writable}
+	}
+	s, err := Learn(Input{Sandbox: "sb", Policy: p, Audit: []*audit.Event{
+		ev("a.test", "/usr/bin/git", false), ev("a.test", "/usr/bin/curl", false), ev("a.test", "/usr/bin/git", false),
+		ev("b.test", "/usr/bin/curl", false), ev("b.test", "", false),
+		ev("c.test", "/tmp/curl", true),
+		ev("d.test", "/usr/bin/python3.11", false),
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string][]string{"a.test": {"/usr/bin/curl", "/usr/bin/git"}, "b.test": nil, "c.test": nil, "d.test": {"/usr/bin/python3.11"}}
+	for _, r := range s.Egress {
+		if !slices.Equal(r.Binaries, want[r.Host]) {
+			t.Errorf("%s: binaries %v, want %v", r.Host, r.Binaries, want[r.Host])
+		}
+	}
+	for _, format := range []string{FormatSeed, FormatOpenShell} {
+		out, err := s.Write(format)
+		if err != nil {
+			t.Fatalf("%s: %v", format, err)
+		}
+		got := map[string][]string{}
+		for _, r := range out.Policy.Network.Egress {
+			got[r.Host] = r.Binaries
+		}
+		for h, b := range want {
+			if !slices.Equal(got[h], b) {
+				t.Errorf("%s: %s binaries %v, want %v\n%s", format, h, got[h], b, out.YAML)
+			}
+		}
+	}
+}

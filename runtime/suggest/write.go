@@ -96,13 +96,14 @@ type seedNet struct {
 }
 
 type seedEgress struct {
-	Host              string `yaml:"host"`
-	Port              int    `yaml:"port,omitempty"`
-	Ports             []int  `yaml:"ports,omitempty,flow"`
-	RateLimit         string `yaml:"rate_limit,omitempty"`
-	MaxRequestSizeKB  int64  `yaml:"max_request_size_kb,omitempty"`
-	MaxResponseSizeMB int64  `yaml:"max_response_size_mb,omitempty"`
-	TLSRequired       bool   `yaml:"tls_required,omitempty"`
+	Host              string   `yaml:"host"`
+	Port              int      `yaml:"port,omitempty"`
+	Ports             []int    `yaml:"ports,omitempty,flow"`
+	RateLimit         string   `yaml:"rate_limit,omitempty"`
+	MaxRequestSizeKB  int64    `yaml:"max_request_size_kb,omitempty"`
+	MaxResponseSizeMB int64    `yaml:"max_response_size_mb,omitempty"`
+	TLSRequired       bool     `yaml:"tls_required,omitempty"`
+	Binaries          []string `yaml:"binaries,omitempty,flow"`
 }
 
 type seedProcess struct {
@@ -151,6 +152,7 @@ func (s *Suggestion) seed() seedDoc {
 			} else {
 				e.Ports = r.Ports
 			}
+			e.Binaries = r.Binaries
 			if f := r.From; f != nil {
 				if f.RateLimit != nil {
 					e.RateLimit = rateString(f.RateLimit)
@@ -205,6 +207,11 @@ type osProcess struct {
 type osNet struct {
 	Name      string       `yaml:"name"`
 	Endpoints []osEndpoint `yaml:"endpoints"`
+	Binaries  []osBinary   `yaml:"binaries,omitempty"`
+}
+
+type osBinary struct {
+	Path string `yaml:"path"`
 }
 
 type osEndpoint struct {
@@ -227,17 +234,35 @@ func (s *Suggestion) openshell() (osDoc, []string) {
 	}
 	var lost []string
 	if len(s.Egress) > 0 {
-		n := osNet{Name: "learned"}
+		// A network policy's binaries hold for all its endpoints: one
+		// policy per set of binaries, in the order first seen.
+		d.Network = map[string]osNet{}
+		keys := map[string]string{}
 		for _, r := range s.Egress {
+			set := strings.Join(r.Binaries, "\x00")
+			key, ok := keys[set]
+			if !ok {
+				key = "learned"
+				if len(keys) > 0 {
+					key = fmt.Sprintf("learned-%d", len(keys)+1)
+				}
+				keys[set] = key
+				n := osNet{Name: key}
+				for _, b := range r.Binaries {
+					n.Binaries = append(n.Binaries, osBinary{Path: b})
+				}
+				d.Network[key] = n
+			}
 			e := osEndpoint{Host: r.Host}
 			if len(r.Ports) == 1 {
 				e.Port = r.Ports[0]
 			} else {
 				e.Ports = r.Ports
 			}
+			n := d.Network[key]
 			n.Endpoints = append(n.Endpoints, e)
+			d.Network[key] = n
 		}
-		d.Network = map[string]osNet{"learned": n}
 	}
 	lost = append(lost, fmt.Sprintf("NVIDIA OpenShell's format cannot say allow_exec: %v, max_processes: %d, resources, per-rule limits or environment: write --format seed to keep them", s.AllowExec, s.MaxProcesses))
 	return d, lost

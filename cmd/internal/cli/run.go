@@ -131,6 +131,9 @@ func runRun(ctx context.Context, s streams, args []string) int {
 	}
 	c := sb.Compiled
 	printWarnings(s, c.Warnings)
+	if w := sb.LearnWithoutSink(ctx, *runscPath); w != "" {
+		fmt.Fprintf(s.err, "openshell: warning: %s\n", w)
+	}
 	c.RunscFlags = append(c.RunscFlags, gpuFlags...)
 	st := sb.NewState(sb.Bundle, "openshell run --policy", nil)
 	self := runtime.Self()

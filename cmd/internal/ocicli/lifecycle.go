@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
 	"github.com/openshell/openshell/runtime"
@@ -93,9 +94,17 @@ func (e *env) prepare(id, bundle string) (*runtime.Sandbox, *runtime.State, func
 	if err := runtime.CheckAttribution(context.Background(), e.runsc.Path, p); err != nil {
 		return nil, nil, nil, err
 	}
+	// Learning mode is the operator's to allow (allow_learn), the
+	// annotation's to ask for; a pod's later containers share its first
+	// one's gateway and monitor, and so its mode.
+	learn, err := runtime.Learning(e.cfg, s.Annotations)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	learn = learn && !subcontainer
 	sb, err := runtime.Prepare(runtime.PrepareOptions{
 		StateDir: e.stateDir(), ID: id, Spec: spec, Bundle: bundle,
-		Compile: runtime.CompilePolicy(p, e.cfg),
+		Compile: runtime.CompilePolicy(p, e.cfg, runtime.LearnCompile(learn)...),
 	})
 	if err != nil {
 		return nil, nil, nil, err
@@ -103,6 +112,9 @@ func (e *env) prepare(id, bundle string) (*runtime.Sandbox, *runtime.State, func
 	c := sb.Compiled
 	for _, w := range c.Warnings {
 		e.log.Warn(w.Error(), "container", id)
+	}
+	if w := sb.LearnWithoutSink(context.Background(), e.runsc.Path); w != "" {
+		e.log.Warn(w, "container", id)
 	}
 	for _, w := range gpuWarnings {
 		e.log.Warn(w, "container", id)
@@ -121,7 +133,7 @@ func (e *env) prepare(id, bundle string) (*runtime.Sandbox, *runtime.State, func
 	}
 	// A pod's later containers share its first one's network, and gateway.
 	if c.Egress && !st.Subcontainer {
-		if err := e.startGateway(sb, st, p.File, s.Annotations, src); err != nil {
+		if err := e.startGateway(sb, st, p.File, s.Annotations, src, learn); err != nil {
 			undo()
 			return nil, nil, nil, err
 		}
@@ -129,7 +141,7 @@ func (e *env) prepare(id, bundle string) (*runtime.Sandbox, *runtime.State, func
 	// One monitor per sandbox: a pod's later containers are traced by
 	// its first one's (their events carry their container id).
 	if !st.Subcontainer {
-		flag, err := sb.StartMonitor(st, runtime.MonitorOptions{Config: e.cfg, FileOpens: p.Audit.FileOpens})
+		flag, err := sb.StartMonitor(st, runtime.MonitorOptions{Config: e.cfg, FileOpens: p.Audit.FileOpens || learn})
 		if err == nil {
 			st.RunscFlags = append(st.RunscFlags, flag)
 			err = sb.SaveState(st)
@@ -139,14 +151,21 @@ func (e *env) prepare(id, bundle string) (*runtime.Sandbox, *runtime.State, func
 			return nil, nil, nil, err
 		}
 	}
-	e.log.Info("policy applied", "container", id, "policy", p.Name, "sha256", p.Hash, "source", src.String())
+	if learn {
+		if err := e.writeLearnRecord(id, bundle, p.File, s); err != nil {
+			undo()
+			return nil, nil, nil, err
+		}
+		e.log.Warn("learning mode: every name is answered and every connection allowed as audit; then: openshell policy suggest "+id, "container", id)
+	}
+	e.log.Info("policy applied", "container", id, "policy", p.Name, "sha256", p.Hash, "source", src.String(), "learn", learn)
 	return sb, st, undo, nil
 }
 
 // startGateway starts the container's egress gateway, detached: it lives
 // until delete ends it.
-func (e *env) startGateway(sb *runtime.Sandbox, st *runtime.State, file string, annotations map[string]string, src runtime.PolicySource) error {
-	o := runtime.GatewayOptions{Config: e.cfg, PolicyFile: file}
+func (e *env) startGateway(sb *runtime.Sandbox, st *runtime.State, file string, annotations map[string]string, src runtime.PolicySource, learn bool) error {
+	o := runtime.GatewayOptions{Config: e.cfg, PolicyFile: file, Learn: learn}
 	if src.Kind == "inline" {
 		o.PolicyData = []byte(annotations[runtime.AnnotationPolicyInline])
 	}
@@ -606,4 +625,25 @@ func cmdWatchdog(ctx context.Context, e *env, args []string) error {
 	}
 	e.log.Warn("max_execution_time reached; container killed", "container", id, "limit", limit)
 	return e.runsc.Kill(ctx, id, syscall.SIGKILL, true)
+}
+
+// writeLearnRecord keeps, for openshell policy suggest, the policy a
+// learning container ran under (its bytes: inline, or its file's) and the
+// image its paths came from (the bundle's root).
+func (e *env) writeLearnRecord(id, bundle, file string, s *specs.Spec) error {
+	data := []byte(s.Annotations[runtime.AnnotationPolicyInline])
+	if len(data) == 0 {
+		var err error
+		if data, err = os.ReadFile(file); err != nil {
+			return fmt.Errorf("learn: %w", err)
+		}
+	}
+	root := ""
+	if s.Root != nil {
+		root = s.Root.Path
+		if !filepath.IsAbs(root) {
+			root = filepath.Join(bundle, root)
+		}
+	}
+	return runtime.WriteLearnRecord(e.cfg.Egress.AuditDir, runtime.LearnRecord{Sandbox: id, PolicyFile: file, Policy: string(data), Root: root})
 }
