@@ -102,11 +102,11 @@ type Event struct {
 	Binary string `json:"binary,omitempty"`
 	// BinaryWritable: that executable lies on a writable mount, so it
 	// counts for no binary-scoped rule.
-	BinaryWritable bool `json:"binary_writable,omitempty"`
-	BytesUp   int64  `json:"bytes_up"`
-	BytesDown int64  `json:"bytes_down"`
-	Decision  string `json:"decision"`
-	Reason    string `json:"reason,omitempty"`
+	BinaryWritable bool   `json:"binary_writable,omitempty"`
+	BytesUp        int64  `json:"bytes_up"`
+	BytesDown      int64  `json:"bytes_down"`
+	Decision       string `json:"decision"`
+	Reason         string `json:"reason,omitempty"`
 	// Inference is a call to inference.local (kind inference): its
 	// models, tokens, provider and the credential's source (never its
 	// value).
