@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -216,4 +217,81 @@ func cutAttribution(t *testing.T, pid int, path string) {
 	}
 	// The gateway notices the end before the next decision.
 	time.Sleep(200 * time.Millisecond)
+}
+
+// attrBenchProbe: 220 captured HTTP requests to pass.test, each on its own
+// connection, timed from connect to the status line (the first 20 warm
+// up), then 30 curl processes through the proxy, timed together.
+const attrBenchProbe = `
+import socket, time, json, subprocess
+def get():
+    s = socket.create_connection(("pass.test", 80), timeout=10)
+    s.sendall(b"GET / HTTP/1.1\r\nHost: pass.test\r\nConnection: close\r\n\r\n")
+    line = s.makefile("rb").readline()
+    s.close()
+    assert b" 200 " in line, line
+lat = []
+for i in range(220):
+    t0 = time.perf_counter()
+    get()
+    lat.append(time.perf_counter() - t0)
+lat = sorted(lat[20:])
+t0 = time.perf_counter()
+for i in range(30):
+    r = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://pass.test/"], capture_output=True, text=True)
+    assert r.stdout == "200", r.stdout
+loop = time.perf_counter() - t0
+print(json.dumps({"p50_us": lat[len(lat)//2] * 1e6, "p99_us": lat[int(len(lat) * 0.99)] * 1e6, "exec_loop_ms": loop * 1e3}))
+`
+
+// TestAttributionBench measures what per-binary rules cost, in one run:
+// the same workload under a rule without binaries (no sink: stock
+// behaviour), under one naming the binaries (every connect reported, every
+// decision waits for its record), and with the process monitor as well.
+func TestAttributionBench(t *testing.T) {
+	requireBench(t)
+	e := newEgressEnv(t)
+	rule := func(bins string) string {
+		return `version: "1.0"
+sandbox:
+  process: {allow_exec: true, max_processes: 64}
+  network:
+    allowed_egress:
+      - {host: pass.test, ports: [80]` + bins + `}
+`
+	}
+	open := writePolicy(t, rule(""))
+	scoped := writePolicy(t, rule(", binaries: [/usr/bin/python3*, /usr/bin/curl]"))
+	type figures struct {
+		P50      float64 `json:"p50_us"`
+		P99      float64 `json:"p99_us"`
+		ExecLoop float64 `json:"exec_loop_ms"`
+	}
+	cols := []struct {
+		name, policy string
+		extra        []string
+	}{
+		{"no binaries", open, nil},
+		{"binaries (sink)", scoped, nil},
+		{"binaries + monitor", scoped, []string{"--timeline"}},
+	}
+	rounds := benchRuns(5)
+	got := make([][]figures, len(cols))
+	for i := 0; i < rounds; i++ {
+		for k, c := range cols {
+			ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+			args := append([]string{"run", "--config", e.config, "--runsc", runscBin, "--state-dir", stateDir, "--rootfs", e.root, "--policy", c.policy}, c.extra...)
+			cmd := exec.CommandContext(ctx, openshellBin, append(args, "--", "/usr/bin/python3", "-u", "-c", attrBenchProbe)...)
+			got[k] = append(got[k], probeFigures[figures](t, cmd))
+			cancel()
+		}
+	}
+	base := got[0]
+	for k, c := range cols {
+		p50, p99, loop := medianOf(got[k], func(f figures) float64 { return f.P50 }), medianOf(got[k], func(f figures) float64 { return f.P99 }), medianOf(got[k], func(f figures) float64 { return f.ExecLoop })
+		t.Logf("%-20s connect-to-status p50 %7.0f µs  p99 %7.0f µs (%+6.0f µs vs no binaries)   30 curl execs %6.0f ms (%.3fx)",
+			c.name, p50, p99, p99-medianOf(base, func(f figures) float64 { return f.P99 }), loop, loop/medianOf(base, func(f figures) float64 { return f.ExecLoop }))
+	}
+	t.Logf("medians of %d interleaved rounds; 200 connections and 30 execs a round", rounds)
+	assertNothingLeft(t, stateDir)
 }
