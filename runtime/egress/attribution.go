@@ -221,22 +221,27 @@ func (a *attribution) add(key attrKey, bin Binary, dropped uint32) {
 	a.mu.Unlock()
 }
 
-// shrink drops expired records, then the oldest, to make room: a record
-// dropped this way costs its connection the binary-scoped grant only.
+// shrink drops expired records and, if that is not enough, an eighth of
+// the rest (the map's order: effectively at random), so that a sandbox
+// flooding connects costs the gateway amortised constant time per record.
+// A record dropped this way costs its connection the binary-scoped grant
+// only.
 func (a *attribution) shrink(now time.Time) {
-	var oldest attrKey
-	var at time.Time
 	for k, e := range a.records {
 		if now.Sub(e.at) >= attrTTL {
 			delete(a.records, k)
-			continue
-		}
-		if at.IsZero() || e.at.Before(at) {
-			oldest, at = k, e.at
 		}
 	}
-	if len(a.records) >= maxAttrRecords {
-		delete(a.records, oldest)
+	if len(a.records) < maxAttrRecords {
+		return
+	}
+	n := maxAttrRecords / 8
+	for k := range a.records {
+		if n == 0 {
+			break
+		}
+		delete(a.records, k)
+		n--
 	}
 }
 
