@@ -139,6 +139,17 @@ sandbox:
 	if !p.Process.AllowExec || p.Process.MaxProcesses >= 128 {
 		t.Errorf("suggested process %+v", p.Process)
 	}
+	// The learning run recorded its sandbox's memory peak: the suggestion
+	// limits memory to it with headroom, and the rerun below runs under
+	// that limit (its cgroup's).
+	if p.Resources.MaxMemoryMB <= 0 {
+		t.Errorf("suggested no max_memory_mb: %+v", p.Resources)
+	}
+	if m := regexp.MustCompile(`Memory: peak (\d+) MiB; max_memory_mb (\d+)`).FindSubmatch(data); m == nil {
+		t.Errorf("the suggestion's header does not give the memory peak")
+	} else {
+		t.Logf("memory peak %s MiB; suggested max_memory_mb %s", m[1], m[2])
+	}
 	if !strings.Contains(errOut, "pass.test") {
 		t.Errorf("suggest did not say that pass.test widens the policy: %s", errOut)
 	}

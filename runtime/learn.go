@@ -47,12 +47,16 @@ func LearnCompile(learn bool) []policyhook.Option {
 
 // LearnRecord is what a learning run leaves beside its audit log and
 // timeline for openshell policy suggest: the policy it ran under (its
-// bytes: the file may change or go) and the image its paths came from.
+// bytes: the file may change or go), the image its paths came from and,
+// once the sandbox has ended, its memory peak.
 type LearnRecord struct {
 	Sandbox    string `json:"sandbox"`
 	PolicyFile string `json:"policy_file"`
 	Policy     string `json:"policy"`
 	Root       string `json:"root"`
+	// MemoryPeakBytes is the most memory the sandbox's cgroup used
+	// (MemoryPeak, sampled while it ran); 0 when not recorded.
+	MemoryPeakBytes int64 `json:"memory_peak_bytes,omitempty"`
 }
 
 // LearnRecordFile is where a learning run's record is kept:

@@ -40,6 +40,9 @@ type Input struct {
 	// image; "/" for openshell run): a suggested directory must exist
 	// there, since a listed path is bind-mounted.
 	Root string
+	// MemoryPeakBytes is the most memory the sandbox's cgroup used, from
+	// its learn record; 0 when not recorded.
+	MemoryPeakBytes int64
 }
 
 // Suggestion is the learned policy, before it is written out.
@@ -58,6 +61,13 @@ type Suggestion struct {
 	// no process was seen, the policy's own limit is kept).
 	MaxProcesses int64
 	PeakProcs    int
+	// MaxMemoryMB is the memory peak with headroom (0: no peak was
+	// recorded, the policy's own limit is kept); MemoryPeakMB is the peak,
+	// in MiB rounded up, and MemoryCapped says the policy's own limit was
+	// lower than the headroom asked for.
+	MaxMemoryMB  int64
+	MemoryPeakMB int64
+	MemoryCapped bool
 	// Notes say what was left out, and why; each is one line.
 	Notes []string
 }
@@ -91,6 +101,7 @@ func Learn(in Input) (*Suggestion, error) {
 	s.learnNetwork(in)
 	s.learnFiles(in)
 	s.learnProcesses(in)
+	s.learnMemory(in)
 	return s, nil
 }
 
@@ -365,6 +376,34 @@ func (s *Suggestion) learnProcesses(in Input) {
 		limit = policy.DefaultMaxProcesses
 	}
 	s.MaxProcesses = min(max(int64(2*peak+8), minProcesses), limit)
+}
+
+// Headroom for max_memory_mb: half again the peak, rounded up to a
+// multiple of memoryStepMB, at least minMemoryMB, never more than the
+// policy's own limit.
+const (
+	memoryStepMB = 64
+	minMemoryMB  = 128
+	// maxMemoryPeak bounds a recorded peak (1 PiB), so the arithmetic
+	// below cannot overflow.
+	maxMemoryPeak = 1 << 50
+)
+
+func (s *Suggestion) learnMemory(in Input) {
+	peak := in.MemoryPeakBytes
+	if peak <= 0 {
+		return
+	}
+	peak = min(peak, maxMemoryPeak)
+	const mib = 1 << 20
+	s.MemoryPeakMB = (peak + mib - 1) / mib
+	want := (peak*3 + 1) / 2
+	step := int64(memoryStepMB * mib)
+	mb := max((want+step-1)/step*memoryStepMB, minMemoryMB)
+	if limit := in.Policy.Resources.MaxMemoryMB; limit > 0 && mb > limit {
+		mb, s.MemoryCapped = limit, true
+	}
+	s.MaxMemoryMB = mb
 }
 
 func writeFlags(flags string) bool {

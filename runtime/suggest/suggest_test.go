@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -170,5 +171,56 @@ func TestLearnBinaries(t *testing.T) {
 				t.Errorf("%s: %s binaries %v, want %v\n%s", format, h, got[h], b, out.YAML)
 			}
 		}
+	}
+}
+
+// max_memory_mb is the recorded peak and half again, rounded up to 64 MiB,
+// at least 128, never above the policy's own limit; with no peak recorded
+// the policy's limit is kept.
+func TestLearnMemory(t *testing.T) {
+	const mib = 1 << 20
+	for _, tc := range []struct {
+		name   string
+		limit  int64 // the policy's max_memory_mb
+		peak   int64
+		want   int64 // suggested max_memory_mb
+		header string
+	}{
+		{"no peak, no limit", 0, 0, 0, "Memory: not recorded; the policy's limit is kept."},
+		{"no peak keeps the limit", 512, 0, 512, "Memory: not recorded; the policy's limit is kept."},
+		{"small peak", 0, 20 * mib, 128, "Memory: peak 20 MiB; max_memory_mb 128 (1.5x, rounded up)."},
+		{"1.5x on a step", 0, 128 * mib, 192, "Memory: peak 128 MiB; max_memory_mb 192 (1.5x, rounded up)."},
+		{"rounded up", 0, 200*mib + 1, 320, "Memory: peak 201 MiB; max_memory_mb 320 (1.5x, rounded up)."},
+		{"under the limit", 1024, 300 * mib, 512, "Memory: peak 300 MiB; max_memory_mb 512 (1.5x, rounded up)."},
+		{"never above the limit", 400, 300 * mib, 400, "Memory: peak 300 MiB; max_memory_mb 400 (the policy's: 1.5x, rounded up, would be more)."},
+		{"an absurd peak", 0, 1 << 62, 3 << 29, "Memory: peak 1073741824 MiB; max_memory_mb 1610612736 (1.5x, rounded up)."},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			yaml := "version: \"1.0\"\nname: m\nsandbox: {process: {max_processes: 8}}\n"
+			if tc.limit > 0 {
+				yaml = "version: \"1.0\"\nname: m\nsandbox: {process: {max_processes: 8}, resources: {max_memory_mb: " + strconv.FormatInt(tc.limit, 10) + "}}\n"
+			}
+			p, err := policy.Parse("m.yaml", []byte(yaml))
+			if err != nil {
+				t.Fatal(err)
+			}
+			s, err := Learn(Input{Sandbox: "sb", Policy: p, MemoryPeakBytes: tc.peak})
+			if err != nil {
+				t.Fatal(err)
+			}
+			o, err := s.Write(FormatSeed)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := o.Policy.Resources.MaxMemoryMB; got != tc.want {
+				t.Errorf("max_memory_mb %d, want %d\n%s", got, tc.want, o.YAML)
+			}
+			if !strings.Contains(string(o.YAML), tc.header) {
+				t.Errorf("header lacks %q:\n%s", tc.header, o.YAML)
+			}
+			if len(o.Widenings) != 0 {
+				t.Errorf("widens: %v", o.Widenings)
+			}
+		})
 	}
 }

@@ -51,7 +51,7 @@ func (s *Suggestion) Write(format string) (*Output, error) {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "# Suggested by openshell policy suggest from sandbox %s, which ran in learning mode\n", quote(s.Sandbox))
 	fmt.Fprintf(&b, "# under %s (sha256 %s). Review it before use.\n", quote(s.From.File), s.From.Hash)
-	fmt.Fprintf(&b, "# Peak processes at once: %d. Memory: not recorded; the policy's limit is kept.\n", s.PeakProcs)
+	fmt.Fprintf(&b, "# Peak processes at once: %d. Memory: %s.\n", s.PeakProcs, s.memoryLine())
 	for _, n := range append(lost, s.Notes...) {
 		// Every note is one line: what came from the sandbox in it is
 		// quoted ASCII (quote).
@@ -63,6 +63,18 @@ func (s *Suggestion) Write(format string) (*Output, error) {
 		return nil, fmt.Errorf("suggest: the suggestion does not validate (a bug; please report it): %w", err)
 	}
 	return &Output{YAML: b.Bytes(), Policy: p, Widenings: policyhook.Widenings(s.From, p)}, nil
+}
+
+// memoryLine says, for the header, what the memory limit was made of.
+func (s *Suggestion) memoryLine() string {
+	switch {
+	case s.MaxMemoryMB == 0:
+		return "not recorded; the policy's limit is kept"
+	case s.MemoryCapped:
+		return fmt.Sprintf("peak %d MiB; max_memory_mb %d (the policy's: 1.5x, rounded up, would be more)", s.MemoryPeakMB, s.MaxMemoryMB)
+	default:
+		return fmt.Sprintf("peak %d MiB; max_memory_mb %d (1.5x, rounded up)", s.MemoryPeakMB, s.MaxMemoryMB)
+	}
 }
 
 type seedDoc struct {
@@ -173,9 +185,12 @@ func (s *Suggestion) seed() seedDoc {
 	if sc := p.Process.Seccomp; sc != nil {
 		pr.Seccomp = &seedSeccomp{DefaultAction: sc.DefaultAction, AllowedSyscalls: sc.Allowed}
 	}
-	if r := p.Resources; r != (policy.Resources{}) {
+	if r := p.Resources; r != (policy.Resources{}) || s.MaxMemoryMB > 0 {
 		d.Sandbox.Resources = &seedResources{MaxMemoryMB: r.MaxMemoryMB, MaxCPUCores: r.MaxCPUCores,
 			MaxExecutionTimeSeconds: int64(r.MaxExecutionTime.Seconds()), MaxOpenFiles: r.MaxOpenFiles}
+		if s.MaxMemoryMB > 0 {
+			d.Sandbox.Resources.MaxMemoryMB = s.MaxMemoryMB
+		}
 	}
 	if len(p.Env) > 0 {
 		d.Sandbox.Environment = map[string]string{}

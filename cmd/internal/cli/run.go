@@ -118,9 +118,12 @@ func runRun(ctx context.Context, s streams, args []string) int {
 		return fail("%s", err)
 	}
 	g.SetRootPath(image)
-	if p.Resources.MaxMemoryMB > 0 || p.Resources.MaxCPUCores > 0 {
+	var cgroupsPath string
+	if p.Resources.MaxMemoryMB > 0 || p.Resources.MaxCPUCores > 0 || *learn {
 		// Memory and CPU limits are the host cgroup's; runsc makes it.
-		g.SetLinuxCgroupsPath("/openshell/" + id)
+		// Learning reads its memory peak from it.
+		cgroupsPath = "/openshell/" + id
+		g.SetLinuxCgroupsPath(cgroupsPath)
 	}
 	sb, err := runtime.Prepare(runtime.PrepareOptions{
 		StateDir: *stateDir, ID: id, Spec: runtime.NewMemorySpec(g.Config),
@@ -149,8 +152,9 @@ func runRun(ctx context.Context, s streams, args []string) int {
 		}
 	}
 	r.Flags = append(r.Flags, c.RunscFlags...)
+	var rec runtime.LearnRecord
 	if *learn {
-		if err := writeLearnRecord(cfg, id, *policyFile, image); err != nil {
+		if rec, err = writeLearnRecord(cfg, id, *policyFile, image); err != nil {
 			_ = sb.Cleanup()
 			return fail("%s", err)
 		}
@@ -170,7 +174,17 @@ func runRun(ctx context.Context, s streams, args []string) int {
 		r.Flags = append(r.Flags, flag)
 	}
 
-	code, err := runSandbox(ctx, s, r, sb, c.Timeout)
+	// Learning samples the sandbox's memory peak while runsc runs: runsc
+	// removes the cgroup, and its peak, when the sandbox ends.
+	var peak *runtime.MemoryPeakSampler
+	var onStart func()
+	if *learn {
+		onStart = func() { peak = runtime.SampleMemoryPeak(runsc.CgroupRoot, cgroupsPath, memorySampleInterval) }
+	}
+	code, err := runSandbox(ctx, s, r, sb, c.Timeout, onStart)
+	if peak != nil {
+		recordMemoryPeak(s, cfg, rec, peak)
+	}
 	// Always clean up, whatever happened above.
 	cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -181,6 +195,24 @@ func runRun(ctx context.Context, s streams, args []string) int {
 		return fail("%s", err)
 	}
 	return code
+}
+
+// memorySampleInterval is how often a learning run reads its sandbox's
+// memory peak.
+const memorySampleInterval = 100 * time.Millisecond
+
+// recordMemoryPeak stops peak and rewrites the learning run's record with
+// the highest value it read; a peak not read is a warning, since the rest
+// of the record still serves openshell policy suggest.
+func recordMemoryPeak(s streams, cfg *runtime.Config, rec runtime.LearnRecord, peak *runtime.MemoryPeakSampler) {
+	n, err := peak.Stop()
+	if err == nil {
+		rec.MemoryPeakBytes = n
+		err = runtime.WriteLearnRecord(cfg.Egress.AuditDir, rec)
+	}
+	if err != nil {
+		fmt.Fprintf(s.err, "openshell: warning: learning mode: the memory peak is not recorded: %s\n", err)
+	}
 }
 
 // startGateway starts the sandbox's egress gateway as a child of this
@@ -209,8 +241,9 @@ func sweepOrphans(ctx context.Context, s streams, r *runsc.Runsc, stateDir strin
 }
 
 // runSandbox runs the sandbox in the foreground, forwarding signals and
-// enforcing the wall-clock limit.
-func runSandbox(ctx context.Context, s streams, r *runsc.Runsc, sb *runtime.Sandbox, timeout time.Duration) (int, error) {
+// enforcing the wall-clock limit. onStart, when not nil, is called once
+// runsc has started, on the calling goroutine.
+func runSandbox(ctx context.Context, s streams, r *runsc.Runsc, sb *runtime.Sandbox, timeout time.Duration, onStart func()) (int, error) {
 	sigs := make(chan os.Signal, 8)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT)
 	defer signal.Stop(sigs)
@@ -219,6 +252,9 @@ func runSandbox(ctx context.Context, s streams, r *runsc.Runsc, sb *runtime.Sand
 	defer close(done)
 	timedOut := make(chan struct{})
 	started := func() {
+		if onStart != nil {
+			onStart()
+		}
 		go func() {
 			var deadline <-chan time.Time
 			if timeout > 0 {

@@ -15,17 +15,19 @@ import (
 )
 
 // writeLearnRecord keeps the policy a learning run runs under, and its
-// image, for openshell policy suggest.
-func writeLearnRecord(cfg *runtime.Config, id, policyFile, root string) error {
+// image, for openshell policy suggest, and returns the record (rewritten
+// with the memory peak when the sandbox ends).
+func writeLearnRecord(cfg *runtime.Config, id, policyFile, root string) (runtime.LearnRecord, error) {
 	data, err := os.ReadFile(policyFile)
 	if err != nil {
-		return fmt.Errorf("learn: %w", err)
+		return runtime.LearnRecord{}, fmt.Errorf("learn: %w", err)
 	}
 	abs, err := filepath.Abs(policyFile)
 	if err != nil {
-		return fmt.Errorf("learn: %w", err)
+		return runtime.LearnRecord{}, fmt.Errorf("learn: %w", err)
 	}
-	return runtime.WriteLearnRecord(cfg.Egress.AuditDir, runtime.LearnRecord{Sandbox: id, PolicyFile: abs, Policy: string(data), Root: root})
+	rec := runtime.LearnRecord{Sandbox: id, PolicyFile: abs, Policy: string(data), Root: root}
+	return rec, runtime.WriteLearnRecord(cfg.Egress.AuditDir, rec)
 }
 
 func runSuggest(_ context.Context, s streams, args []string) int {
@@ -76,6 +78,7 @@ func runSuggest(_ context.Context, s streams, args []string) int {
 		if in.Root == "" {
 			in.Root = rec.Root
 		}
+		in.MemoryPeakBytes = rec.MemoryPeakBytes
 	}
 	// A bad line (torn, too long) is reported and skipped.
 	auditFiles := auditLogFiles(dir, id)
