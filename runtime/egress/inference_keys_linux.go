@@ -68,6 +68,7 @@ func startCredentials(pc processConfig, cmd *exec.Cmd) (io.Closer, error) {
 // serveCredentials answers on c until the serving process closes its end.
 func serveCredentials(c *os.File, policyFile string, providers []inference.Provider, getenv func(string) string) {
 	buf := make([]byte, maxCredMessage)
+	pol := &policyCache{file: policyFile}
 	for {
 		n, err := c.Read(buf)
 		if err != nil || n == 0 {
@@ -76,7 +77,7 @@ func serveCredentials(c *os.File, policyFile string, providers []inference.Provi
 		q, ok := strings.CutPrefix(string(buf[:n]), "credential ")
 		seq, name, ok2 := strings.Cut(q, " ")
 		var reply []byte
-		if key, err := credentialFor(name, ok && ok2, policyFile, providers, getenv); err != nil {
+		if key, err := credentialFor(name, ok && ok2, pol, providers, getenv); err != nil {
 			reply = []byte("err " + seq + " " + err.Error())
 		} else {
 			reply = append([]byte("ok "+seq+" "), key...)
@@ -91,7 +92,7 @@ func serveCredentials(c *os.File, policyFile string, providers []inference.Provi
 
 // credentialFor is the key of provider name, when the sandbox's current
 // policy routes to it.
-func credentialFor(name string, ok bool, policyFile string, providers []inference.Provider, getenv func(string) string) (string, error) {
+func credentialFor(name string, ok bool, pol *policyCache, providers []inference.Provider, getenv func(string) string) (string, error) {
 	if !ok {
 		return "", errors.New("not a credential request")
 	}
@@ -99,7 +100,7 @@ func credentialFor(name string, ok bool, policyFile string, providers []inferenc
 	if i < 0 {
 		return "", fmt.Errorf("no provider %q is configured", name)
 	}
-	p, err := policy.Load(policyFile)
+	p, err := pol.load()
 	if err != nil {
 		return "", fmt.Errorf("the sandbox's policy: %w", err)
 	}
@@ -126,6 +127,34 @@ func credentialFor(name string, ok bool, policyFile string, providers []inferenc
 		return "", errors.Join(errs...)
 	}
 	return "", fmt.Errorf("the sandbox's route does not lead to provider %s", name)
+}
+
+// policyCache is the sandbox's current policy as the keeper last parsed
+// it: parsed again only when the file changes (its inode, size, change or
+// modification time), since parsing and validating a policy on every
+// inference call cost most of the gateway's added latency.
+type policyCache struct {
+	file  string
+	stamp [4]int64
+	p     *policy.Policy
+}
+
+func (c *policyCache) load() (*policy.Policy, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(c.file, &st); err != nil {
+		return nil, fmt.Errorf("stat %s: %w", c.file, err)
+	}
+	stamp := [4]int64{int64(st.Ino), st.Size, st.Mtim.Nano(), st.Ctim.Nano()}
+	if c.p != nil && stamp == c.stamp {
+		return c.p, nil
+	}
+	p, err := policy.Load(c.file)
+	if err != nil {
+		c.p = nil
+		return nil, err
+	}
+	c.p, c.stamp = p, stamp
+	return p, nil
 }
 
 // credClient is the serving process's end: one question at a time.

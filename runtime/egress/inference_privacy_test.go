@@ -75,10 +75,45 @@ func TestCredentialForLocalRoute(t *testing.T) {
 		{Name: "other", BaseURL: "https://other.example.com/v1", API: "openai", Auth: "bearer", Credential: "env:OTHER"},
 	}
 	getenv := func(k string) string { return "sk-" + strings.ToLower(k) + "-0123456789" }
+	cache := &policyCache{file: pf}
 	for name, want := range map[string]string{"cloud": "sk-cloud-0123456789", "ollama": "sk-local-0123456789", "other": ""} {
-		k, err := credentialFor(name, true, pf, providers, getenv)
+		k, err := credentialFor(name, true, cache, providers, getenv)
 		if k != want || (want == "") != (err != nil) {
 			t.Errorf("credentialFor(%s) = %q, %v; want %q", name, k, err, want)
 		}
+	}
+	// The keeper parses the policy once, and again when it changes: a
+	// reload that drops the local route stops its key at once.
+	if err := os.WriteFile(pf, []byte(inferencePolicy("https://api.example.com/v1", "")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if k, err := credentialFor("ollama", true, cache, providers, getenv); err == nil || k != "" {
+		t.Errorf("after the local route was dropped: %q, %v", k, err)
+	}
+	if k, err := credentialFor("cloud", true, cache, providers, getenv); err != nil || k != "sk-cloud-0123456789" {
+		t.Errorf("cloud after the change: %q, %v", k, err)
+	}
+}
+
+// The keeper's cached policy costs a stat per call, not a parse.
+func BenchmarkCredentialFor(b *testing.B) {
+	pf := filepath.Join(b.TempDir(), "policy.yaml")
+	if err := os.WriteFile(pf, []byte(inferencePolicy("https://api.example.com/v1", "")), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	providers := []inference.Provider{{Name: "cloud", BaseURL: "https://api.example.com/v1", API: "openai", Auth: "bearer", Credential: "env:CLOUD"}}
+	getenv := func(string) string { return "sk-0123456789" }
+	for _, fresh := range []bool{false, true} {
+		b.Run(map[bool]string{false: "cached", true: "parsed each call"}[fresh], func(b *testing.B) {
+			cache := &policyCache{file: pf}
+			for b.Loop() {
+				if fresh {
+					cache = &policyCache{file: pf}
+				}
+				if _, err := credentialFor("cloud", true, cache, providers, getenv); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
