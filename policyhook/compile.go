@@ -242,9 +242,15 @@ func Compile(p *policy.Policy, opts ...Option) (*Compiled, error) {
 		c.Gateway = o.gateway
 		// Learning asks too: its suggestion names binaries where the
 		// sentry said which one connected.
-		c.Attribution = o.learn
+		scoped := false
 		for _, r := range p.Network.Egress {
-			c.Attribution = c.Attribution || len(r.Binaries) > 0
+			scoped = scoped || len(r.Binaries) > 0
+		}
+		c.Attribution = o.learn || scoped
+		if scoped {
+			// No process may write its code into an allowed binary's
+			// memory through /proc/PID/mem and connect as it.
+			c.Modifiers = c.Modifiers.Append(modifier.NewReadOnlyProc())
 		}
 	default:
 		c.Modifiers = c.Modifiers.Append(modifier.NewIsolateNetwork())

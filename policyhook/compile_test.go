@@ -93,6 +93,33 @@ func TestCompileWithGateway(t *testing.T) {
 	}
 }
 
+// A policy with binaries asks for attribution and gets a read-only
+// /proc (no process may write code into an allowed binary's memory); one
+// without keeps /proc as the engine gave it.
+func TestCompileBinaries(t *testing.T) {
+	gw := WithGateway(modifier.GatewayNetwork{Netns: "/n", ResolvConf: "/c"})
+	for _, c := range []struct {
+		file       string
+		scoped, ro bool
+	}{
+		{"../examples/git-only.yaml", true, true},
+		{"../examples/coding-agent.yaml", false, false},
+	} {
+		comp, err := Compile(load(t, c.file), WithRootDir("/r"), WithBundle("/bundle"), gw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := spectest.Base(t)
+		if err := comp.Apply(s); err != nil {
+			t.Fatal(err)
+		}
+		i := slices.IndexFunc(s.Mounts, func(m specs.Mount) bool { return m.Destination == "/proc" })
+		if i < 0 || comp.Attribution != c.scoped || slices.Contains(s.Mounts[i].Options, "ro") != c.ro {
+			t.Errorf("%s: attribution %v, /proc %+v", c.file, comp.Attribution, s.Mounts)
+		}
+	}
+}
+
 func warnings(c *Compiled) []string {
 	var out []string
 	for _, w := range c.Warnings {
@@ -529,5 +556,25 @@ sandbox:
 				t.Errorf("env %q, want %q", got, tc.want)
 			}
 		})
+	}
+}
+
+// explain must not claim a binary-scoped rule blocks what a later rule
+// without binaries lets every executable do.
+func TestExplainBinariesOverlap(t *testing.T) {
+	scoped := policy.EgressRule{Field: "a", Host: "api.example.com", Ports: []int{80, 443}, Binaries: []string{"/usr/bin/curl"}}
+	open := policy.EgressRule{Field: "b", Host: "*.example.com", Ports: []int{80}}
+	other := policy.EgressRule{Field: "c", Host: "other.test", Ports: []int{80}}
+	for _, c := range []struct {
+		all  []policy.EgressRule
+		want string
+	}{
+		{[]policy.EgressRule{scoped, other}, "connections from other executables, and from copies on writable paths"},
+		{[]policy.EgressRule{scoped, open}, "nothing on 80: b allows every executable there"},
+	} {
+		rows := explainEndpoint(scoped, c.all)
+		if got := rows[len(rows)-1].Blocks; got != c.want {
+			t.Errorf("blocks %q, want %q", got, c.want)
+		}
 	}
 }

@@ -2,6 +2,7 @@ package policyhook
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -141,7 +142,7 @@ func explainNetwork(c *Compiled) []Row {
 	add("TCP 80 and 443", "transparent capture by the gateway (Host header, TLS SNI)", "programs that ignore the proxy variables still reach only the gateway")
 	add("every other port and protocol", "refused at the gateway's end of the link (nftables, outside gVisor)", "connections that bypass the proxy; UDP but DNS to the gateway")
 	for _, r := range n.Egress {
-		rows = append(rows, explainEndpoint(r)...)
+		rows = append(rows, explainEndpoint(r, n.Egress)...)
 	}
 	add("cloud metadata, link-local, loopback", "the gateway, whatever a rule or a DNS answer says", "169.254.169.254, fd00:ec2::254, 100.100.100.200, 127/8, 169.254/16, fe80::/10, multicast")
 	if n.BlockPrivateRanges {
@@ -154,7 +155,7 @@ func explainNetwork(c *Compiled) []Row {
 
 // explainEndpoint is one egress rule: where it goes, how the gateway
 // holds it, and what of it is not enforced.
-func explainEndpoint(r policy.EgressRule) []Row {
+func explainEndpoint(r policy.EgressRule, all []policy.EgressRule) []Row {
 	var rows []Row
 	add := func(rule, by, blocks string) { rows = append(rows, Row{rule, by, blocks}) }
 	rule := fmt.Sprintf("egress %s:%s", r.Host, joinInts(r.Ports))
@@ -210,6 +211,11 @@ func explainEndpoint(r policy.EgressRule) []Row {
 		if audit {
 			how, blocks = how+" (audit-only: recorded, not enforced)", "nothing"
 		}
+		// Rules add up: one without binaries for the same host and a
+		// port of this one lets every executable through there.
+		if o := openOverlap(r, all); o != nil {
+			blocks = fmt.Sprintf("nothing on %s: %s allows every executable there", joinInts(sharedPorts(r, *o)), o.Field)
+		}
 		add("  only from binaries: "+strings.Join(r.Binaries, ", ")+" (on a read-only mount)", how, blocks)
 	}
 	return rows
@@ -251,4 +257,28 @@ func explainGPU(c *Compiled) []Row {
 			"other GPUs, other NVIDIA and DRI devices, driver capabilities not listed"},
 		{"gpu device nodes", "found by the runtime when the sandbox is created (the engine's, else the host's CDI specs, else /dev/nvidia*); compiling reads nothing on the host", "-"},
 	}
+}
+
+// openOverlap is a rule without binaries that allows a name r covers (or
+// all of r's names) on one of r's ports, or nil.
+func openOverlap(r policy.EgressRule, all []policy.EgressRule) *policy.EgressRule {
+	for i, o := range all {
+		if len(o.Binaries) > 0 || o.Host == "" || len(sharedPorts(r, o)) == 0 {
+			continue
+		}
+		if hostCovers(o.Host, r.Host) || hostCovers(r.Host, o.Host) {
+			return &all[i]
+		}
+	}
+	return nil
+}
+
+func sharedPorts(a, b policy.EgressRule) []int {
+	var out []int
+	for _, p := range a.Ports {
+		if slices.Contains(b.Ports, p) {
+			out = append(out, p)
+		}
+	}
+	return out
 }

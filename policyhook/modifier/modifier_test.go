@@ -305,6 +305,18 @@ func TestGatewayNetwork(t *testing.T) {
 	})
 }
 
+func TestReadOnlyProc(t *testing.T) {
+	noProc := modFunc(func(s *specs.Spec) error {
+		s.Mounts = slices.DeleteFunc(s.Mounts, func(m specs.Mount) bool { return m.Destination == "/proc" })
+		return nil
+	})
+	run(t, []tcase{
+		{name: "default-spec", mod: ok(NewReadOnlyProc())},
+		{name: "engine-spec", base: spectest.Engine, mod: ok(NewReadOnlyProc())},
+		{name: "adds-one", mod: ok(List{}.Append(noProc, NewReadOnlyProc()))},
+	})
+}
+
 func TestAnnotations(t *testing.T) {
 	run(t, []tcase{
 		{name: "recorded", mod: ok(NewAnnotations("agent", "abc123", "openshell-1.0"))},
