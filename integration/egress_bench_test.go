@@ -1,10 +1,14 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -100,18 +104,40 @@ type egressFigures struct {
 // TestEgressBench compares, in one run, a sandbox whose traffic goes
 // through its egress gateway (transparent capture of port 80, a name
 // allowed by the policy) with the same runsc sandbox routed straight to
-// the same server with no policy and no gateway. It runs only when
-// OPENSHELL_BENCH is set (make bench sets it).
+// the same server with no policy and no gateway, and with the same
+// gateway path through a benchmark build whose gateway is not confined
+// (unconfinedBench): the last column is what the confinement costs. It
+// runs only when OPENSHELL_BENCH is set (make bench sets it).
 func TestEgressBench(t *testing.T) {
 	requireBench(t)
+	unconfined := unconfinedBench(t)
 	e := newEgressEnv(t)
 	dir := t.TempDir()
 	pf := writePolicy(t, egressPolicy)
-	gateway := func() egressFigures {
+	viaGateway := func(bin string) egressFigures {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
-		return probeFigures[egressFigures](t, e.runCommand(ctx, pf, "/usr/bin/python3", "-c", egressBenchProbe, "allowed.test", "resolve", "169.254.213.1"))
+		c := e.runCommand(ctx, pf, "/usr/bin/python3", "-c", egressBenchProbe, "allowed.test", "resolve", "169.254.213.1")
+		if bin == openshellBin {
+			return probeFigures[egressFigures](t, c)
+		}
+		c.Path, c.Args[0] = bin, bin
+		c.Env = append(os.Environ(), unconfinedBenchEnv+"=1")
+		var stderr bytes.Buffer
+		c.Stderr = &stderr
+		defer func() {
+			if t.Failed() {
+				t.Logf("%s stderr:\n%s", bin, stderr.String())
+			}
+		}()
+		f := probeFigures[egressFigures](t, c)
+		// The benchmark build says so on every start: this was it.
+		if !strings.Contains(stderr.String(), "NOT confined") {
+			t.Fatalf("%s ran without the benchmark build's warning: not the unconfined build?", bin)
+		}
+		return f
 	}
+	gateway := func() egressFigures { return viaGateway(openshellBin) }
 	direct := func() egressFigures {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
@@ -120,13 +146,21 @@ func TestEgressBench(t *testing.T) {
 		return probeFigures[egressFigures](t, c)
 	}
 	rounds := min(benchRuns(3), 3)
-	var gw, dr []egressFigures
-	for range rounds {
+	var gw, dr, uc []egressFigures
+	for i := range rounds {
 		dr = append(dr, direct())
-		gw = append(gw, gateway())
+		// Confined and unconfined take turns going first.
+		if i%2 == 0 {
+			gw = append(gw, gateway())
+			uc = append(uc, viaGateway(unconfined))
+		} else {
+			uc = append(uc, viaGateway(unconfined))
+			gw = append(gw, gateway())
+		}
 	}
 	fmt.Printf("egress: %d rounds, 300 fresh connections and 3+3 downloads of 100 MB each (medians of the rounds)\n", rounds)
-	fmt.Printf("%-22s %12s %12s %12s\n", "", "direct", "gateway", "gateway-direct / ratio")
+	fmt.Printf("unconfined: the gateway path through a build with -tags openshell_unconfined_bench (serving process as root: no user, cgroup, Landlock or seccomp)\n")
+	fmt.Printf("%-22s %12s %12s %22s %12s %27s\n", "", "direct", "gateway", "gateway-direct / ratio", "unconfined", "confined-unconfined / ratio")
 	for _, m := range []struct {
 		name string
 		f    func(egressFigures) float64
@@ -141,18 +175,37 @@ func TestEgressBench(t *testing.T) {
 		{"100 MB captured (MB/s)", func(x egressFigures) float64 { return x.MBps }, false},
 		{"100 MB CONNECT (MB/s)", func(x egressFigures) float64 { return x.TunnelMBps }, false},
 	} {
-		d, g := medianOf(dr, m.f), medianOf(gw, m.f)
+		d, g, u := medianOf(dr, m.f), medianOf(gw, m.f), medianOf(uc, m.f)
 		if m.diff {
-			fmt.Printf("%-22s %12.3f %12.3f %+12.3f ms\n", m.name, d, g, g-d)
+			fmt.Printf("%-22s %12.3f %12.3f %+19.3f ms %12.3f %+24.3f ms\n", m.name, d, g, g-d, u, g-u)
 		} else {
-			fmt.Printf("%-22s %12.1f %12.1f %12.2fx\n", m.name, d, g, g/d)
+			fmt.Printf("%-22s %12.1f %12.1f %21.2fx %12.1f %26.2fx\n", m.name, d, g, g/d, u, g/u)
 		}
 	}
-	for _, x := range append(gw, dr...) {
+	for _, x := range slices.Concat(gw, dr, uc) {
 		if x.Bytes < 100<<20 {
 			t.Errorf("a download got %d bytes, want %d", x.Bytes, 100<<20)
 		}
 	}
+}
+
+// unconfinedBenchEnv must be 1 for a build with the tag
+// openshell_unconfined_bench to run (runtime/egress/confine_bench_on.go).
+const unconfinedBenchEnv = "OPENSHELL_UNCONFINED_BENCH"
+
+// unconfinedBench builds openshell with the tag
+// openshell_unconfined_bench, as TestMain builds the binaries under test:
+// its gateway serves unconfined, for the benchmarks to measure what the
+// confinement costs. It is built into a temporary directory and never
+// beside the others.
+func unconfinedBench(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	out, err := exec.Command("go", "build", "-tags", "openshell_unconfined_bench", "-o", dir+"/", "../cmd/openshell").CombinedOutput()
+	if err != nil {
+		t.Fatalf("build the unconfined benchmark openshell: %v\n%s", err, out)
+	}
+	return filepath.Join(dir, "openshell")
 }
 
 // directCommand is runsc running args in e's root, routed straight to

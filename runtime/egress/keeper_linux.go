@@ -116,19 +116,24 @@ func runKeeper(configFile string) error {
 	}
 	serveFile := viaFD("gateway.json")
 
-	cgroups, err := makeCgroups(pc.Sandbox, c)
-	if err != nil {
-		return fail(err)
-	}
-	rs, err := gatewayRuleset(dir)
-	if err != nil {
-		_ = RemoveGatewayCgroups(pc.Sandbox)
-		return fail(err)
-	}
-	if rs == nil {
-		log.Warn("Landlock is not available on this kernel: the gateway's files are guarded by its user only")
-	} else {
-		defer rs.Close()
+	// A benchmark build (confine_bench_on.go) makes no cgroup and no
+	// ruleset, and starts the serving process as root from a thread that
+	// drops nothing.
+	var cgroups []string
+	var rs *ruleset
+	if !benchUnconfined {
+		if cgroups, err = makeCgroups(pc.Sandbox, c); err != nil {
+			return fail(err)
+		}
+		if rs, err = gatewayRuleset(dir); err != nil {
+			_ = RemoveGatewayCgroups(pc.Sandbox)
+			return fail(err)
+		}
+		if rs == nil {
+			log.Warn("Landlock is not available on this kernel: the gateway's files are guarded by its user only")
+		} else {
+			defer rs.Close()
+		}
 	}
 
 	args := os.Args[1:]
@@ -177,12 +182,15 @@ func runKeeper(configFile string) error {
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = null, os.Stderr, os.Stderr
 	// No parent-death signal: the forking thread ends when the keeper
 	// re-execs. The lifeline ends the serving process instead.
-	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Credential: &syscall.Credential{Uid: uint32(c.UID), Gid: uint32(c.GID), Groups: []uint32{}},
+	cmd.SysProcAttr = &syscall.SysProcAttr{}
+	if !benchUnconfined {
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(c.UID), Gid: uint32(c.GID), Groups: []uint32{}}
 	}
 	if err := onLockedThread(func() error {
-		if err := dropThread(rs); err != nil {
-			return err
+		if !benchUnconfined {
+			if err := dropThread(rs); err != nil {
+				return err
+			}
 		}
 		return cmd.Start()
 	}, nil); err != nil {
@@ -201,8 +209,12 @@ func runKeeper(configFile string) error {
 		_ = f.Close()
 	}
 	ready.f = nil
-	log.Info("gateway confined", "pid", cmd.Process.Pid, "uid", c.UID, "gid", c.GID,
-		"memory_max", c.MemoryMax, "pids_max", c.PidsMax, "cgroups", cgroups, "landlock_abi", LandlockABI())
+	if benchUnconfined {
+		log.Warn("gateway NOT confined: benchmark build (openshell_unconfined_bench)", "pid", cmd.Process.Pid, "uid", 0)
+	} else {
+		log.Info("gateway confined", "pid", cmd.Process.Pid, "uid", c.UID, "gid", c.GID,
+			"memory_max", c.MemoryMax, "pids_max", c.PidsMax, "cgroups", cgroups, "landlock_abi", LandlockABI())
+	}
 
 	ks := keeperState{Child: cmd.Process.Pid, Audit: int(auditKeeper.Fd()), Lifeline: int(lifeW.Fd()), Cred: -1}
 	if f, ok := creds.(*os.File); ok {
