@@ -45,8 +45,8 @@ const binariesProbe = `
 import socket, subprocess, shutil, sys, json
 from concurrent.futures import ThreadPoolExecutor
 
-def curl(path="/usr/bin/curl", host="allowed.test"):
-    r = subprocess.run([path, "-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "10", "http://%s/" % host], capture_output=True, text=True)
+def curl(path="/usr/bin/curl", host="allowed.test", env=None):
+    r = subprocess.run([path, "-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "10", "http://%s/" % host], capture_output=True, text=True, env=env)
     return r.stdout or "err"
 
 def direct(host="allowed.test"):
@@ -70,6 +70,14 @@ import os
 os.makedirs("/tmp/tools")
 shutil.copy("/usr/bin/curl", "/tmp/tools/curl")
 print("listed-copy", curl("/tmp/tools/curl"), flush=True)
+import glob
+shutil.copy(glob.glob("/usr/lib/*/libz.so.1")[0], "/tmp/libz.so")
+print("preload", curl(env=dict(os.environ, LD_PRELOAD="/tmp/libz.so")), flush=True)
+try:
+    open("/proc/self/mem", "r+b")
+    print("procmem writable", flush=True)
+except OSError as e:
+    print("procmem", e.strerror, flush=True)
 print("phase1", flush=True)
 sys.stdin.readline()
 print("after-curl", curl(), flush=True)
@@ -101,7 +109,10 @@ func TestEgressBinaries(t *testing.T) {
 	if len(results) != 128 {
 		t.Fatalf("%d results", len(results))
 	}
-	for _, want := range []string{"copy 403", "listed-copy 403", "phase1"} {
+	// Code the agent could have written, run inside curl (a library
+	// preloaded from /tmp), does not count as curl; nor can a process
+	// write into another's memory (/proc is read-only under binaries).
+	for _, want := range []string{"copy 403", "listed-copy 403", "preload 403", "procmem Read-only file system", "phase1"} {
 		if !lines.Scan() || lines.Text() != want {
 			t.Fatalf("sandbox: %q, want %q\n%s", lines.Text(), want, errb.String())
 		}
@@ -119,7 +130,7 @@ func TestEgressBinaries(t *testing.T) {
 			audit = append(audit, ev)
 		}
 	}
-	var curlAllowed, pyDenied, copyDenied, listedDenied bool
+	var curlAllowed, pyDenied, copyDenied, listedDenied, preloadDenied bool
 	for _, ev := range audit {
 		switch {
 		case ev.Binary == "/usr/bin/curl" && ev.Decision == egress.Allow:
@@ -130,15 +141,17 @@ func TestEgressBinaries(t *testing.T) {
 			copyDenied = true
 		case ev.Binary == "/tmp/tools/curl" && ev.Decision == egress.Deny && strings.Contains(ev.Reason, "not on a read-only mount"):
 			listedDenied = true
+		case ev.Binary == "/usr/bin/curl" && ev.Decision == egress.Deny && strings.Contains(ev.Reason, "runs code from /tmp/libz.so"):
+			preloadDenied = true
 		}
 	}
-	if !curlAllowed || !pyDenied || !copyDenied || !listedDenied {
+	if !curlAllowed || !pyDenied || !copyDenied || !listedDenied || !preloadDenied {
 		for _, ev := range audit {
 			if ev.Decision != egress.Allow {
 				t.Logf("%+v", ev)
 			}
 		}
-		t.Errorf("audit: curl allowed %v, python3 denied %v, /tmp/curl denied %v, /tmp/tools/curl denied for its mount %v", curlAllowed, pyDenied, copyDenied, listedDenied)
+		t.Errorf("audit: curl allowed %v, python3 denied %v, /tmp/curl denied %v, /tmp/tools/curl denied for its mount %v, curl with /tmp/libz.so preloaded denied %v", curlAllowed, pyDenied, copyDenied, listedDenied, preloadDenied)
 	}
 
 	// Cut the sentry's channel: binary-scoped rules must deny from then

@@ -18,6 +18,8 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -26,10 +28,14 @@ import (
 	"gvisor.dev/gvisor/pkg/atomicbitops"
 	"gvisor.dev/gvisor/pkg/context"
 	"gvisor.dev/gvisor/pkg/fd"
+	"gvisor.dev/gvisor/pkg/fspath"
+	"gvisor.dev/gvisor/pkg/hostarch"
 	"gvisor.dev/gvisor/pkg/sentry/kernel"
+	"gvisor.dev/gvisor/pkg/sentry/mm"
 	"gvisor.dev/gvisor/pkg/sentry/seccheck"
 	pb "gvisor.dev/gvisor/pkg/sentry/seccheck/points/points_go_proto"
 	"gvisor.dev/gvisor/pkg/sentry/socket"
+	"gvisor.dev/gvisor/pkg/sentry/vfs"
 )
 
 // Name is the sink's name in runsc's trace configuration.
@@ -50,6 +56,12 @@ type Record struct {
 	// RO: the executable lies on a read-only mount, so the agent cannot
 	// have written it.
 	RO bool `json:"ro"`
+	// Foreign is the first executable mapping of the process whose file
+	// is not on a read-only mount (a library preloaded or loaded from
+	// where the agent writes, a memfd): the process runs code the agent
+	// may have written, so its executable does not count. Anonymous
+	// executable memory (a JIT) is not looked at.
+	Foreign string `json:"foreign,omitempty"`
 	// Dropped counts the records this sink could not deliver so far.
 	Dropped uint32 `json:"dropped,omitempty"`
 }
@@ -96,13 +108,21 @@ type sink struct {
 	seccheck.SinkDefaults
 	endpoint *fd.FD
 	dropped  atomicbitops.Uint32
+	// roPaths caches the mapped files found on read-only mounts: such a
+	// path stays on one (the sandbox cannot mount), so it is looked up
+	// once. Writable ones are not cached: they taint the record anyway.
+	mu      sync.Mutex
+	roPaths map[string]bool
 }
+
+// maxROPaths bounds the cache; past it, lookups are simply not cached.
+const maxROPaths = 4096
 
 func newSink(_ map[string]any, endpoint *fd.FD) (seccheck.Sink, error) {
 	if endpoint == nil {
 		return nil, fmt.Errorf("openshell sink: no endpoint")
 	}
-	return &sink{endpoint: endpoint}, nil
+	return &sink{endpoint: endpoint, roPaths: map[string]bool{}}, nil
 }
 
 func (*sink) Name() string { return Name }
@@ -131,14 +151,14 @@ func (s *sink) Syscall(ctx context.Context, _ seccheck.FieldSet, _ *pb.ContextDa
 	if t == nil {
 		return nil
 	}
-	if r, ok := record(t, int32(c.Fd), c.Address); ok {
+	if r, ok := s.record(t, int32(c.Fd), c.Address); ok {
 		s.write(r)
 	}
 	return nil
 }
 
 // record reads what the sentry knows of the task's connected socket fd.
-func record(t *kernel.Task, fdNum int32, dst []byte) (Record, bool) {
+func (s *sink) record(t *kernel.Task, fdNum int32, dst []byte) (Record, bool) {
 	file := t.GetFile(fdNum)
 	if file == nil {
 		return Record{}, false
@@ -174,8 +194,57 @@ func record(t *kernel.Task, fdNum int32, dst []byte) (Record, bool) {
 				r.Exe, r.RO = p, exe.Mount().ReadOnly()
 			}
 		}
+		if r.RO {
+			r.Foreign = s.foreign(t, mm)
+		}
 	}
 	return r, true
+}
+
+// foreign is the first file the process maps executable that does not
+// lie on a read-only mount, "" when there is none.
+func (s *sink) foreign(t *kernel.Task, mm *mm.MemoryManager) string {
+	var paths []string
+	mm.ReadMapsDataInto(t, func(_, _ hostarch.Addr, perms hostarch.AccessType, _ string, _ uint64, _, _ uint32, _ uint64, path string) {
+		if perms.Execute && path != "" && !strings.HasPrefix(path, "[") && (len(paths) == 0 || paths[len(paths)-1] != path) {
+			paths = append(paths, path)
+		}
+	})
+	root := t.FSContext().RootDirectory()
+	defer root.DecRef(t)
+	for _, p := range paths {
+		if !s.readOnly(t, root, p) {
+			return p
+		}
+	}
+	return ""
+}
+
+// readOnly reports whether path, as the process's maps name it, is a file
+// on a read-only mount. A deleted file (" (deleted)"), or one that is no
+// longer where its name says, is not.
+func (s *sink) readOnly(t *kernel.Task, root vfs.VirtualDentry, path string) bool {
+	s.mu.Lock()
+	known := s.roPaths[path]
+	s.mu.Unlock()
+	if known {
+		return true
+	}
+	pop := vfs.PathOperation{Root: root, Start: root, Path: fspath.Parse(path)}
+	vd, err := t.Kernel().VFS().GetDentryAt(t, t.Credentials(), &pop, &vfs.GetDentryOptions{})
+	if err != nil {
+		return false
+	}
+	ro := vd.Mount().ReadOnly()
+	vd.DecRef(t)
+	if ro {
+		s.mu.Lock()
+		if len(s.roPaths) < maxROPaths {
+			s.roPaths[path] = true
+		}
+		s.mu.Unlock()
+	}
+	return ro
 }
 
 // sockAddr converts a socket's bound address.

@@ -39,6 +39,7 @@ type attrRecord struct {
 	PID     int32  `json:"pid"`
 	Exe     string `json:"exe"`
 	RO      bool   `json:"ro"`
+	Foreign string `json:"foreign,omitempty"`
 	Dropped uint32 `json:"dropped,omitempty"`
 }
 
@@ -63,7 +64,14 @@ type Binary struct {
 	// sandbox's view, so the agent cannot have written it.
 	ReadOnly bool
 	PID      int32
+	// Foreign is a file the process maps executable that is not on a
+	// read-only mount (LD_PRELOAD, a plugin the agent wrote): it runs
+	// code the agent may have written, and so counts as no binary.
+	Foreign string
 }
+
+// trusted reports whether b may count for a binary-scoped rule.
+func (b Binary) trusted() bool { return b.ReadOnly && b.Foreign == "" }
 
 // Why a connection has no binary.
 var (
@@ -132,11 +140,13 @@ func parseAttrRecord(b []byte) (attrKey, Binary, uint32, error) {
 	// An executable path the kernel could hold: absolute, valid UTF-8
 	// (encoding/json replaces what is not, so such a path never matches
 	// a pattern), no NUL or newline.
-	if r.Exe != "" && (!strings.HasPrefix(r.Exe, "/") || len(r.Exe) > 4096 || !utf8.ValidString(r.Exe) || strings.ContainsAny(r.Exe, "\x00\n")) {
-		return attrKey{}, Binary{}, 0, errors.New("record executable path is malformed")
+	for _, p := range []string{r.Exe, r.Foreign} {
+		if p != "" && (!strings.HasPrefix(p, "/") || len(p) > 4096 || !utf8.ValidString(p) || strings.ContainsAny(p, "\x00\n")) {
+			return attrKey{}, Binary{}, 0, errors.New("record path is malformed")
+		}
 	}
 	key := attrKey{local: unmapPort(local), remote: unmapPort(remote)}
-	return key, Binary{Path: r.Exe, ReadOnly: r.RO, PID: r.PID}, r.Dropped, nil
+	return key, Binary{Path: r.Exe, ReadOnly: r.RO, PID: r.PID, Foreign: r.Foreign}, r.Dropped, nil
 }
 
 func unmapPort(a netip.AddrPort) netip.AddrPort {
@@ -405,5 +415,5 @@ func (g *Gateway) who(ctx context.Context, rs *rules, ev *Event, t *target, d *d
 	case t != nil && rs.learn != nil && g.attr.on:
 		b, _ = peerFrom(ctx).binary()
 	}
-	ev.Binary, ev.BinaryWritable = b.Path, b.Path != "" && !b.ReadOnly
+	ev.Binary, ev.BinaryWritable = b.Path, b.Path != "" && !b.trusted()
 }

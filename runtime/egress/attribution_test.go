@@ -21,11 +21,14 @@ func TestParseAttrRecord(t *testing.T) {
 		bin      Binary
 	}{
 		{"v4", `{"v":1,"local":"10.0.0.2:4000","remote":"93.184.216.34:443","pid":7,"exe":"/usr/bin/curl","ro":true}`, true,
-			attrKey{netip.MustParseAddrPort("10.0.0.2:4000"), netip.MustParseAddrPort("93.184.216.34:443")}, Binary{"/usr/bin/curl", true, 7}},
+			attrKey{netip.MustParseAddrPort("10.0.0.2:4000"), netip.MustParseAddrPort("93.184.216.34:443")}, Binary{Path: "/usr/bin/curl", ReadOnly: true, PID: 7}},
 		{"mapped v6 is v4", `{"v":1,"local":"[::ffff:10.0.0.2]:4000","remote":"[::ffff:1.2.3.4]:80","pid":1,"exe":"/bin/x","ro":false}`, true,
-			attrKey{netip.MustParseAddrPort("10.0.0.2:4000"), netip.MustParseAddrPort("1.2.3.4:80")}, Binary{"/bin/x", false, 1}},
+			attrKey{netip.MustParseAddrPort("10.0.0.2:4000"), netip.MustParseAddrPort("1.2.3.4:80")}, Binary{Path: "/bin/x", ReadOnly: false, PID: 1}},
+		{"foreign", `{"v":1,"local":"10.0.0.2:1","remote":"1.2.3.4:80","pid":1,"exe":"/usr/bin/curl","ro":true,"foreign":"/tmp/x.so"}`, true,
+			attrKey{netip.MustParseAddrPort("10.0.0.2:1"), netip.MustParseAddrPort("1.2.3.4:80")}, Binary{Path: "/usr/bin/curl", ReadOnly: true, PID: 1, Foreign: "/tmp/x.so"}},
+		{"relative foreign", `{"v":1,"local":"10.0.0.2:1","remote":"1.2.3.4:80","exe":"/x","ro":true,"foreign":"x.so"}`, false, attrKey{}, Binary{}},
 		{"no exe", `{"v":1,"local":"10.0.0.2:1","remote":"1.2.3.4:80","pid":1,"exe":"","ro":true}`, true,
-			attrKey{netip.MustParseAddrPort("10.0.0.2:1"), netip.MustParseAddrPort("1.2.3.4:80")}, Binary{"", true, 1}},
+			attrKey{netip.MustParseAddrPort("10.0.0.2:1"), netip.MustParseAddrPort("1.2.3.4:80")}, Binary{Path: "", ReadOnly: true, PID: 1}},
 		{"unknown field", `{"v":1,"local":"10.0.0.2:1","remote":"1.2.3.4:80","exe":"/x","ro":true,"trusted":true}`, false, attrKey{}, Binary{}},
 		{"version", `{"v":2,"local":"10.0.0.2:1","remote":"1.2.3.4:80","exe":"/x"}`, false, attrKey{}, Binary{}},
 		{"bad local", `{"v":1,"local":"10.0.0.2","remote":"1.2.3.4:80","exe":"/x"}`, false, attrKey{}, Binary{}},
@@ -59,7 +62,7 @@ func TestParseAttrRecordGolden(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if key.local.String() != "10.0.2.15:43210" || key.remote.String() != "[2001:db8::1]:443" || bin != (Binary{"/usr/bin/git", true, 42}) || dropped != 3 {
+	if key.local.String() != "10.0.2.15:43210" || key.remote.String() != "[2001:db8::1]:443" || bin != (Binary{Path: "/usr/bin/git", ReadOnly: true, PID: 42}) || dropped != 3 {
 		t.Errorf("got %v %+v %d", key, bin, dropped)
 	}
 }
@@ -255,6 +258,7 @@ func TestChoose(t *testing.T) {
 		{"glob", []*policy.EgressRule{scoped}, ctxWith(Binary{Path: "/opt/tools/x/y", ReadOnly: true}, nil), scoped, ""},
 		{"other binary", []*policy.EgressRule{scoped}, ctxWith(py, nil), nil, "not to /usr/bin/python3.11"},
 		{"copy on a writable mount", []*policy.EgressRule{scoped}, ctxWith(writable, nil), nil, "not on a read-only mount"},
+		{"code loaded from a writable mount", []*policy.EgressRule{scoped}, ctxWith(Binary{Path: "/usr/bin/curl", ReadOnly: true, Foreign: "/tmp/evil.so"}, nil), nil, "runs code from /tmp/evil.so"},
 		{"no attribution", []*policy.EgressRule{scoped}, ctxWith(Binary{}, errAttrLost), nil, "attribution was lost"},
 		{"no peer at all", []*policy.EgressRule{scoped}, context.Background(), nil, "started without connection attribution"},
 		{"falls through to an open rule", []*policy.EgressRule{scoped, open}, ctxWith(py, nil), open, ""},

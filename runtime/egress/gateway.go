@@ -467,7 +467,7 @@ func choose(ctx context.Context, cands []*policy.EgressRule, what string) (*targ
 			bin, berr = peerFrom(ctx).binary()
 			asked = true
 		}
-		if berr == nil && bin.ReadOnly && matchBinaries(r.Binaries, bin.Path) {
+		if berr == nil && bin.trusted() && matchBinaries(r.Binaries, bin.Path) {
 			return &target{rule: r, bin: bin}, nil
 		}
 	}
@@ -478,6 +478,8 @@ func choose(ctx context.Context, cands []*policy.EgressRule, what string) (*targ
 		d = deny(first, "%s is allowed only to %s: %s", what, strings.Join(first.Binaries, ", "), berr)
 	case !bin.ReadOnly && matchBinaries(first.Binaries, bin.Path):
 		d = deny(first, "%s: %s is not on a read-only mount; a binary counts only where the agent cannot have written it", what, bin.Path)
+	case bin.Foreign != "" && matchBinaries(first.Binaries, bin.Path):
+		d = deny(first, "%s: %s runs code from %s, which is not on a read-only mount (a preloaded or loaded library the agent may have written)", what, bin.Path, bin.Foreign)
 	default:
 		d = deny(first, "%s is allowed only to %s, not to %s", what, strings.Join(first.Binaries, ", "), orUnknown(bin.Path))
 	}
