@@ -285,3 +285,46 @@ func TestChoose(t *testing.T) {
 		})
 	}
 }
+
+// A record is forgotten however its connection ends: closed before any
+// decision asked for it (a request refused before its handler), or
+// displaced from the full connection table.
+func TestAttributionForgottenOnClose(t *testing.T) {
+	a, _ := newTestAttribution()
+	tab := newConnTable(1)
+	tab.attr = a
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	accept := func() (net.Conn, attrKey) {
+		c, err := net.Dial("tcp4", l.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		s, err := l.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s, attrKey{netip.MustParseAddrPort(c.LocalAddr().String()), netip.MustParseAddrPort(c.RemoteAddr().String())}
+	}
+	s1, k1 := accept()
+	a.add(k1, curl, 0)
+	tc := tab.admit(s1)
+	tc.Close()
+	if _, err := a.take(k1, 10*time.Millisecond); !errors.Is(err, errAttrTimeout) {
+		t.Fatalf("after close: %v", err)
+	}
+	s2, k2 := accept()
+	a.add(k2, curl, 0)
+	tab.admit(s2)
+	s3, _ := accept()
+	if tab.admit(s3) == nil {
+		t.Fatal("no room made")
+	}
+	if _, err := a.take(k2, 10*time.Millisecond); !errors.Is(err, errAttrTimeout) {
+		t.Fatalf("after displacement: %v", err)
+	}
+}

@@ -192,6 +192,7 @@ func New(cfg Config, log *slog.Logger) (*Gateway, error) {
 	g.attr = newAttribution(cfg.Attribution, func(msg string) {
 		g.event(g.current(), Event{Kind: "attribution", Decision: Deny, Reason: msg})
 	})
+	g.conns.attr = g.attr
 	g.attr.closed = func() {
 		g.log.Warn("attribution: the sentry's channel closed; binary-scoped rules deny from now on")
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -52,6 +53,9 @@ type connTable struct {
 	max   int
 	mu    sync.Mutex
 	conns []*trackedConn // in the order they were accepted
+	// attr is the gateway's attribution table: a connection's record
+	// is forgotten however the connection ends.
+	attr *attribution
 }
 
 func newConnTable(max int) *connTable { return &connTable{max: max} }
@@ -75,6 +79,7 @@ func (t *connTable) admit(c net.Conn) *trackedConn {
 		o := t.conns[victim]
 		t.conns = append(t.conns[:victim], t.conns[victim+1:]...)
 		o.released.Store(true)
+		o.forgetPeer()
 		_ = o.Conn.Close()
 	}
 	tc := &trackedConn{Conn: c, table: t}
@@ -115,9 +120,24 @@ type trackedConn struct {
 
 func (c *trackedConn) Close() error {
 	c.table.release(c)
-	c.peerOnce.Do(func() {}) // no peer is made once closing
-	c.peer.done()
+	c.forgetPeer()
 	return c.Conn.Close()
+}
+
+// forgetPeer drops the connection's attribution record, whether or not a
+// decision asked for it (a request refused before any handler, a
+// connection displaced from the table): a record that outlived its
+// connection could answer for a later one on the same addresses. A
+// connection no handler made a peer for was accepted where the sandbox
+// dialled (the proxy's address, or the transparent listeners' original
+// destination).
+func (c *trackedConn) forgetPeer() {
+	c.peerOnce.Do(func() {
+		if a, err := netip.ParseAddrPort(c.LocalAddr().String()); err == nil {
+			c.peer = newPeer(c.table.attr, c.Conn, a)
+		}
+	})
+	c.peer.done()
 }
 
 // hold marks c busy until the returned func is called.
