@@ -237,8 +237,13 @@ func cutAttribution(t *testing.T, pid int, path string) {
 // up), then 30 curl processes through the proxy, timed together.
 const attrBenchProbe = `
 import socket, time, json, subprocess
+addr = socket.getaddrinfo("pass.test", 80, socket.AF_INET, socket.SOCK_STREAM)[0][4]
+conn = []
 def get():
-    s = socket.create_connection(("pass.test", 80), timeout=10)
+    s = socket.socket()
+    t0 = time.perf_counter()
+    s.connect(addr)
+    conn.append(time.perf_counter() - t0)
     s.sendall(b"GET / HTTP/1.1\r\nHost: pass.test\r\nConnection: close\r\n\r\n")
     line = s.makefile("rb").readline()
     s.close()
@@ -248,13 +253,14 @@ for i in range(220):
     t0 = time.perf_counter()
     get()
     lat.append(time.perf_counter() - t0)
-lat = sorted(lat[20:])
+lat, conn = sorted(lat[20:]), sorted(conn[20:])
 t0 = time.perf_counter()
 for i in range(30):
     r = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://pass.test/"], capture_output=True, text=True)
     assert r.stdout == "200", r.stdout
 loop = time.perf_counter() - t0
-print(json.dumps({"p50_us": lat[len(lat)//2] * 1e6, "p99_us": lat[int(len(lat) * 0.99)] * 1e6, "exec_loop_ms": loop * 1e3}))
+print(json.dumps({"p50_us": lat[len(lat)//2] * 1e6, "p99_us": lat[int(len(lat) * 0.99)] * 1e6,
+    "connect_p50_us": conn[len(conn)//2] * 1e6, "connect_p99_us": conn[int(len(conn) * 0.99)] * 1e6, "exec_loop_ms": loop * 1e3}))
 `
 
 // TestAttributionBench measures what per-binary rules cost, in one run:
@@ -278,6 +284,8 @@ sandbox:
 	type figures struct {
 		P50      float64 `json:"p50_us"`
 		P99      float64 `json:"p99_us"`
+		ConnP50  float64 `json:"connect_p50_us"`
+		ConnP99  float64 `json:"connect_p99_us"`
 		ExecLoop float64 `json:"exec_loop_ms"`
 	}
 	cols := []struct {
@@ -300,10 +308,16 @@ sandbox:
 		}
 	}
 	base := got[0]
+	med := func(fs []figures, f func(figures) float64) float64 { return medianOf(fs, f) }
 	for k, c := range cols {
-		p50, p99, loop := medianOf(got[k], func(f figures) float64 { return f.P50 }), medianOf(got[k], func(f figures) float64 { return f.P99 }), medianOf(got[k], func(f figures) float64 { return f.ExecLoop })
-		t.Logf("%-20s connect-to-status p50 %7.0f µs  p99 %7.0f µs (%+6.0f µs vs no binaries)   30 curl execs %6.0f ms (%.3fx)",
-			c.name, p50, p99, p99-medianOf(base, func(f figures) float64 { return f.P99 }), loop, loop/medianOf(base, func(f figures) float64 { return f.ExecLoop }))
+		g := got[k]
+		p50, p99 := med(g, func(f figures) float64 { return f.P50 }), med(g, func(f figures) float64 { return f.P99 })
+		c50, c99 := med(g, func(f figures) float64 { return f.ConnP50 }), med(g, func(f figures) float64 { return f.ConnP99 })
+		loop := med(g, func(f figures) float64 { return f.ExecLoop })
+		t.Logf("%-20s connect() p50 %5.0f µs p99 %5.0f µs (%+5.0f, %+5.0f)   connect-to-status p50 %5.0f µs p99 %5.0f µs (%+5.0f, %+5.0f)   30 curl execs %4.0f ms (%.3fx)",
+			c.name, c50, c99, c50-med(base, func(f figures) float64 { return f.ConnP50 }), c99-med(base, func(f figures) float64 { return f.ConnP99 }),
+			p50, p99, p50-med(base, func(f figures) float64 { return f.P50 }), p99-med(base, func(f figures) float64 { return f.P99 }),
+			loop, loop/med(base, func(f figures) float64 { return f.ExecLoop }))
 	}
 	t.Logf("medians of %d interleaved rounds; 200 connections and 30 execs a round", rounds)
 	assertNothingLeft(t, stateDir)
