@@ -507,19 +507,26 @@ func matchBinaries(patterns []string, path string) bool {
 	return false
 }
 
+// chooseName is the rule for a connection to the name host on port, or
+// why there is none.
+func chooseName(ctx context.Context, rs *rules, host string, port int) (*target, *denial) {
+	what := fmt.Sprintf("%s:%d", egress.Normalize(host), port)
+	t, d := choose(ctx, rs.match(host, port), what)
+	if d == nil && t == nil {
+		d = deny(nil, "no rule allows %s", what)
+	}
+	return t, d
+}
+
 // authorizeHost decides a connection the sandbox asked for by name (or by
 // an address written as a name) on port: the explicit proxy's case.
 func (g *Gateway) authorizeHost(ctx context.Context, rs *rules, host string, port int) (*target, *denial) {
 	if ip, ok := egress.HostIP(host); ok {
 		return g.authorizeIP(ctx, rs, ip, port)
 	}
-	what := fmt.Sprintf("%s:%d", egress.Normalize(host), port)
-	t, d := choose(ctx, rs.match(host, port), what)
+	t, d := chooseName(ctx, rs, host, port)
 	if d != nil {
 		return nil, d
-	}
-	if t == nil {
-		return nil, deny(nil, "no rule allows %s", what)
 	}
 	r := t.rule
 	addrs, err := g.lookup(ctx, host)
@@ -581,13 +588,9 @@ func (g *Gateway) authorizeDst(ctx context.Context, rs *rules, host string, dst 
 		}
 		return g.authorizeIP(ctx, rs, ip, port)
 	}
-	what := fmt.Sprintf("%s:%d", egress.Normalize(host), port)
-	t, d := choose(ctx, rs.match(host, port), what)
+	t, d := chooseName(ctx, rs, host, port)
 	if d != nil {
 		return nil, d
-	}
-	if t == nil {
-		return nil, deny(nil, "no rule allows %s", what)
 	}
 	r := t.rule
 	if !g.names.has(ip, host) {
