@@ -576,9 +576,12 @@ func (h *proxyHandler) connect(w http.ResponseWriter, r *http.Request, rs *rules
 	g.who(withPeer(r.Context(), p), rs, &ev, t, d)
 	// Port 80 may carry requests the gateway can read, and an endpoint
 	// with HTTP rules has its requests read (its TLS terminated): they
-	// are counted once it knows, not the tunnel.
+	// are counted once it knows, not the tunnel. Where the rule neither
+	// counts nor bounds requests, a tunnel to port 80 is bytes to the
+	// host it names, as every other tunnel (the kernel splices them): a
+	// request inside could only reach that same host.
 	inspect := d == nil && rs.l7.inspect[t.rule]
-	maybeHTTP := d == nil && (inspect || port == 80 && !t.rule.TLSRequired)
+	maybeHTTP := d == nil && (inspect || port == 80 && !t.rule.TLSRequired && perRequest(t.rule))
 	if d == nil && !maybeHTTP {
 		d = t.limit(rs)
 	}
@@ -661,6 +664,12 @@ func (h *proxyHandler) connect(w http.ResponseWriter, r *http.Request, rs *rules
 		}
 	}
 	g.relay(rs, ev, t, hello, buffered(br), down, up)
+}
+
+// perRequest reports whether r has limits the gateway holds each request
+// it can read to: a rate limit (which counts requests) or a size limit.
+func perRequest(r *policy.EgressRule) bool {
+	return r.RateLimit != nil || r.MaxRequestKB > 0 || r.MaxResponseMB > 0
 }
 
 // buffered is what br holds that its connection has no more.
