@@ -34,6 +34,7 @@ sandbox:
     allowed_egress:
       - {host: allowed.test, ports: [80], binaries: [/usr/bin/curl, /tmp/tools/curl]}
       - {host: pass.test, ports: [80]}
+      - {host: limited.test, ports: [80], binaries: ["/usr/bin/python3*"]}
 `
 
 // binariesProbe: 64 curl processes (through the proxy) and 64 python3
@@ -78,6 +79,13 @@ try:
     print("procmem writable", flush=True)
 except OSError as e:
     print("procmem", e.strerror, flush=True)
+# python3 may reach limited.test, until it has loaded code from /tmp:
+# then never again in this image, even once the library is unloaded.
+import ctypes, _ctypes
+print("python3-own", direct("limited.test"), flush=True)
+lib = ctypes.CDLL("/tmp/libz.so")
+_ctypes.dlclose(lib._handle)
+print("python3-after-dlclose", direct("limited.test"), flush=True)
 print("phase1", flush=True)
 sys.stdin.readline()
 print("after-curl", curl(), flush=True)
@@ -112,7 +120,7 @@ func TestEgressBinaries(t *testing.T) {
 	// Code the agent could have written, run inside curl (a library
 	// preloaded from /tmp), does not count as curl; nor can a process
 	// write into another's memory (/proc is read-only under binaries).
-	for _, want := range []string{"copy 403", "listed-copy 403", "preload 403", "procmem Read-only file system", "phase1"} {
+	for _, want := range []string{"copy 403", "listed-copy 403", "preload 403", "procmem Read-only file system", "python3-own 200", "python3-after-dlclose 403", "phase1"} {
 		if !lines.Scan() || lines.Text() != want {
 			t.Fatalf("sandbox: %q, want %q\n%s", lines.Text(), want, errb.String())
 		}

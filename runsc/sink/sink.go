@@ -18,7 +18,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"strings"
 	"sync"
 	"time"
 
@@ -28,14 +27,11 @@ import (
 	"gvisor.dev/gvisor/pkg/atomicbitops"
 	"gvisor.dev/gvisor/pkg/context"
 	"gvisor.dev/gvisor/pkg/fd"
-	"gvisor.dev/gvisor/pkg/fspath"
-	"gvisor.dev/gvisor/pkg/hostarch"
 	"gvisor.dev/gvisor/pkg/sentry/kernel"
 	"gvisor.dev/gvisor/pkg/sentry/mm"
 	"gvisor.dev/gvisor/pkg/sentry/seccheck"
 	pb "gvisor.dev/gvisor/pkg/sentry/seccheck/points/points_go_proto"
 	"gvisor.dev/gvisor/pkg/sentry/socket"
-	"gvisor.dev/gvisor/pkg/sentry/vfs"
 )
 
 // Name is the sink's name in runsc's trace configuration.
@@ -56,11 +52,11 @@ type Record struct {
 	// RO: the executable lies on a read-only mount, so the agent cannot
 	// have written it.
 	RO bool `json:"ro"`
-	// Foreign is the first executable mapping of the process whose file
-	// is not on a read-only mount (a library preloaded or loaded from
-	// where the agent writes, a memfd): the process runs code the agent
-	// may have written, so its executable does not count. Anonymous
-	// executable memory (a JIT) is not looked at.
+	// Foreign is the first file this process image mapped executable
+	// that is not on a read-only mount (a library preloaded or loaded
+	// from where the agent writes, a memfd), whether or not it is still
+	// mapped: the process runs code the agent may have written, so its
+	// executable does not count.
 	Foreign string `json:"foreign,omitempty"`
 	// Dropped counts the records this sink could not deliver so far.
 	Dropped uint32 `json:"dropped,omitempty"`
@@ -108,21 +104,22 @@ type sink struct {
 	seccheck.SinkDefaults
 	endpoint *fd.FD
 	dropped  atomicbitops.Uint32
-	// roPaths caches the mapped files found on read-only mounts: such a
-	// path stays on one (the sandbox cannot mount), so it is looked up
-	// once. Writable ones are not cached: they taint the record anyway.
-	mu      sync.Mutex
-	roPaths map[string]bool
+	// tainted holds each process image (its memory manager: a new one
+	// at every execve) that mapped code from a file not on a read-only
+	// mount, with that file.
+	mu       sync.Mutex
+	tainted  map[*mm.MemoryManager]string
+	overflow bool
 }
 
-// maxROPaths bounds the cache; past it, lookups are simply not cached.
-const maxROPaths = 4096
+// maxTainted bounds the images remembered.
+const maxTainted = 4096
 
 func newSink(_ map[string]any, endpoint *fd.FD) (seccheck.Sink, error) {
 	if endpoint == nil {
 		return nil, fmt.Errorf("openshell sink: no endpoint")
 	}
-	return &sink{endpoint: endpoint, roPaths: map[string]bool{}}, nil
+	return &sink{endpoint: endpoint, tainted: map[*mm.MemoryManager]string{}}, nil
 }
 
 func (*sink) Name() string { return Name }
@@ -194,57 +191,78 @@ func (s *sink) record(t *kernel.Task, fdNum int32, dst []byte) (Record, bool) {
 				r.Exe, r.RO = p, exe.Mount().ReadOnly()
 			}
 		}
-		if r.RO {
-			r.Foreign = s.foreign(t, mm)
-		}
+		r.Foreign = s.foreign(mm)
 	}
 	return r, true
 }
 
-// foreign is the first file the process maps executable that does not
-// lie on a read-only mount, "" when there is none.
-func (s *sink) foreign(t *kernel.Task, mm *mm.MemoryManager) string {
-	var paths []string
-	mm.ReadMapsDataInto(t, func(_, _ hostarch.Addr, perms hostarch.AccessType, _ string, _ uint64, _, _ uint32, _ uint64, path string) {
-		if perms.Execute && path != "" && !strings.HasPrefix(path, "[") && (len(paths) == 0 || paths[len(paths)-1] != path) {
-			paths = append(paths, path)
-		}
-	})
-	root := t.FSContext().RootDirectory()
-	defer root.DecRef(t)
-	for _, p := range paths {
-		if !s.readOnly(t, root, p) {
-			return p
-		}
+// RawSyscall takes mmap's exit (syscall/sysno/<mmap>/exit): a mapping
+// that can execute a file not on a read-only mount (a library preloaded
+// or loaded from /tmp, a memfd) marks the process for the rest of its
+// image. The mark is made when the code arrives, not looked for at
+// connect: code that copies itself elsewhere and unmaps its file is
+// still the agent's. ld.so maps every library itself, before any code of
+// the library runs, so no agent code can race the check.
+func (s *sink) RawSyscall(ctx context.Context, _ seccheck.FieldSet, info *pb.Syscall) error {
+	if info.Sysno != unix.SYS_MMAP || info.Exit == nil || info.Exit.Errorno != 0 {
+		return nil
 	}
-	return ""
+	prot, flags, fdNum := info.Arg3, info.Arg4, int32(info.Arg5)
+	if prot&unix.PROT_EXEC == 0 || flags&unix.MAP_ANONYMOUS != 0 || fdNum < 0 {
+		return nil
+	}
+	t := kernel.TaskFromContext(ctx)
+	if t == nil {
+		return nil
+	}
+	file := t.GetFile(fdNum)
+	if file == nil {
+		return nil
+	}
+	defer file.DecRef(t)
+	if file.Mount().ReadOnly() {
+		return nil
+	}
+	path := "a file on a writable mount"
+	root := t.MountNamespace().Root(t)
+	if p, err := t.Kernel().VFS().PathnameWithDeleted(t, root, file.VirtualDentry()); err == nil && p != "" {
+		path = p
+	}
+	root.DecRef(t)
+	if m := t.MemoryManager(); m != nil {
+		s.taint(m, path)
+	}
+	return nil
 }
 
-// readOnly reports whether path, as the process's maps name it, is a file
-// on a read-only mount. A deleted file (" (deleted)"), or one that is no
-// longer where its name says, is not.
-func (s *sink) readOnly(t *kernel.Task, root vfs.VirtualDentry, path string) bool {
+// taint marks m with path, the first foreign file it mapped. Past
+// maxTainted images, every process counts as tainted (fail closed): a
+// sandbox that maps thousands of foreign files loses its binary-scoped
+// grants, never the other way round.
+func (s *sink) taint(m *mm.MemoryManager, path string) {
 	s.mu.Lock()
-	known := s.roPaths[path]
-	s.mu.Unlock()
-	if known {
-		return true
+	defer s.mu.Unlock()
+	if _, ok := s.tainted[m]; ok {
+		return
 	}
-	pop := vfs.PathOperation{Root: root, Start: root, Path: fspath.Parse(path)}
-	vd, err := t.Kernel().VFS().GetDentryAt(t, t.Credentials(), &pop, &vfs.GetDentryOptions{})
-	if err != nil {
-		return false
+	if len(s.tainted) >= maxTainted {
+		s.overflow = true
+		return
 	}
-	ro := vd.Mount().ReadOnly()
-	vd.DecRef(t)
-	if ro {
-		s.mu.Lock()
-		if len(s.roPaths) < maxROPaths {
-			s.roPaths[path] = true
-		}
-		s.mu.Unlock()
+	s.tainted[m] = path
+}
+
+// foreign is the foreign file m's image mapped, "" when none.
+func (s *sink) foreign(m *mm.MemoryManager) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if p, ok := s.tainted[m]; ok {
+		return p
 	}
-	return ro
+	if s.overflow {
+		return "(too many images mapped foreign code: every process counts as tainted)"
+	}
+	return ""
 }
 
 // sockAddr converts a socket's bound address.

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Options choose what a sandbox's monitor records.
@@ -118,6 +120,9 @@ func PodInitConfig(endpoint string, o Options) ([]byte, error) {
 	}
 	if o.Attribution != "" {
 		sinks = append(sinks, sinkConfig{Name: AttributionSink, Config: map[string]any{"endpoint": o.Attribution}})
+		// Its mmap point marks a process that maps code from a file not
+		// on a read-only mount (runsc/sink).
+		points = append(points, pointConfig{Name: fmt.Sprintf("syscall/sysno/%d/exit", unix.SYS_MMAP)})
 	}
 	cfg := struct {
 		TraceSession sessionConfig `json:"trace_session"`

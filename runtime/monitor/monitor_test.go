@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -262,6 +263,13 @@ func TestPodInitConfigAttribution(t *testing.T) {
 	if s := both.TraceSession.Sinks; len(s) != 2 || s[0].Name != "remote" || s[1].Name != AttributionSink || s[1].Config["endpoint"] != "/run/a.sock" {
 		t.Errorf("sinks %+v", s)
 	}
+	if p := both.TraceSession.Points; p[len(p)-1].Name != fmt.Sprintf("syscall/sysno/%d/exit", unix.SYS_MMAP) {
+		t.Errorf("the attribution sink's mmap point is missing: %+v", p)
+	}
+	// The timeline's decoder passes over those raw points quietly.
+	if ev, err := Decode(uint16(pb.MessageType_MESSAGE_SYSCALL_RAW), nil); ev != nil || err != nil {
+		t.Errorf("a raw syscall point: %v %v", ev, err)
+	}
 	b, err = PodInitConfig("", Options{Attribution: "/run/a.sock"})
 	if err != nil {
 		t.Fatal(err)
@@ -269,7 +277,8 @@ func TestPodInitConfigAttribution(t *testing.T) {
 	if err := json.Unmarshal(b, &alone); err != nil {
 		t.Fatal(err)
 	}
-	if s, p := alone.TraceSession.Sinks, alone.TraceSession.Points; len(s) != 1 || s[0].Name != AttributionSink || len(p) != 1 || p[0].Name != "syscall/connect/exit" {
+	mmap := fmt.Sprintf("syscall/sysno/%d/exit", unix.SYS_MMAP)
+	if s, p := alone.TraceSession.Sinks, alone.TraceSession.Points; len(s) != 1 || s[0].Name != AttributionSink || len(p) != 2 || p[0].Name != "syscall/connect/exit" || p[1].Name != mmap {
 		t.Errorf("attribution alone: %s", b)
 	}
 	if _, err := PodInitConfig("", Options{}); err == nil {
