@@ -13,7 +13,7 @@ var AlwaysDenied = []string{
 	"get_kernel_syms", "init_module", "ioperm", "iopl", "kcmp", "kexec_file_load",
 	"kexec_load", "keyctl", "lookup_dcookie", "mount", "mount_setattr", "move_mount",
 	"name_to_handle_at", "nfsservctl", "open_by_handle_at", "open_tree",
-	"perf_event_open", "pivot_root", "process_vm_readv", "process_vm_writev",
+	"perf_event_open", "pidfd_getfd", "pivot_root", "process_vm_readv", "process_vm_writev",
 	"ptrace", "query_module", "quotactl", "reboot", "request_key", "setns",
 	"settimeofday", "swapoff", "swapon", "syslog", "umount2", "unshare",
 	"uselib", "userfaultfd", "ustat", "vhangup", "_sysctl",
