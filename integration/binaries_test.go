@@ -2,12 +2,14 @@ package integration
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	goruntime "runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -18,6 +20,7 @@ import (
 	"github.com/openshell/openshell/policyhook"
 	"github.com/openshell/openshell/runtime"
 	"github.com/openshell/openshell/runtime/egress"
+	"github.com/openshell/openshell/test/fakenet"
 )
 
 // binariesPolicy lets only /usr/bin/curl reach allowed.test, and any
@@ -328,5 +331,55 @@ sandbox:
 			loop, loop/med(base, func(f figures) float64 { return f.ExecLoop }))
 	}
 	t.Logf("medians of %d interleaved rounds; 200 connections and 30 execs a round", rounds)
+	assertNothingLeft(t, stateDir)
+}
+
+// footholdProbe runs curl with testdata/foothold/foothold.so preloaded
+// (its bytes come in on stdin): agent code that, once inside curl,
+// connects from memory it copied itself into, with its own file unmapped
+// (or left mapped, as a control). Each line: the variant, then the
+// status line the payload got, or "no reply".
+const footholdProbe = `
+import os, subprocess, sys
+open("/tmp/f.so", "wb").write(sys.stdin.buffer.read())
+for name, extra in [("mapped", {"EVIL_NOUNMAP": "1"}), ("anonymous", {}), ("private-copy-of-env", {"EVIL_COW": "1"})]:
+    env = dict(os.environ, LD_PRELOAD="/tmp/f.so", EVIL_IP=sys.argv[1], **extra)
+    r = subprocess.run(["/usr/bin/curl", "-s", "http://allowed.test/"], env=env, capture_output=True, timeout=20)
+    line = r.stdout.split(b"\r\n")[0].decode(errors="replace")
+    print(name, line or "no reply", flush=True)
+`
+
+// TestEgressBinariesFoothold: code the agent loaded into an allowed
+// binary keeps the binary from counting even when it has copied itself
+// elsewhere and unmapped its file (the sink marks the process image at
+// the mmap, not at the connect). Before that, the anonymous and
+// private-copy variants reached allowed.test as /usr/bin/curl.
+func TestEgressBinariesFoothold(t *testing.T) {
+	if goruntime.GOARCH != "amd64" {
+		t.Skipf("testdata/foothold/foothold.so is an amd64 library; this is %s", goruntime.GOARCH)
+	}
+	so, err := os.ReadFile("testdata/foothold/foothold.so")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEgressEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	c := e.runCommand(ctx, writePolicy(t, binariesPolicy), "/usr/bin/python3", "-c", footholdProbe, fakenet.WebA.String())
+	c.Stdin = bytes.NewReader(so)
+	out, err := c.CombinedOutput()
+	if err != nil {
+		t.Fatalf("sandbox: %v\n%s", err, out)
+	}
+	got := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if len(got) != 3 {
+		t.Fatalf("output %q", out)
+	}
+	t.Logf("agent code inside curl: %q", got)
+	for _, l := range got {
+		if !strings.Contains(l, " 403 ") {
+			t.Errorf("agent code inside curl: %s (want 403)", l)
+		}
+	}
 	assertNothingLeft(t, stateDir)
 }
