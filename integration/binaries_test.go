@@ -276,8 +276,9 @@ print(json.dumps({"p50_us": lat[len(lat)//2] * 1e6, "p99_us": lat[int(len(lat) *
 
 // TestAttributionBench measures what per-binary rules cost, in one run:
 // the same workload under a rule without binaries (no sink: stock
-// behaviour), under one naming the binaries (every connect reported, every
-// decision waits for its record), and with the process monitor as well.
+// behaviour), with the process monitor alone (the timeline), under a rule
+// naming the binaries (every connect reported, every executable mapping
+// checked, every decision waits for its record), and with both.
 func TestAttributionBench(t *testing.T) {
 	requireBench(t)
 	e := newEgressEnv(t)
@@ -304,6 +305,7 @@ sandbox:
 		extra        []string
 	}{
 		{"no binaries", open, nil},
+		{"monitor only", open, []string{"--timeline"}},
 		{"binaries (sink)", scoped, nil},
 		{"binaries + monitor", scoped, []string{"--timeline"}},
 	}

@@ -196,26 +196,26 @@ func (s *sink) record(t *kernel.Task, fdNum int32, dst []byte) (Record, bool) {
 	return r, true
 }
 
-// RawSyscall takes mmap's exit (syscall/sysno/<mmap>/exit): a mapping
-// that can execute a file not on a read-only mount (a library preloaded
-// or loaded from /tmp, a memfd) marks the process for the rest of its
-// image. The mark is made when the code arrives, not looked for at
-// connect: code that copies itself elsewhere and unmaps its file is
-// still the agent's. ld.so maps every library itself, before any code of
-// the library runs, so no agent code can race the check.
-func (s *sink) RawSyscall(ctx context.Context, _ seccheck.FieldSet, info *pb.Syscall) error {
-	if info.Sysno != unix.SYS_MMAP || info.Exit == nil || info.Exit.Errorno != 0 {
-		return nil
-	}
-	prot, flags, fdNum := info.Arg3, info.Arg4, int32(info.Arg5)
-	if prot&unix.PROT_EXEC == 0 || flags&unix.MAP_ANONYMOUS != 0 || fdNum < 0 {
-		return nil
-	}
+// Mmap takes sentry/mmap, which the sentry fires for every mapping that
+// can execute, before it is made: one whose file is not on a read-only
+// mount (a library preloaded or loaded from /tmp, a memfd) marks the
+// process image for the rest of its life (until its next execve). The
+// mark is made when the code arrives, not looked for at connect: code
+// that copies itself elsewhere and unmaps its file is still the agent's.
+// ld.so maps each library itself, before any code of the library runs,
+// so no agent code can race the check. The point carries the file's name
+// only, so the file is taken from the syscall's own arguments (the task
+// is inside mmap).
+func (s *sink) Mmap(ctx context.Context, _ seccheck.FieldSet, _ *pb.MmapInfo) error {
 	t := kernel.TaskFromContext(ctx)
 	if t == nil {
 		return nil
 	}
-	file := t.GetFile(fdNum)
+	args := t.Arch().SyscallArgs()
+	if args[3].Int()&linux.MAP_ANONYMOUS != 0 || args[4].Int() < 0 {
+		return nil
+	}
+	file := t.GetFile(args[4].Int())
 	if file == nil {
 		return nil
 	}

@@ -4,8 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // Options choose what a sandbox's monitor records.
@@ -120,9 +118,9 @@ func PodInitConfig(endpoint string, o Options) ([]byte, error) {
 	}
 	if o.Attribution != "" {
 		sinks = append(sinks, sinkConfig{Name: AttributionSink, Config: map[string]any{"endpoint": o.Attribution}})
-		// Its mmap point marks a process that maps code from a file not
-		// on a read-only mount (runsc/sink).
-		points = append(points, pointConfig{Name: fmt.Sprintf("syscall/sysno/%d/exit", unix.SYS_MMAP)})
+		// Its mmap point (executable mappings only) marks a process
+		// that maps code from a file not on a read-only mount.
+		points = append(points, pointConfig{Name: "sentry/mmap"})
 	}
 	cfg := struct {
 		TraceSession sessionConfig `json:"trace_session"`

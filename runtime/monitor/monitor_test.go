@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
-	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -263,12 +262,12 @@ func TestPodInitConfigAttribution(t *testing.T) {
 	if s := both.TraceSession.Sinks; len(s) != 2 || s[0].Name != "remote" || s[1].Name != AttributionSink || s[1].Config["endpoint"] != "/run/a.sock" {
 		t.Errorf("sinks %+v", s)
 	}
-	if p := both.TraceSession.Points; p[len(p)-1].Name != fmt.Sprintf("syscall/sysno/%d/exit", unix.SYS_MMAP) {
+	if p := both.TraceSession.Points; p[len(p)-1].Name != "sentry/mmap" {
 		t.Errorf("the attribution sink's mmap point is missing: %+v", p)
 	}
-	// The timeline's decoder passes over those raw points quietly.
-	if ev, err := Decode(uint16(pb.MessageType_MESSAGE_SYSCALL_RAW), nil); ev != nil || err != nil {
-		t.Errorf("a raw syscall point: %v %v", ev, err)
+	// The timeline's decoder passes over those points quietly.
+	if ev, err := Decode(uint16(pb.MessageType_MESSAGE_SENTRY_MMAP), nil); ev != nil || err != nil {
+		t.Errorf("an mmap point: %v %v", ev, err)
 	}
 	b, err = PodInitConfig("", Options{Attribution: "/run/a.sock"})
 	if err != nil {
@@ -277,7 +276,7 @@ func TestPodInitConfigAttribution(t *testing.T) {
 	if err := json.Unmarshal(b, &alone); err != nil {
 		t.Fatal(err)
 	}
-	mmap := fmt.Sprintf("syscall/sysno/%d/exit", unix.SYS_MMAP)
+	mmap := "sentry/mmap"
 	if s, p := alone.TraceSession.Sinks, alone.TraceSession.Points; len(s) != 1 || s[0].Name != AttributionSink || len(p) != 2 || p[0].Name != "syscall/connect/exit" || p[1].Name != mmap {
 		t.Errorf("attribution alone: %s", b)
 	}

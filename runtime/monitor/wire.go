@@ -85,9 +85,9 @@ func Decode(msgType uint16, payload []byte) (*Event, error) {
 		msg = &pb.Connect{}
 	case pb.MessageType_MESSAGE_SYSCALL_OPEN:
 		msg = &pb.Open{}
-	case pb.MessageType_MESSAGE_SYSCALL_RAW:
-		// The attribution sink's mmap point, which shares the session:
-		// not the timeline's.
+	case pb.MessageType_MESSAGE_SENTRY_MMAP:
+		// The attribution sink's point, which shares the session: not
+		// the timeline's.
 		return nil, nil
 	default:
 		// A point we did not ask for: a newer sentry, or a hostile one.
