@@ -344,7 +344,7 @@ sandbox:
 const footholdProbe = `
 import os, subprocess, sys
 open("/tmp/f.so", "wb").write(sys.stdin.buffer.read())
-for name, extra in [("mapped", {"EVIL_NOUNMAP": "1"}), ("anonymous", {}), ("private-copy-of-env", {"EVIL_COW": "1"})]:
+for name, extra in [("mapped", {"EVIL_NOUNMAP": "1"}), ("anonymous", {}), ("private-copy-of-env", {"EVIL_COW": "1"}), ("forked-child", {"EVIL_FORK": "1"})]:
     env = dict(os.environ, LD_PRELOAD="/tmp/f.so", EVIL_IP=sys.argv[1], **extra)
     r = subprocess.run(["/usr/bin/curl", "-s", "http://allowed.test/"], env=env, capture_output=True, timeout=20)
     line = r.stdout.split(b"\r\n")[0].decode(errors="replace")
@@ -354,8 +354,10 @@ for name, extra in [("mapped", {"EVIL_NOUNMAP": "1"}), ("anonymous", {}), ("priv
 // TestEgressBinariesFoothold: code the agent loaded into an allowed
 // binary keeps the binary from counting even when it has copied itself
 // elsewhere and unmapped its file (the sink marks the process image at
-// the mmap, not at the connect). Before that, the anonymous and
-// private-copy variants reached allowed.test as /usr/bin/curl.
+// the mmap, not at the connect), or connects from a forked child (the
+// mark is inherited at clone). Before those, the anonymous and
+// private-copy variants, then the forked child, reached allowed.test as
+// /usr/bin/curl.
 func TestEgressBinariesFoothold(t *testing.T) {
 	if goruntime.GOARCH != "amd64" {
 		t.Skipf("testdata/foothold/foothold.so is an amd64 library; this is %s", goruntime.GOARCH)
@@ -374,7 +376,7 @@ func TestEgressBinariesFoothold(t *testing.T) {
 		t.Fatalf("sandbox: %v\n%s", err, out)
 	}
 	got := strings.Split(strings.TrimSpace(string(out)), "\n")
-	if len(got) != 3 {
+	if len(got) != 4 {
 		t.Fatalf("output %q", out)
 	}
 	t.Logf("agent code inside curl: %q", got)

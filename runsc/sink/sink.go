@@ -26,6 +26,7 @@ import (
 	"gvisor.dev/gvisor/pkg/abi/linux"
 	"gvisor.dev/gvisor/pkg/atomicbitops"
 	"gvisor.dev/gvisor/pkg/context"
+	"gvisor.dev/gvisor/pkg/errors/linuxerr"
 	"gvisor.dev/gvisor/pkg/fd"
 	"gvisor.dev/gvisor/pkg/sentry/kernel"
 	"gvisor.dev/gvisor/pkg/sentry/mm"
@@ -231,6 +232,32 @@ func (s *sink) Mmap(ctx context.Context, _ seccheck.FieldSet, _ *pb.MmapInfo) er
 	root.DecRef(t)
 	if m := t.MemoryManager(); m != nil {
 		s.taint(m, path)
+	}
+	return nil
+}
+
+// Clone takes sentry/clone, which fires in the parent before the child
+// runs: a child with an address space of its own (fork) inherits a copy
+// of the parent's memory, foreign code included, so it inherits the mark.
+// A thread or a CLONE_VM child shares the parent's image, and its mark;
+// an execve starts a clean one.
+func (s *sink) Clone(ctx context.Context, _ seccheck.FieldSet, info *pb.CloneInfo) error {
+	t := kernel.TaskFromContext(ctx)
+	if t == nil {
+		return nil
+	}
+	pm := t.MemoryManager()
+	p := s.foreign(pm)
+	if pm == nil || p == "" {
+		return nil
+	}
+	nt := t.Kernel().TaskSet().Root.TaskWithID(kernel.ThreadID(info.CreatedThreadId))
+	if nt == nil {
+		// Fail the clone rather than let an unmarked copy run.
+		return linuxerr.EAGAIN
+	}
+	if cm := nt.MemoryManager(); cm != nil && cm != pm {
+		s.taint(cm, p)
 	}
 	return nil
 }

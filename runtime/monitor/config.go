@@ -119,8 +119,13 @@ func PodInitConfig(endpoint string, o Options) ([]byte, error) {
 	if o.Attribution != "" {
 		sinks = append(sinks, sinkConfig{Name: AttributionSink, Config: map[string]any{"endpoint": o.Attribution}})
 		// Its mmap point (executable mappings only) marks a process
-		// that maps code from a file not on a read-only mount.
+		// that maps code from a file not on a read-only mount; its clone
+		// point passes the mark to a forked child (the monitor's list
+		// has clone already).
 		points = append(points, pointConfig{Name: "sentry/mmap"})
+		if endpoint == "" {
+			points = append(points, pointConfig{Name: "sentry/clone"})
+		}
 	}
 	cfg := struct {
 		TraceSession sessionConfig `json:"trace_session"`

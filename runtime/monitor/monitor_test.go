@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -262,7 +263,7 @@ func TestPodInitConfigAttribution(t *testing.T) {
 	if s := both.TraceSession.Sinks; len(s) != 2 || s[0].Name != "remote" || s[1].Name != AttributionSink || s[1].Config["endpoint"] != "/run/a.sock" {
 		t.Errorf("sinks %+v", s)
 	}
-	if p := both.TraceSession.Points; p[len(p)-1].Name != "sentry/mmap" {
+	if p := both.TraceSession.Points; p[len(p)-1].Name != "sentry/mmap" || !slices.ContainsFunc(p, func(c pointConfig) bool { return c.Name == "sentry/clone" }) {
 		t.Errorf("the attribution sink's mmap point is missing: %+v", p)
 	}
 	// The timeline's decoder passes over those points quietly.
@@ -277,7 +278,7 @@ func TestPodInitConfigAttribution(t *testing.T) {
 		t.Fatal(err)
 	}
 	mmap := "sentry/mmap"
-	if s, p := alone.TraceSession.Sinks, alone.TraceSession.Points; len(s) != 1 || s[0].Name != AttributionSink || len(p) != 2 || p[0].Name != "syscall/connect/exit" || p[1].Name != mmap {
+	if s, p := alone.TraceSession.Sinks, alone.TraceSession.Points; len(s) != 1 || s[0].Name != AttributionSink || len(p) != 3 || p[0].Name != "syscall/connect/exit" || p[1].Name != mmap || p[2].Name != "sentry/clone" {
 		t.Errorf("attribution alone: %s", b)
 	}
 	if _, err := PodInitConfig("", Options{}); err == nil {
