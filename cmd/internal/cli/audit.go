@@ -38,7 +38,7 @@ func runAudit(_ context.Context, s streams, args []string) int {
 	violations := fs.Bool("violations-only", false, "show only denials and audit-mode would-be denials")
 	since := fs.Duration("since", 0, "show only events newer than this (e.g. 10m)")
 	asJSON := fs.Bool("json", false, "print the events as JSON lines")
-	dir, id, code := parseAuditArgs(s, fs, args)
+	dir, id, code := parseAuditArgs(s, fs, args, false)
 	if code != exitOK {
 		return code
 	}
@@ -94,28 +94,29 @@ func runAudit(_ context.Context, s streams, args []string) int {
 }
 
 // parseAuditArgs parses [SANDBOX] and the flags of a command that reads
-// the audit logs of one sandbox or, without SANDBOX, of every one: those
-// in fs and the audit directory's, which it adds. It prints what it
-// rejects; code is the exit status to stop with, exitOK to go on.
-func parseAuditArgs(s streams, fs *flag.FlagSet, args []string) (dir, id string, code int) {
+// the audit logs or timeline of one sandbox or, without SANDBOX and where
+// it is not required, of every one: those in fs and the audit
+// directory's, which it adds. It prints what it rejects; code is the exit
+// status to stop with, exitOK to go on.
+func parseAuditArgs(s streams, fs *flag.FlagSet, args []string, required bool) (dir, id string, code int) {
 	af := addAuditDirFlags(fs)
 	if err := fs.Parse(reorder(args)); err != nil {
 		return "", "", exitUsage
 	}
-	if fs.NArg() > 1 {
+	if fs.NArg() > 1 || required && fs.NArg() != 1 {
 		fs.Usage()
 		return "", "", exitUsage
-	}
-	dir, err := af.auditDir()
-	if err != nil {
-		fmt.Fprintf(s.err, "openshell: %s\n", err)
-		return "", "", exitFailed
 	}
 	if fs.NArg() == 1 {
 		if id = fs.Arg(0); !validSandboxID(id) {
 			fmt.Fprintf(s.err, "openshell: %q is not a sandbox id\n", id)
 			return "", "", exitUsage
 		}
+	}
+	dir, err := af.auditDir()
+	if err != nil {
+		fmt.Fprintf(s.err, "openshell: %s\n", err)
+		return "", "", exitFailed
 	}
 	return dir, id, exitOK // id "": every sandbox
 }

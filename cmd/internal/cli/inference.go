@@ -19,7 +19,7 @@ func runInference(_ context.Context, s streams, args []string) int {
 		return exitUsage
 	}
 	fs := newFlags(s, "inference usage", "inference usage [SANDBOX] [--dir DIR]")
-	dir, id, code := parseAuditArgs(s, fs, args[1:])
+	dir, id, code := parseAuditArgs(s, fs, args[1:], false)
 	if code != exitOK {
 		return code
 	}

@@ -36,32 +36,20 @@ func runSuggest(_ context.Context, s streams, args []string) int {
 	out := fs.String("o", "", "write the suggestion to FILE (default: standard output)")
 	policyFile := fs.String("policy", "", "the policy the sandbox ran under (default: the one its learning run recorded)")
 	rootfs := fs.String("rootfs", "", "the image the sandbox's paths came from (default: the one its learning run recorded)")
-	af := addAuditDirFlags(fs)
-	if err := fs.Parse(reorder(args)); err != nil {
-		return exitUsage
-	}
-	if fs.NArg() != 1 {
-		fs.Usage()
-		return exitUsage
-	}
-	id := fs.Arg(0)
-	if !validSandboxID(id) {
-		fmt.Fprintf(s.err, "openshell: %q is not a sandbox id\n", id)
-		return exitUsage
+	dir, id, code := parseAuditArgs(s, fs, args, true)
+	if code != exitOK {
+		return code
 	}
 	fail := func(format string, a ...any) int {
 		fmt.Fprintf(s.err, "openshell: "+format+"\n", a...)
 		return exitFailed
-	}
-	dir, err := af.auditDir()
-	if err != nil {
-		return fail("%s", err)
 	}
 	if dir == "" { // egress.audit_dir = "": the runtime's default, as the gateway has it
 		dir = runtime.DefaultAuditDir
 	}
 	in := suggest.Input{Sandbox: id, Root: *rootfs}
 	if *policyFile != "" {
+		var err error
 		if in.Policy, err = policy.Load(*policyFile); err != nil {
 			printErr(s, err)
 			return exitFailed

@@ -34,23 +34,9 @@ func runTimeline(_ context.Context, s streams, args []string) int {
 	asJSON := fs.Bool("json", false, "print the events as JSON lines")
 	since := fs.Duration("since", 0, "show only events newer than this (e.g. 10m)")
 	pid := fs.Int("pid", 0, "show only this process and its descendants")
-	af := addAuditDirFlags(fs)
-	if err := fs.Parse(reorder(args)); err != nil {
-		return exitUsage
-	}
-	if fs.NArg() != 1 {
-		fs.Usage()
-		return exitUsage
-	}
-	id := fs.Arg(0)
-	if !validSandboxID(id) {
-		fmt.Fprintf(s.err, "openshell: %q is not a sandbox id\n", id)
-		return exitUsage
-	}
-	dir, err := af.auditDir()
-	if err != nil {
-		fmt.Fprintf(s.err, "openshell: %s\n", err)
-		return exitFailed
+	dir, id, code := parseAuditArgs(s, fs, args, true)
+	if code != exitOK {
+		return code
 	}
 	files := monitor.TimelineFiles(monitor.TimelineFile(dir, id))
 	if len(files) == 0 {
