@@ -247,17 +247,7 @@ func validateInference(inf *Inference, s *errSink) {
 			s.addf(field, "%q is also in allowed_models: a name is either sent as named or as an alias's target", alias)
 		}
 	}
-	apis := map[string]bool{}
-	for i, a := range inf.APIs {
-		field := fmt.Sprintf("%s.apis[%d]", f, i)
-		switch {
-		case !slices.Contains(InferenceAPIs, a):
-			s.addf(field, "%q is not a route (one of %s)", a, strings.Join(InferenceAPIs, ", "))
-		case apis[a]:
-			s.addf(field, "%q is listed twice", a)
-		}
-		apis[a] = true
-	}
+	checkListed(s, f+".apis", inf.APIs, InferenceAPIs, "a route")
 	if inf.TokenBudget < 0 || inf.TokenBudget > maxTokenBudget {
 		s.addf(f+".token_budget", "%d is out of range (1-%d; leave it out for no budget)", inf.TokenBudget, int64(maxTokenBudget))
 	}
@@ -317,6 +307,22 @@ func checkModelName(field, m string, s *errSink) bool {
 	return false
 }
 
+// checkListed reports each of items (field[i]) that is not one of known
+// (what names the kind), or that is listed twice.
+func checkListed(s *errSink, field string, items, known []string, what string) {
+	seen := map[string]bool{}
+	for i, it := range items {
+		fi := fmt.Sprintf("%s[%d]", field, i)
+		switch {
+		case !slices.Contains(known, it):
+			s.addf(fi, "%q is not %s (one of %s)", it, what, strings.Join(known, ", "))
+		case seen[it]:
+			s.addf(fi, "%q is listed twice", it)
+		}
+		seen[it] = true
+	}
+}
+
 // validatePrivacy checks the PII rule: known detectors, each once, and
 // actions that can be carried out (route_local needs a local route).
 func validatePrivacy(p *Privacy, hasLocal bool, s *errSink) {
@@ -324,17 +330,7 @@ func validatePrivacy(p *Privacy, hasLocal bool, s *errSink) {
 	if len(p.Detectors) == 0 {
 		s.addf(f+".detectors", "is required: one or more of %s", strings.Join(PIIDetectors, ", "))
 	}
-	on := map[string]bool{}
-	for i, d := range p.Detectors {
-		field := fmt.Sprintf("%s.detectors[%d]", f, i)
-		switch {
-		case !slices.Contains(PIIDetectors, d):
-			s.addf(field, "%q is not a detector (one of %s)", d, strings.Join(PIIDetectors, ", "))
-		case on[d]:
-			s.addf(field, "%q is listed twice", d)
-		}
-		on[d] = true
-	}
+	checkListed(s, f+".detectors", p.Detectors, PIIDetectors, "a detector")
 	checkAction := func(field, a string) {
 		switch a {
 		case PrivacyRedact:
@@ -351,7 +347,7 @@ func validatePrivacy(p *Privacy, hasLocal bool, s *errSink) {
 	checkAction(f+".action", p.Action)
 	for _, d := range sortedKeys(p.Actions) {
 		field := f + ".actions." + d
-		if !on[d] {
+		if !slices.Contains(p.Detectors, d) {
 			s.addf(field, "%q is not one of this rule's detectors", d)
 			continue
 		}
