@@ -328,10 +328,14 @@ type peer struct {
 }
 
 // newPeer reads c's addresses: its remote address is the sandbox's local
-// one, and the sandbox dialled dst (the original destination of a
-// redirected connection, else the gateway's own address).
+// one, and the sandbox dialled dst, the original destination of a
+// redirected connection; invalid: c's own local address (the proxy's, or
+// the original destination the transparent listeners see as theirs).
 func newPeer(a *attribution, c net.Conn, dst netip.AddrPort) *peer {
 	p := &peer{attr: a}
+	if !dst.IsValid() {
+		dst, _ = netip.ParseAddrPort(c.LocalAddr().String())
+	}
 	src, err := netip.ParseAddrPort(c.RemoteAddr().String())
 	if err == nil && dst.IsValid() {
 		p.key, p.known = attrKey{local: unmapPort(src), remote: unmapPort(dst)}, true
@@ -382,23 +386,13 @@ func peerFrom(ctx context.Context) *peer {
 }
 
 // peerOf is c's peer, made once per tracked connection and forgotten
-// when it closes. dst is where the sandbox sent it; invalid: c's own
-// local address (the proxy's, or the original destination the
-// transparent listeners see as theirs).
+// when it closes. dst is as newPeer takes it.
 func (g *Gateway) peerOf(c net.Conn, dst netip.AddrPort) *peer {
-	mk := func() *peer {
-		if !dst.IsValid() {
-			if a, err := netip.ParseAddrPort(c.LocalAddr().String()); err == nil {
-				dst = a
-			}
-		}
-		return newPeer(g.attr, c, dst)
-	}
 	tc := tracked(c)
 	if tc == nil {
-		return mk()
+		return newPeer(g.attr, c, dst)
 	}
-	tc.peerOnce.Do(func() { tc.peer = mk() })
+	tc.peerOnce.Do(func() { tc.peer = newPeer(g.attr, c, dst) })
 	return tc.peer
 }
 

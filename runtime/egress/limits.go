@@ -132,11 +132,7 @@ func (c *trackedConn) Close() error {
 // dialled (the proxy's address, or the transparent listeners' original
 // destination).
 func (c *trackedConn) forgetPeer() {
-	c.peerOnce.Do(func() {
-		if a, err := netip.ParseAddrPort(c.LocalAddr().String()); err == nil {
-			c.peer = newPeer(c.table.attr, c.Conn, a)
-		}
-	})
+	c.peerOnce.Do(func() { c.peer = newPeer(c.table.attr, c.Conn, netip.AddrPort{}) })
 	c.peer.done()
 }
 
