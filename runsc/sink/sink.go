@@ -33,6 +33,7 @@ import (
 	"gvisor.dev/gvisor/pkg/sentry/seccheck"
 	pb "gvisor.dev/gvisor/pkg/sentry/seccheck/points/points_go_proto"
 	"gvisor.dev/gvisor/pkg/sentry/socket"
+	"gvisor.dev/gvisor/pkg/sentry/vfs"
 )
 
 // Name is the sink's name in runsc's trace configuration.
@@ -186,15 +187,21 @@ func (s *sink) record(t *kernel.Task, fdNum int32, dst []byte) (Record, bool) {
 	if mm := t.MemoryManager(); mm != nil {
 		if exe := mm.Executable(); exe != nil {
 			defer exe.DecRef(t)
-			root := t.MountNamespace().Root(t)
-			defer root.DecRef(t)
-			if p, err := t.Kernel().VFS().PathnameWithDeleted(t, root, exe.VirtualDentry()); err == nil {
+			if p, err := pathOf(t, exe.VirtualDentry()); err == nil {
 				r.Exe, r.RO = p, exe.Mount().ReadOnly()
 			}
 		}
 		r.Foreign = s.foreign(mm)
 	}
 	return r, true
+}
+
+// pathOf is vd's path from the root of t's mount namespace (not its
+// chroot, which the process chooses).
+func pathOf(t *kernel.Task, vd vfs.VirtualDentry) (string, error) {
+	root := t.MountNamespace().Root(t)
+	defer root.DecRef(t)
+	return t.Kernel().VFS().PathnameWithDeleted(t, root, vd)
 }
 
 // Mmap takes sentry/mmap, which the sentry fires for every mapping that
@@ -225,11 +232,9 @@ func (s *sink) Mmap(ctx context.Context, _ seccheck.FieldSet, _ *pb.MmapInfo) er
 		return nil
 	}
 	path := "a file on a writable mount"
-	root := t.MountNamespace().Root(t)
-	if p, err := t.Kernel().VFS().PathnameWithDeleted(t, root, file.VirtualDentry()); err == nil && p != "" {
+	if p, err := pathOf(t, file.VirtualDentry()); err == nil && p != "" {
 		path = p
 	}
-	root.DecRef(t)
 	if m := t.MemoryManager(); m != nil {
 		s.taint(m, path)
 	}
