@@ -267,7 +267,7 @@ func TestChoose(t *testing.T) {
 		{"nothing matches", nil, ctxWith(curl, nil), nil, ""},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			tg, d := choose(c.ctx, c.cands, "h.test:443")
+			tg, d := choose(c.ctx, c.cands, func() string { return "h.test:443" })
 			switch {
 			case c.rule == nil && c.reason == "":
 				if tg != nil || d != nil {

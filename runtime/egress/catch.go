@@ -74,7 +74,7 @@ func (g *Gateway) authorizeAddr(ctx context.Context, rs *rules, ip netip.Addr, p
 	names := g.names.namesOf(ip)
 	var refused *denial
 	for _, name := range names {
-		t, d := choose(ctx, rs.match(name, port), fmt.Sprintf("%s (%s) on port %d", ip, name, port))
+		t, d := choose(ctx, rs.match(name, port), func() string { return fmt.Sprintf("%s (%s) on port %d", ip, name, port) })
 		if d != nil {
 			refused = cmp.Or(refused, d)
 			continue

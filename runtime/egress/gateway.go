@@ -446,8 +446,9 @@ func (t *target) violate(d *denial) *denial {
 // it. A rule without binaries admits every binary, so the binary is
 // asked for only when a binary-scoped rule comes first. When none
 // admits it, the first rule's denial stands, or its audit note when
-// that rule only audits.
-func choose(ctx context.Context, cands []*policy.EgressRule, what string) (*target, *denial) {
+// that rule only audits. what names the destination in a denial; it is
+// called only for one, off the path of an allowed connection.
+func choose(ctx context.Context, cands []*policy.EgressRule, what func() string) (*target, *denial) {
 	if len(cands) == 0 {
 		return nil, nil
 	}
@@ -472,17 +473,17 @@ func choose(ctx context.Context, cands []*policy.EgressRule, what string) (*targ
 			return &target{rule: r, bin: bin}, nil
 		}
 	}
-	first := cands[0]
+	first, dst := cands[0], what()
 	var d *denial
 	switch {
 	case berr != nil:
-		d = deny(first, "%s is allowed only to %s: %s", what, strings.Join(first.Binaries, ", "), berr)
+		d = deny(first, "%s is allowed only to %s: %s", dst, strings.Join(first.Binaries, ", "), berr)
 	case !bin.ReadOnly && matchBinaries(first.Binaries, bin.Path):
-		d = deny(first, "%s: %s is not on a read-only mount; a binary counts only where the agent cannot have written it", what, bin.Path)
+		d = deny(first, "%s: %s is not on a read-only mount; a binary counts only where the agent cannot have written it", dst, bin.Path)
 	case bin.Foreign != "" && matchBinaries(first.Binaries, bin.Path):
-		d = deny(first, "%s: %s runs code from %s, which is not on a read-only mount (a preloaded or loaded library the agent may have written)", what, bin.Path, bin.Foreign)
+		d = deny(first, "%s: %s runs code from %s, which is not on a read-only mount (a preloaded or loaded library the agent may have written)", dst, bin.Path, bin.Foreign)
 	default:
-		d = deny(first, "%s is allowed only to %s, not to %s", what, strings.Join(first.Binaries, ", "), orUnknown(bin.Path))
+		d = deny(first, "%s is allowed only to %s, not to %s", dst, strings.Join(first.Binaries, ", "), orUnknown(bin.Path))
 	}
 	d.bin = bin
 	if first.Enforcement == policy.EnforcementAudit {
@@ -510,10 +511,10 @@ func matchBinaries(patterns []string, path string) bool {
 // chooseName is the rule for a connection to the name host on port, or
 // why there is none.
 func chooseName(ctx context.Context, rs *rules, host string, port int) (*target, *denial) {
-	what := fmt.Sprintf("%s:%d", egress.Normalize(host), port)
+	what := func() string { return fmt.Sprintf("%s:%d", egress.Normalize(host), port) }
 	t, d := choose(ctx, rs.match(host, port), what)
 	if d == nil && t == nil {
-		d = deny(nil, "no rule allows %s", what)
+		d = deny(nil, "no rule allows %s", what())
 	}
 	return t, d
 }
@@ -556,7 +557,7 @@ func (g *Gateway) authorizeHost(ctx context.Context, rs *rules, host string, por
 // open one.
 func (g *Gateway) authorizeIP(ctx context.Context, rs *rules, ip netip.Addr, port int) (*target, *denial) {
 	ip = ip.Unmap()
-	t, d := choose(ctx, rs.matchIP(ip, port), netip.AddrPortFrom(ip, uint16(port)).String())
+	t, d := choose(ctx, rs.matchIP(ip, port), netip.AddrPortFrom(ip, uint16(port)).String)
 	if d != nil {
 		return nil, d
 	}
