@@ -19,13 +19,7 @@ const RunscBuildMark = "+openshell"
 // opened a connection, and a rule that cannot be enforced is never
 // accepted and dropped.
 func CheckAttribution(ctx context.Context, runscPath string, p *policy.Policy) error {
-	field := ""
-	for _, r := range p.Network.Egress {
-		if len(r.Binaries) > 0 {
-			field = r.Field
-			break
-		}
-	}
+	field := binariesField(p)
 	if field == "" {
 		return nil
 	}
@@ -41,12 +35,24 @@ func CheckAttribution(ctx context.Context, runscPath string, p *policy.Policy) e
 
 func hasMark(version string) bool { return strings.Contains(version, RunscBuildMark) }
 
+// binariesField is the field of p's first egress rule that names
+// binaries, "" when none does.
+func binariesField(p *policy.Policy) string {
+	for _, r := range p.Network.Egress {
+		if len(r.Binaries) > 0 {
+			return r.Field
+		}
+	}
+	return ""
+}
+
 // LearnWithoutSink turns attribution off for a learning sandbox whose
 // runsc is not openshell's build (CheckAttribution has already refused one
 // whose policy names binaries), and says what that costs: the suggestion
 // names no binaries. "" when nothing changed.
 func (sb *Sandbox) LearnWithoutSink(ctx context.Context, runscPath string) string {
-	if sb.Compiled == nil || !sb.Compiled.Attribution {
+	if sb.Compiled == nil || !sb.Compiled.Attribution || binariesField(sb.Compiled.Policy) != "" {
+		// None asked, or CheckAttribution has seen the build already.
 		return ""
 	}
 	if v, err := (&runsc.Runsc{Path: runscPath}).Check(ctx); err == nil && hasMark(v) {

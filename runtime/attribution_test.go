@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/openshell/openshell/policyhook"
 	"github.com/openshell/openshell/policyhook/policy"
 )
 
@@ -40,5 +41,31 @@ func TestCheckAttribution(t *testing.T) {
 	}
 	if err := CheckAttribution(ctx, filepath.Join(t.TempDir(), "none"), scoped); err == nil {
 		t.Error("a missing runsc passed")
+	}
+}
+
+// A learning sandbox on stock runsc learns without binaries (warned); on
+// openshell's build it keeps them; a policy naming binaries is not looked
+// at again (CheckAttribution has run runsc --version for it already).
+func TestLearnWithoutSink(t *testing.T) {
+	open := &policy.Policy{Network: policy.Network{Egress: []policy.EgressRule{{Field: "x", Host: "a.test"}}}}
+	scoped := &policy.Policy{Network: policy.Network{Egress: []policy.EgressRule{{Field: "x", Host: "a.test", Binaries: []string{"/usr/bin/git"}}}}}
+	stock := fakeRunsc(t, "release-20260905.0")
+	ours := fakeRunsc(t, "v0"+RunscBuildMark)
+	for _, c := range []struct {
+		p     *policy.Policy
+		runsc string
+		warn  bool
+		keep  bool
+	}{
+		{open, stock, true, false},
+		{open, ours, false, true},
+		{scoped, stock, false, true},
+	} {
+		sb := &Sandbox{Compiled: &policyhook.Compiled{Policy: c.p, Attribution: true}}
+		w := sb.LearnWithoutSink(context.Background(), c.runsc)
+		if (w != "") != c.warn || sb.Compiled.Attribution != c.keep {
+			t.Errorf("%s: warning %q, attribution %v", c.runsc, w, sb.Compiled.Attribution)
+		}
 	}
 }
