@@ -242,10 +242,7 @@ func Compile(p *policy.Policy, opts ...Option) (*Compiled, error) {
 		c.Gateway = o.gateway
 		// Learning asks too: its suggestion names binaries where the
 		// sentry said which one connected.
-		scoped := false
-		for _, r := range p.Network.Egress {
-			scoped = scoped || len(r.Binaries) > 0
-		}
+		scoped := p.Network.ScopedRule() != nil
 		c.Attribution = o.learn || scoped
 		if scoped {
 			// No process may write its code into an allowed binary's

@@ -19,10 +19,11 @@ const RunscBuildMark = "+openshell"
 // opened a connection, and a rule that cannot be enforced is never
 // accepted and dropped.
 func CheckAttribution(ctx context.Context, runscPath string, p *policy.Policy) error {
-	field := binariesField(p)
-	if field == "" {
+	r := p.Network.ScopedRule()
+	if r == nil {
 		return nil
 	}
+	field := r.Field
 	version, err := (&runsc.Runsc{Path: runscPath}).Check(ctx)
 	if err != nil {
 		return fmt.Errorf("%s names binaries: %w", field, err)
@@ -35,23 +36,12 @@ func CheckAttribution(ctx context.Context, runscPath string, p *policy.Policy) e
 
 func hasMark(version string) bool { return strings.Contains(version, RunscBuildMark) }
 
-// binariesField is the field of p's first egress rule that names
-// binaries, "" when none does.
-func binariesField(p *policy.Policy) string {
-	for _, r := range p.Network.Egress {
-		if len(r.Binaries) > 0 {
-			return r.Field
-		}
-	}
-	return ""
-}
-
 // LearnWithoutSink turns attribution off for a learning sandbox whose
 // runsc is not openshell's build (CheckAttribution has already refused one
 // whose policy names binaries), and says what that costs: the suggestion
 // names no binaries. "" when nothing changed.
 func (sb *Sandbox) LearnWithoutSink(ctx context.Context, runscPath string) string {
-	if sb.Compiled == nil || !sb.Compiled.Attribution || binariesField(sb.Compiled.Policy) != "" {
+	if sb.Compiled == nil || !sb.Compiled.Attribution || sb.Compiled.Policy.Network.ScopedRule() != nil {
 		// None asked, or CheckAttribution has seen the build already.
 		return ""
 	}

@@ -161,6 +161,18 @@ type EgressRule struct {
 	TLSRequired   bool
 }
 
+// ScopedRule is the first egress rule that names binaries, nil when none
+// does: a sandbox with one needs the sentry to say which binary opened
+// each connection.
+func (n *Network) ScopedRule() *EgressRule {
+	for i := range n.Egress {
+		if len(n.Egress[i].Binaries) > 0 {
+			return &n.Egress[i]
+		}
+	}
+	return nil
+}
+
 // HTTPRule allows one HTTP method on one path pattern.
 type HTTPRule struct {
 	Method string

@@ -329,10 +329,8 @@ func (g *Gateway) Reload() error {
 // without the sentry's attribution: they could grant nothing, and a rule
 // that cannot hold is refused, not kept and dropped.
 func needsAttribution(p *policy.Policy) error {
-	for _, r := range p.Network.Egress {
-		if len(r.Binaries) > 0 {
-			return fmt.Errorf("%s names binaries, and this sandbox was started without connection attribution (its policy then named none): restart it under the new policy", r.Field)
-		}
+	if r := p.Network.ScopedRule(); r != nil {
+		return fmt.Errorf("%s names binaries, and this sandbox was started without connection attribution (its policy then named none): restart it under the new policy", r.Field)
 	}
 	return nil
 }
