@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -61,5 +62,31 @@ func BenchmarkProxyDownload(b *testing.B) {
 			b.Fatalf("got %d bytes", got)
 		}
 		resp.Body.Close()
+	}
+}
+
+// BenchmarkConnectTunnel is a fresh CONNECT tunnel through the proxy, to
+// the point where it is usable (the 200 read): the gateway's decision,
+// its own dial and its audit, as the sandbox's usable-connection figure
+// measures them with the network between.
+func BenchmarkConnectTunnel(b *testing.B) {
+	g, _, _ := newTestGateway(b, "version: 1\nnetwork_policies:\n  api:\n    endpoints:\n      - {host: api.example.com, port: 443}\n")
+	ul, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	addr := serveProxy(b, g, ul, bytesHandler())
+	buf := make([]byte, 4096)
+	for b.Loop() {
+		c, err := net.Dial("tcp4", addr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		io.WriteString(c, "CONNECT api.example.com:443 HTTP/1.1\r\nHost: api.example.com:443\r\n\r\n")
+		n, err := c.Read(buf)
+		if err != nil || !strings.Contains(string(buf[:n]), " 200 ") {
+			b.Fatalf("CONNECT: %v %q", err, buf[:n])
+		}
+		c.Close()
 	}
 }
