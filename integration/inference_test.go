@@ -192,11 +192,13 @@ sandbox:
 	// While it runs: the key is nowhere on the host but its file.
 	searchHostForKey(t, key, keyFile, []string{stateDir, audit, dir, filepath.Dir(pf)})
 
-	// Rotation: the next call carries the new key.
+	// Rotation: the next call past the second the gateway holds a key
+	// (egress.credTTL) carries the new key.
 	key2 := randomKey(t)
 	if err := os.WriteFile(keyFile, []byte(key2), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	time.Sleep(1100 * time.Millisecond)
 	fmt.Fprintln(stdin, "go")
 	out = waitRest(t, c, lines, &errb)
 	t.Logf("sandbox: %q", out)

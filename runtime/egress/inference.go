@@ -28,7 +28,7 @@ type inferenceState struct {
 	r     *inference.Router
 	usage inference.Usage
 	// cred fetches a provider's key from the keeper, which reads it
-	// afresh each time; nil outside a confined gateway (tests), where
+	// afresh each time it is asked (at most once a credTTL); nil outside a confined gateway (tests), where
 	// keys are read here.
 	cred inference.CredentialFunc
 }

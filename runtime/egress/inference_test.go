@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/net/dns/dnsmessage"
 
@@ -138,7 +139,10 @@ func TestCredentialChannel(t *testing.T) {
 		}
 	}
 	child := cmd.ExtraFiles[len(cmd.ExtraFiles)-1]
-	c := &credClient{f: child}
+	// Every question a credTTL after the last, so that each reaches the
+	// keeper (TestCredClientHoldsKeyForTTL tests the holding).
+	clock := time.Now()
+	c := &credClient{f: child, now: func() time.Time { clock = clock.Add(credTTL); return clock }}
 	ctx := context.Background()
 	if k, err := c.get(ctx, "routed"); err != nil || k != "sk-first-0123456789" {
 		t.Fatalf("get = %q, %v", k, err)
