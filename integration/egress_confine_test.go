@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -81,6 +82,19 @@ func TestEgressGatewayConfined(t *testing.T) {
 	}
 	if data, err := os.ReadFile(filepath.Join(cgroups[len(cgroups)-1], "pids.max")); err != nil || strings.TrimSpace(string(data)) != strconv.Itoa(egress.DefaultGatewayPidsMax) {
 		t.Errorf("pids.max: %q %v", data, err)
+	}
+	// Its Go runtime runs on one thread at a time and collects before the
+	// cgroup's bound.
+	environ, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", serving))
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := strings.Split(string(environ), "\x00")
+	for _, want := range []string{"GOMAXPROCS=1", fmt.Sprintf("GOMEMLIMIT=%d", egress.DefaultGatewayMemoryMax/4*3)} {
+		k, _, _ := strings.Cut(want, "=")
+		if i := slices.IndexFunc(env, func(kv string) bool { return strings.HasPrefix(kv, k+"=") }); i < 0 || env[i] != want {
+			t.Errorf("the serving process's environment: %s is not the last %s", want, k)
+		}
 	}
 	// The keeper holds no network socket: everything the sandbox sends
 	// reaches the serving process only. Its channels to the serving

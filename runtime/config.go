@@ -117,6 +117,9 @@ type EgressConfig struct {
 	// Default 256 MiB and 256 tasks.
 	GatewayMemoryMB int `toml:"gateway_memory_mb"`
 	GatewayPidsMax  int `toml:"gateway_pids_max"`
+	// GatewayProcs is how many threads at once run the gateway's Go code
+	// (its GOMAXPROCS). Default 1.
+	GatewayProcs int `toml:"gateway_procs"`
 	// UpstreamCAFile is the PEM bundle the gateway verifies servers
 	// against where it terminates the sandbox's TLS and opens its own.
 	// Empty: the host's trust store.

@@ -15,6 +15,7 @@ const (
 	maxGatewayMemoryMB = 16384
 	minGatewayPids     = 32
 	maxGatewayPids     = 65536
+	maxGatewayProcs    = 256
 )
 
 type fieldError struct{ field, msg string }
@@ -37,6 +38,9 @@ func (e EgressConfig) validateGateway() []fieldError {
 	}
 	if p := e.GatewayPidsMax; p != 0 && (p < minGatewayPids || p > maxGatewayPids) {
 		errs = append(errs, fieldError{"egress.gateway_pids_max", fmt.Sprintf("%d is not between %d and %d", p, minGatewayPids, maxGatewayPids)})
+	}
+	if p := e.GatewayProcs; p < 0 || p > maxGatewayProcs {
+		errs = append(errs, fieldError{"egress.gateway_procs", fmt.Sprintf("%d is not between 1 and %d", p, maxGatewayProcs)})
 	}
 	return errs
 }
@@ -77,5 +81,6 @@ func (e EgressConfig) gatewayConfine() egress.Confine {
 	}
 	c.MemoryMax = int64(e.GatewayMemoryMB) << 20
 	c.PidsMax = e.GatewayPidsMax
+	c.Procs = e.GatewayProcs
 	return c
 }

@@ -24,15 +24,18 @@ func TestParseGatewayUser(t *testing.T) {
 }
 
 func TestValidateGateway(t *testing.T) {
-	e := EgressConfig{GatewayUser: "root", GatewayMemoryMB: 8, GatewayPidsMax: 1 << 20}
-	if errs := e.validateGateway(); len(errs) != 3 {
-		t.Errorf("want 3 errors, got %v", errs)
+	e := EgressConfig{GatewayUser: "root", GatewayMemoryMB: 8, GatewayPidsMax: 1 << 20, GatewayProcs: 257}
+	if errs := e.validateGateway(); len(errs) != 4 {
+		t.Errorf("want 4 errors, got %v", errs)
+	}
+	if errs := (EgressConfig{GatewayProcs: -1}).validateGateway(); len(errs) != 1 || errs[0].field != "egress.gateway_procs" {
+		t.Errorf("gateway_procs -1: %v", errs)
 	}
 	if errs := (EgressConfig{}).validateGateway(); len(errs) != 0 {
 		t.Errorf("defaults: %v", errs)
 	}
-	c := (EgressConfig{GatewayUser: "1000:1001", GatewayMemoryMB: 512}).gatewayConfine()
-	if c.UID != 1000 || c.GID != 1001 || c.MemoryMax != 512<<20 {
+	c := (EgressConfig{GatewayUser: "1000:1001", GatewayMemoryMB: 512, GatewayProcs: 2}).gatewayConfine()
+	if c.UID != 1000 || c.GID != 1001 || c.MemoryMax != 512<<20 || c.Procs != 2 {
 		t.Errorf("confine: %+v", c)
 	}
 }

@@ -144,7 +144,7 @@ func runKeeper(configFile string) error {
 	// reuses.
 	cmd := exec.Command("/proc/self/exe", append(slices.Clip(args), serveFile)...)
 	cmd.Args[0] = os.Args[0]
-	cmd.Env = append(os.Environ(), envServe+"=1")
+	cmd.Env = append(append(os.Environ(), c.goRuntimeEnv()...), envServe+"=1")
 	for fd := fdDNSUDP; fd <= fdReady; fd++ {
 		cmd.ExtraFiles = append(cmd.ExtraFiles, os.NewFile(uintptr(fd), "inherited"))
 	}
@@ -213,7 +213,7 @@ func runKeeper(configFile string) error {
 		log.Warn("gateway NOT confined: benchmark build (openshell_unconfined_bench)", "pid", cmd.Process.Pid, "uid", 0)
 	} else {
 		log.Info("gateway confined", "pid", cmd.Process.Pid, "uid", c.UID, "gid", c.GID,
-			"memory_max", c.MemoryMax, "pids_max", c.PidsMax, "cgroups", cgroups, "landlock_abi", LandlockABI())
+			"memory_max", c.MemoryMax, "pids_max", c.PidsMax, "procs", c.Procs, "cgroups", cgroups, "landlock_abi", LandlockABI())
 	}
 
 	ks := keeperState{Child: cmd.Process.Pid, Audit: int(auditKeeper.Fd()), Lifeline: int(lifeW.Fd()), Cred: -1}
