@@ -242,7 +242,11 @@ func (g *Gateway) dialModelServer(ctx context.Context, _, addr string, trusted b
 // auditInference records one call: the router's fields as they are, and
 // a summary in the reason for the text view.
 func (g *Gateway) auditInference(ie *inference.Event) {
-	ev := Event{Kind: "inference", Host: InferenceHost, Port: 80, IP: ie.UpstreamHost, Status: ie.Status,
+	port := 80
+	if ie.TLS {
+		port = 443
+	}
+	ev := Event{Kind: "inference", Host: InferenceHost, Port: port, IP: ie.UpstreamHost, Status: ie.Status,
 		BytesUp: ie.BytesUp, BytesDown: ie.BytesDown, Decision: ie.Decision, Inference: ie}
 	switch {
 	case ie.Decision == inference.Allow:

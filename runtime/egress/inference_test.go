@@ -259,4 +259,17 @@ func TestInferenceHTTPS(t *testing.T) {
 	if conns[Allow] != 2 || conns[Deny] != 1 {
 		t.Errorf("TLS connections to inference.local audited: %v", conns)
 	}
+	// Each call's own line says the port it came on: 443.
+	calls := 0
+	for _, e := range readEvents(t, audit) {
+		if e.Kind == "inference" {
+			calls++
+			if e.Port != 443 {
+				t.Errorf("an HTTPS call audited on port %d: %+v", e.Port, e)
+			}
+		}
+	}
+	if calls != 6 {
+		t.Errorf("%d inference calls audited, want 6", calls)
+	}
 }

@@ -76,10 +76,13 @@ type Event struct {
 	// Redacted is how many of them were replaced before the cloud route.
 	Redacted int `json:"redacted,omitempty"`
 
-	Decision  string `json:"-"`
-	Reason    string `json:"-"`
-	BytesUp   int64  `json:"-"`
-	BytesDown int64  `json:"-"`
+	Decision string `json:"-"`
+	Reason   string `json:"-"`
+	// TLS is set when the call came over TLS (https://inference.local):
+	// the audit line's port is 443, else 80.
+	TLS       bool  `json:"-"`
+	BytesUp   int64 `json:"-"`
+	BytesDown int64 `json:"-"`
 }
 
 // CredentialFunc returns the key of the named provider, read afresh.
@@ -280,6 +283,7 @@ func (r *Router) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		c.shape = APIAnthropic
 	}
 	c.goTo(r.cloud)
+	c.ev.TLS = req.TLS != nil
 	defer c.audit()
 	sub, ok := strings.CutPrefix(req.URL.Path, "/v1")
 	i := slices.IndexFunc(routes, func(rt route) bool { return rt.path == sub })
