@@ -75,6 +75,17 @@ func benchRuns(def int) int {
 	return def
 }
 
+// benchRounds is how many rounds the network benchmarks run, each column
+// once a round: BENCH_ROUNDS where it is a positive number, else 3
+// (BENCH_RUNS is the start-time benchmarks' count, 15 in make bench,
+// which would make these run for many minutes).
+func benchRounds() int {
+	if v, err := strconv.Atoi(os.Getenv("BENCH_ROUNDS")); err == nil && v > 0 {
+		return v
+	}
+	return 3
+}
+
 // probeFigures runs c, a probe that prints one JSON object, and decodes
 // that object.
 func probeFigures[F any](t *testing.T, c *exec.Cmd) F {

@@ -143,7 +143,7 @@ type benchMetric[F any] struct {
 // but the baseline against the baseline. It returns the figures, a
 // slice per column, for the caller's own checks.
 func benchTable[F any](title string, nameWidth int, cols []benchColumn[F], metrics []benchMetric[F]) [][]F {
-	rounds := min(benchRuns(3), 3)
+	rounds := benchRounds()
 	figs := make([][]F, len(cols))
 	for range rounds {
 		for i, c := range cols {
