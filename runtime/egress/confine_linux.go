@@ -57,12 +57,9 @@ func (c Confine) withDefaults() Confine {
 // goRuntimeEnv is what the serving process's Go runtime is told of its
 // bounds, after whatever the environment said (the last of a name wins):
 //   - GOMAXPROCS=Procs. One thread running Go by default: a sandbox's
-//     gateway serves one agent, and the goroutines of one request (the
-//     server's, the transport's reader and writer) then hand over on one
-//     thread instead of waking another through a futex while the
-//     sandbox's own threads want the same cores; the terminated-HTTPS
-//     p99 fell by about half here. It also bounds the CPU a sandbox can
-//     make its gateway burn to about Procs cores.
+//     gateway serves one agent, and this bounds the CPU a sandbox can
+//     make its gateway spend on Go code to about Procs cores (the
+//     latency runs could not tell 1 from 2: docs/egress.md).
 //   - GOMEMLIMIT at three quarters of the cgroup's memory: the collector
 //     works harder as the heap nears the bound instead of letting the
 //     kernel kill the gateway there (which leaves the sandbox with no
