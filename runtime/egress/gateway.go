@@ -215,9 +215,17 @@ type uplinkRoutes struct {
 
 func (u *uplinkRoutes) isLocal(ip netip.Addr) bool {
 	u.once.Do(func() {
-		if h, err := netlink.NewHandle(unix.NETLINK_ROUTE); err == nil {
-			u.h = h
+		h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+		if err != nil {
+			return
 		}
+		// An answer that never comes must not hold every later
+		// question behind the socket's lock.
+		if err := h.SetSocketTimeout(2 * time.Second); err != nil {
+			h.Close()
+			return
+		}
+		u.h = h
 	})
 	dst := ip.Unmap().AsSlice()
 	var routes []netlink.Route
