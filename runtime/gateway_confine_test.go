@@ -28,8 +28,13 @@ func TestValidateGateway(t *testing.T) {
 	if errs := e.validateGateway(); len(errs) != 4 {
 		t.Errorf("want 4 errors, got %v", errs)
 	}
-	if errs := (EgressConfig{GatewayProcs: -1}).validateGateway(); len(errs) != 1 || errs[0].field != "egress.gateway_procs" {
-		t.Errorf("gateway_procs -1: %v", errs)
+	for _, e := range []EgressConfig{{GatewayProcs: -1}, {GatewayProcs: 129}, {GatewayProcs: 17, GatewayPidsMax: 32}} {
+		if errs := e.validateGateway(); len(errs) != 1 || errs[0].field != "egress.gateway_procs" {
+			t.Errorf("%+v: %v", e, errs)
+		}
+	}
+	if errs := (EgressConfig{GatewayProcs: 16, GatewayPidsMax: 32}).validateGateway(); len(errs) != 0 {
+		t.Errorf("gateway_procs 16 of 32 pids: %v", errs)
 	}
 	if errs := (EgressConfig{}).validateGateway(); len(errs) != 0 {
 		t.Errorf("defaults: %v", errs)

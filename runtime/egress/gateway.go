@@ -175,7 +175,7 @@ func New(cfg Config, log *slog.Logger) (*Gateway, error) {
 		dnsSlots: make(chan struct{}, maxDNSInFlight),
 	}
 	g.dialTCP = g.dialer.DialContext
-	g.isLocal = (&uplinkRoutes{}).isLocal
+	g.isLocal = (&uplinkRoutes{routeGet: netlink.RouteGet}).isLocal
 	g.dns = &resolver{upstream: upstream, timeout: 3 * time.Second}
 	if cfg.CAFile != "" {
 		if g.ca, err = LoadCA(cfg.CAFile); err != nil {
@@ -204,13 +204,17 @@ func New(cfg Config, log *slog.Logger) (*Gateway, error) {
 // interfaces, a local route (AnyIP), a broadcast or multicast. The
 // kernel's own route lookup answers, at the moment of asking, so an
 // address the host gains after the gateway started (a bridge, DHCP, a
-// service IP) counts as soon as it is there. It asks on one netlink
+// service IP) counts as soon as it is there; an address it cannot ask
+// about counts as local (fail closed). It asks on one netlink
 // socket kept for the gateway's life, opened at the first question: a
 // socket per question cost three socket(2)/bind/close rounds per
 // connection (27 µs each here, 9 µs on a kept socket).
 type uplinkRoutes struct {
 	once sync.Once
 	h    *netlink.Handle // nil: opening it failed; every question opens its own
+	// routeGet asks on a socket of its own (netlink.RouteGet; tests
+	// make it fail).
+	routeGet func(net.IP) ([]netlink.Route, error)
 }
 
 func (u *uplinkRoutes) isLocal(ip netip.Addr) bool {
@@ -236,12 +240,13 @@ func (u *uplinkRoutes) isLocal(ip netip.Addr) bool {
 	if err != nil && !unroutable(err) {
 		// The kept socket failed (a timeout, a lost answer): ask again
 		// on a socket of its own before calling the address not local.
-		routes, err = netlink.RouteGet(dst)
+		routes, err = u.routeGet(dst)
 	}
 	if err != nil {
 		// No route at all: the kernel would not deliver it locally
-		// either.
-		return false
+		// either. Any other failure is taken as local: an address the
+		// kernel could not be asked about is never dialled.
+		return !unroutable(err)
 	}
 	for _, r := range routes {
 		switch r.Type {
@@ -357,6 +362,11 @@ func (g *Gateway) Reload() error {
 		return fmt.Errorf("reload %s: %w", g.cfg.PolicyFile, err)
 	}
 	g.rules.Store(nr)
+	// A key held for the old route is not used for the new one, nor
+	// kept in memory once it may be withdrawn.
+	if f := g.inference.forget; f != nil {
+		f()
+	}
 	g.event(nr, Event{Kind: "reload", Host: g.cfg.PolicyFile, Decision: Allow, Reason: fmt.Sprintf("%d egress rule(s) active", len(p.Network.Egress))})
 	g.log.Info("policy reloaded", "file", g.cfg.PolicyFile, "sha256", p.Hash, "rules", len(p.Network.Egress))
 	return nil

@@ -40,6 +40,13 @@ type upstream struct {
 	pc   net.PacketConn
 }
 
+// add puts name in the zone while the upstream serves it.
+func (u *upstream) add(name, addr string) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.zone[name] = addr
+}
+
 func startUpstream(t testing.TB, zone map[string]string) *upstream {
 	t.Helper()
 	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
@@ -69,7 +76,10 @@ func startUpstream(t testing.TB, zone map[string]string) *upstream {
 			u.seen = append(u.seen, name+" "+q.Type.String())
 			u.mu.Unlock()
 			resp := dnsmessage.Message{Header: dnsmessage.Header{ID: h.ID, Response: true}, Questions: []dnsmessage.Question{q}}
-			if a, ok := zone[name]; ok {
+			u.mu.Lock()
+			a, ok := zone[name]
+			u.mu.Unlock()
+			if ok {
 				resp.Answers = []dnsmessage.Resource{{
 					Header: dnsmessage.ResourceHeader{Name: q.Name, Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET, TTL: 3600},
 					Body:   &dnsmessage.AResource{A: netip.MustParseAddr(a).As4()},
@@ -280,11 +290,16 @@ func TestReload(t *testing.T) {
 	if err := os.WriteFile(g.cfg.PolicyFile, []byte(added), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	forgot := 0
+	g.inference.forget = func() { forgot++ }
 	if err := g.Reload(); err != nil {
 		t.Fatal(err)
 	}
 	if g.current().m.Match("new.example.org", 443) == nil {
 		t.Fatal("new.example.org not allowed after the reload")
+	}
+	if forgot != 1 {
+		t.Errorf("the reload forgot the held keys %d times, want 1", forgot)
 	}
 	fsChange := strings.Replace(added, "allowed_writes: [/tmp]", "allowed_writes: [/tmp, /var]", 1)
 	if err := os.WriteFile(g.cfg.PolicyFile, []byte(fsChange), 0o644); err != nil {

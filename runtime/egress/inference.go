@@ -31,6 +31,9 @@ type inferenceState struct {
 	// afresh each time it is asked (at most once a credTTL); nil outside a confined gateway (tests), where
 	// keys are read here.
 	cred inference.CredentialFunc
+	// forget drops the keys cred holds (at a reload); nil where it holds
+	// none.
+	forget func()
 }
 
 // router is the router for rs's route; nil when the policy has none.
@@ -88,9 +91,13 @@ func (g *Gateway) serveInference(w http.ResponseWriter, r *http.Request) {
 	rs := g.current()
 	rt := g.router(rs)
 	if rt == nil {
+		port := 80
+		if r.TLS != nil {
+			port = 443
+		}
 		d := deny(nil, "%s", noRoute)
-		g.event(rs, Event{Kind: "inference", Host: InferenceHost, Port: 80, Decision: Deny, Reason: d.reason})
-		writeDenial(w, http.StatusForbidden, InferenceHost, 80, d)
+		g.event(rs, Event{Kind: "inference", Host: InferenceHost, Port: port, Decision: Deny, Reason: d.reason})
+		writeDenial(w, http.StatusForbidden, InferenceHost, port, d)
 		return
 	}
 	rt.ServeHTTP(w, r)

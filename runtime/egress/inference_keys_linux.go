@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"slices"
@@ -158,8 +159,9 @@ func (c *policyCache) load() (*policy.Policy, error) {
 
 // credTTL is how long the serving process keeps a key it was given:
 // asking the keeper at every call cost a wake-up of another process per
-// model call (about 0.1 ms of the router's added latency here). A rotated
-// or withdrawn credential file takes effect within it.
+// model call (about 0.1 ms of the router's added latency here). A
+// rotated, removed or loosened credential file takes effect within it; a
+// reload of the policy drops every key held (forget).
 const credTTL = time.Second
 
 // credClient is the serving process's end: one question at a time.
@@ -195,12 +197,21 @@ func (g *Gateway) openCredentials() error {
 		return fmt.Errorf("credential channel: %w", err)
 	}
 	c := &credClient{f: os.NewFile(uintptr(fd), "credentials"), now: time.Now}
-	g.inference.cred = c.get
+	g.inference.cred, g.inference.forget = c.get, c.forget
 	return nil
+}
+
+// forget drops every key held: the next call of each provider asks the
+// keeper again.
+func (c *credClient) forget() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	clear(c.keys)
 }
 
 // get is provider name's key: the one held, for up to credTTL, else the
 // keeper's answer. A refusal is never held: the next call asks again.
+// Keys past their time are dropped, whichever provider they are for.
 func (c *credClient) get(ctx context.Context, name string) (string, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -208,7 +219,7 @@ func (c *credClient) get(ctx context.Context, name string) (string, error) {
 	if k, ok := c.keys[name]; ok && now.Before(k.until) {
 		return k.key, nil
 	}
-	delete(c.keys, name)
+	maps.DeleteFunc(c.keys, func(_ string, k heldKey) bool { return !now.Before(k.until) })
 	key, err := c.ask(ctx, name)
 	if err != nil {
 		return "", err

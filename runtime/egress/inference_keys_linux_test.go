@@ -2,7 +2,9 @@ package egress
 
 import (
 	"context"
+	"maps"
 	"os"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -13,7 +15,8 @@ import (
 
 // TestCredClientHoldsKeyForTTL: the serving process asks its keeper for
 // a provider's key at most once a credTTL; past it, the next call asks
-// again (a rotated key takes effect), and a refusal is never held.
+// again (a rotated key takes effect), a refusal is never held, a reload
+// forgets every key, and a key past its time does not stay in memory.
 func TestCredClientHoldsKeyForTTL(t *testing.T) {
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -62,4 +65,20 @@ func TestCredClientHoldsKeyForTTL(t *testing.T) {
 	get("", 4)
 	answer.Store("ok %s key-3")
 	get("key-3", 5)
+
+	// A reload forgets every key: the next call asks again.
+	c.forget()
+	if len(c.keys) != 0 {
+		t.Fatalf("after forget: %d keys held", len(c.keys))
+	}
+	get("key-3", 6)
+	// A key past its time is dropped at the next call for any provider,
+	// not kept until its own provider is asked for again.
+	now = now.Add(credTTL)
+	if _, err := c.get(context.Background(), "b"); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := c.keys["a"]; ok || len(c.keys) != 1 {
+		t.Errorf("keys held after a's time: %v", slices.Collect(maps.Keys(c.keys)))
+	}
 }

@@ -16,9 +16,9 @@ import (
 func newLearningGateway(t *testing.T) (*Gateway, string) {
 	t.Helper()
 	g, up, audit := newTestGateway(t, testPolicy)
-	up.zone["new.example.org"] = "93.184.216.40"
-	up.zone["meta.example.org"] = "169.254.169.254"
-	up.zone["loop.example.org"] = "127.0.0.1"
+	up.add("new.example.org", "93.184.216.40")
+	up.add("meta.example.org", "169.254.169.254")
+	up.add("loop.example.org", "127.0.0.1")
 	cfg := g.cfg
 	cfg.Learn = true
 	cfg.AuditFile = audit + ".learn"
