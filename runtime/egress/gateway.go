@@ -399,6 +399,12 @@ func SameOutsideNetwork(a, b *policy.Policy) error {
 	if !reflect.DeepEqual(a.Env, b.Env) {
 		changed = append(changed, "environment")
 	}
+	// set_env is the sandbox process's environment too, written at
+	// create: a reload could only drop the change.
+	setEnv := func(p *policy.Policy) bool { return p.Inference != nil && p.Inference.SetEnv }
+	if setEnv(a) != setEnv(b) {
+		changed = append(changed, "inference.set_env")
+	}
 	if len(changed) > 0 {
 		return fmt.Errorf("the %v section(s) changed: only network rules can change in a running sandbox; restart it to apply the rest", changed)
 	}

@@ -273,3 +273,25 @@ func TestInferenceHTTPS(t *testing.T) {
 		t.Errorf("%d inference calls audited, want 6", calls)
 	}
 }
+
+// TestReloadRefusesSetEnv: set_env is written into the sandbox process's
+// environment at create, so a reload that turns it on or off is refused
+// with the reason, not accepted and dropped; a route change reloads.
+func TestReloadRefusesSetEnv(t *testing.T) {
+	g, _, _ := newTestGateway(t, inferencePolicy("https://api.example.com/v1", ""))
+	for _, c := range []struct {
+		extra string
+		ok    bool
+	}{
+		{"    allowed_models: [m]\n", true},
+		{"    set_env: true\n", false},
+	} {
+		if err := os.WriteFile(g.cfg.PolicyFile, []byte(inferencePolicy("https://api.example.com/v1", c.extra)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		err := g.Reload()
+		if c.ok && err != nil || !c.ok && (err == nil || !strings.Contains(err.Error(), "inference.set_env")) {
+			t.Errorf("reload with %q: %v", c.extra, err)
+		}
+	}
+}
