@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -27,20 +28,9 @@ print("card:", *call("charge 4111 1111 1111 1111 for the order"), flush=True)
 print("plain:", *call("what is the capital of France?"), flush=True)
 `
 
-// TestInferencePrivacy: a Python client in a runsc sandbox calls
-// inference.local; the call holding a Luhn-valid card number reaches the
-// local model server only (with no key: no provider has its URL), the
-// other the cloud one (with the host's key), and the audit log names the
-// route and the detector, never the number.
-func TestInferencePrivacy(t *testing.T) {
-	root := debianRoot(t)
-	dir := t.TempDir()
-	cloud, local, keyFile, config, audit := twoLLMs(t, dir, "local-llm.test", "cloud", "")
-	key := randomKey(t)
-	if err := os.WriteFile(keyFile, []byte(key), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	pf := writePolicy(t, `version: "1.0"
+// privacyPolicy routes calls whose messages hold personal data to the
+// local model server, the rest to the cloud provider.
+const privacyPolicy = `version: "1.0"
 name: privacy-it
 sandbox:
   filesystem: {allowed_writes: [/tmp]}
@@ -49,14 +39,58 @@ sandbox:
     provider: cloud
     local: {routing_endpoint: "http://local-llm.test/v1", model: local-model}
     privacy: {detectors: [ssn, credit_card, email, phone], action: route_local}
-`)
-	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, openshellBin, "run", "--config", config, "--runsc", runscBin, "--state-dir", stateDir,
-		"--rootfs", root, "--policy", pf, "--", "/usr/bin/python3", "-u", "-c", privacyClient).CombinedOutput()
+`
+
+// TestInferencePrivacy: a Python client in a runsc sandbox calls
+// inference.local; the call holding a Luhn-valid card number reaches the
+// local model server only (with no key: no provider has its URL), the
+// other the cloud one (with the host's key), and the audit log names the
+// route and the detector, never the number.
+func TestInferencePrivacy(t *testing.T) {
+	testInferencePrivacy(t, func(root, config string) ([]byte, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+		defer cancel()
+		return exec.CommandContext(ctx, openshellBin, "run", "--config", config, "--runsc", runscBin, "--state-dir", stateDir,
+			"--rootfs", root, "--policy", writePolicy(t, privacyPolicy), "--", "/usr/bin/python3", "-u", "-c", privacyClient).CombinedOutput()
+	})
+	assertNothingLeft(t, stateDir)
+}
+
+// TestInferencePrivacyThroughOpenshellRuntime: the same privacy route
+// under openshell-runtime, the policy inline in the bundle's spec.
+func TestInferencePrivacyThroughOpenshellRuntime(t *testing.T) {
+	testInferencePrivacy(t, func(root, config string) ([]byte, error) {
+		bundle := t.TempDir()
+		writeBundleSpec(t, bundle, inlineSpec(t, root, privacyPolicy, "/usr/bin/python3", "-u", "-c", privacyClient).Config)
+		return runtimeRun(t, config, bundle, "privacy-"+strconv.Itoa(os.Getpid()))
+	})
+	assertRuntimeClean(t)
+}
+
+// testInferencePrivacy runs privacyClient under privacyPolicy with run
+// (given the root file system and the runtime's config) and checks where
+// each call went and what the audit log says of them.
+func testInferencePrivacy(t *testing.T, run func(root, config string) ([]byte, error)) {
+	t.Helper()
+	root := debianRoot(t)
+	dir := t.TempDir()
+	cloud, local, keyFile, config, audit := twoLLMs(t, dir, "local-llm.test", "cloud", "")
+	key := randomKey(t)
+	if err := os.WriteFile(keyFile, []byte(key), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// The engines take the policy inline, which the operator allows.
+	cfg, err := os.ReadFile(config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(config, append([]byte("allow_inline_policy = true\n"), cfg...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := run(root, config)
 	t.Logf("sandbox: %s", out)
 	if err != nil || !strings.Contains(string(out), "card: 200 hello from fake openai") || !strings.Contains(string(out), "plain: 200 hello from fake openai") {
-		t.Fatalf("openshell run: %v\n%s", err, out)
+		t.Fatalf("sandbox: %v\n%s", err, out)
 	}
 
 	lr, cr := local.Requests(), cloud.Requests()
@@ -99,5 +133,4 @@ sandbox:
 	if !strings.Contains(string(view), "privacy: credit_card 1 → local route") {
 		t.Errorf("openshell audit:\n%s", view)
 	}
-	assertNothingLeft(t, stateDir)
 }
