@@ -166,11 +166,7 @@ func TestEgressBench(t *testing.T) {
 	fmt.Printf("unconfined: the gateway path through a build with -tags openshell_unconfined_bench (serving process as root: no user, cgroup, Landlock or seccomp)\n")
 	fmt.Printf("noise: the confined gateway's two runs of each round, against each other\n")
 	fmt.Printf("%-22s %12s %12s %22s %12s %27s %22s\n", "", "direct", "gateway", "gateway-direct / ratio", "unconfined", "confined-unconfined / ratio", "noise (confined twice)")
-	for _, m := range []struct {
-		name string
-		f    func(egressFigures) float64
-		diff bool
-	}{
+	for _, m := range []benchMetric[egressFigures]{
 		{"usable conn p50 (ms)", func(x egressFigures) float64 { return x.TunnelP50 }, true},
 		{"usable conn p99 (ms)", func(x egressFigures) float64 { return x.TunnelP99 }, true},
 		{"connect p50 (ms)", func(x egressFigures) float64 { return x.ConnectP50 }, true},
