@@ -28,8 +28,8 @@ type inferenceState struct {
 	r     *inference.Router
 	usage inference.Usage
 	// cred fetches a provider's key from the keeper, which reads it
-	// afresh each time it is asked (at most once a credTTL); nil outside a confined gateway (tests), where
-	// keys are read here.
+	// afresh each time it is asked (at most once a credTTL); nil outside
+	// a confined gateway (tests), where keys are read here.
 	cred inference.CredentialFunc
 	// forget drops the keys cred holds (at a reload); nil where it holds
 	// none.
@@ -91,16 +91,22 @@ func (g *Gateway) serveInference(w http.ResponseWriter, r *http.Request) {
 	rs := g.current()
 	rt := g.router(rs)
 	if rt == nil {
-		port := 80
-		if r.TLS != nil {
-			port = 443
-		}
+		port := inferencePort(r.TLS != nil)
 		d := deny(nil, "%s", noRoute)
 		g.event(rs, Event{Kind: "inference", Host: InferenceHost, Port: port, Decision: Deny, Reason: d.reason})
 		writeDenial(w, http.StatusForbidden, InferenceHost, port, d)
 		return
 	}
 	rt.ServeHTTP(w, r)
+}
+
+// inferencePort is the port a call to inference.local came on, for its
+// audit line: 443 over TLS, else 80.
+func inferencePort(overTLS bool) int {
+	if overTLS {
+		return 443
+	}
+	return 80
 }
 
 // noRoute is why inference.local is refused to a policy without a route.
@@ -249,11 +255,7 @@ func (g *Gateway) dialModelServer(ctx context.Context, _, addr string, trusted b
 // auditInference records one call: the router's fields as they are, and
 // a summary in the reason for the text view.
 func (g *Gateway) auditInference(ie *inference.Event) {
-	port := 80
-	if ie.TLS {
-		port = 443
-	}
-	ev := Event{Kind: "inference", Host: InferenceHost, Port: port, IP: ie.UpstreamHost, Status: ie.Status,
+	ev := Event{Kind: "inference", Host: InferenceHost, Port: inferencePort(ie.TLS), IP: ie.UpstreamHost, Status: ie.Status,
 		BytesUp: ie.BytesUp, BytesDown: ie.BytesDown, Decision: ie.Decision, Inference: ie}
 	switch {
 	case ie.Decision == inference.Allow:

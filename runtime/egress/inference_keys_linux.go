@@ -25,9 +25,10 @@ import (
 // the keeper (root, outside Landlock on every thread but the one that
 // forked) holds one end of a SOCK_SEQPACKET pair, the serving process the
 // other. The serving process sends "credential SEQ NAME"; the keeper
-// reads the provider's credential afresh and answers "ok SEQ KEY" or "err SEQ REASON" (SEQ lets a
-// late answer to a question that timed out be told apart). It answers only for
-// the provider the sandbox's current policy routes to. A key is never
+// reads the provider's credential afresh and answers "ok SEQ KEY" or
+// "err SEQ REASON" (SEQ lets a late answer to a question that timed out
+// be told apart). It answers only for the provider the sandbox's current
+// policy routes to. A key is never
 // written to a file, the serving process's environment or a log.
 
 // envCredFD names the serving process's end of the pair.
