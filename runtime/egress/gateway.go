@@ -233,12 +233,12 @@ func (u *uplinkRoutes) isLocal(ip netip.Addr) bool {
 	})
 	dst := ip.Unmap().AsSlice()
 	var routes []netlink.Route
-	err := errors.New("no kept socket")
+	var err error
 	if u.h != nil {
 		routes, err = u.h.RouteGet(dst)
 	}
-	if err != nil && !unroutable(err) {
-		// The kept socket failed (a timeout, a lost answer): ask again
+	if u.h == nil || err != nil && !unroutable(err) {
+		// No kept socket, or it failed (a timeout, a lost answer): ask
 		// on a socket of its own before calling the address not local.
 		routes, err = u.routeGet(dst)
 	}
