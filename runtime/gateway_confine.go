@@ -1,7 +1,6 @@
 package runtime
 
 import (
-	"cmp"
 	"fmt"
 	"os/user"
 	"strconv"
@@ -42,10 +41,10 @@ func (e EgressConfig) validateGateway() []fieldError {
 	}
 	if p := e.GatewayProcs; p < 0 || p > maxGatewayProcs {
 		errs = append(errs, fieldError{"egress.gateway_procs", fmt.Sprintf("%d is not between 1 and %d", p, maxGatewayProcs)})
-	} else if procs, pids := cmp.Or(p, egress.DefaultGatewayProcs), cmp.Or(e.GatewayPidsMax, egress.DefaultGatewayPidsMax); procs > pids/2 {
+	} else if c := e.gatewayConfine().WithDefaults(); c.Procs > c.PidsMax/2 {
 		// Go needs a thread per running P and more for system calls: a
 		// gateway that cannot make them dies (closed, but down).
-		errs = append(errs, fieldError{"egress.gateway_procs", fmt.Sprintf("%d is more than half of gateway_pids_max (%d): the gateway's threads count against it", procs, pids)})
+		errs = append(errs, fieldError{"egress.gateway_procs", fmt.Sprintf("%d is more than half of gateway_pids_max (%d): the gateway's threads count against it", c.Procs, c.PidsMax)})
 	}
 	return errs
 }

@@ -198,7 +198,7 @@ func TestCgroupsV2(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(root, "cgroup.controllers"), []byte("cpu memory pids\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	c := Confine{MemoryMax: 128 << 20, PidsMax: 99}.withDefaults()
+	c := Confine{MemoryMax: 128 << 20, PidsMax: 99}.WithDefaults()
 	dirs, err := makeCgroups("sb-v2", c)
 	if err != nil {
 		t.Fatal(err)
@@ -248,7 +248,7 @@ func TestCgroupsV2NoSwapAccounting(t *testing.T) {
 	if err := os.MkdirAll(filepath.Join(sb, "memory.swap.max"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := makeCgroups("sb", Confine{}.withDefaults()); err != nil {
+	if _, err := makeCgroups("sb", Confine{}.WithDefaults()); err != nil {
 		t.Fatal(err)
 	}
 	if got := readFile(t, filepath.Join(sb, "memory.max")); got != strconv.Itoa(DefaultGatewayMemoryMax) {
@@ -266,7 +266,7 @@ func TestCgroupsV2FailsClosed(t *testing.T) {
 	os.WriteFile(filepath.Join(root, "cgroup.controllers"), []byte("memory pids\n"), 0o644)
 	sb := filepath.Join(root, "openshell-egress", "sb")
 	os.MkdirAll(filepath.Join(sb, "pids.max"), 0o755)
-	_, err := makeCgroups("sb", Confine{}.withDefaults())
+	_, err := makeCgroups("sb", Confine{}.WithDefaults())
 	if err == nil || !strings.Contains(err.Error(), "pids.max") {
 		t.Fatalf("made a cgroup whose pids.max cannot be written: %v", err)
 	}
@@ -276,7 +276,7 @@ func TestCgroupsV2FailsClosed(t *testing.T) {
 // controller).
 func TestCgroupsV1(t *testing.T) {
 	root := fakeCgroupRoot(t)
-	dirs, err := makeCgroups("sb-v1", Confine{MemoryMax: 64 << 20, PidsMax: 7}.withDefaults())
+	dirs, err := makeCgroups("sb-v1", Confine{MemoryMax: 64 << 20, PidsMax: 7}.WithDefaults())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -38,7 +38,8 @@ const (
 	DefaultGatewayProcs     = 1
 )
 
-func (c Confine) withDefaults() Confine {
+// WithDefaults is c with its zero fields at the gateway's defaults.
+func (c Confine) WithDefaults() Confine {
 	if c.UID == 0 && c.GID == 0 {
 		c.UID, c.GID = DefaultGatewayUID, DefaultGatewayUID
 	}
@@ -495,7 +496,7 @@ func onLockedThread(fn func() error, done <-chan struct{}) error {
 // Landlock ABI: what doctor says about the gateway's confinement.
 func ProbeConfinement() (cgroups []string, landlockABI int, err error) {
 	id := fmt.Sprintf("doctor-probe-%d", os.Getpid())
-	cgroups, err = makeCgroups(id, Confine{}.withDefaults())
+	cgroups, err = makeCgroups(id, Confine{}.WithDefaults())
 	if err == nil {
 		err = RemoveGatewayCgroups(id)
 	}

@@ -86,7 +86,7 @@ func TestHandledFS(t *testing.T) {
 }
 
 func TestConfineDefaults(t *testing.T) {
-	c := Confine{}.withDefaults()
+	c := Confine{}.WithDefaults()
 	if c.UID != 65534 || c.GID != 65534 || c.MemoryMax != 256<<20 || c.PidsMax != 256 || c.Procs != 1 {
 		t.Errorf("defaults: %+v", c)
 	}
@@ -96,7 +96,7 @@ func TestConfineDefaults(t *testing.T) {
 	if got := (Confine{Procs: 4, MemoryMax: 64 << 20}).goRuntimeEnv(); !slices.Equal(got, []string{"GOMAXPROCS=4", "GOMEMLIMIT=50331648"}) {
 		t.Errorf("Go runtime bounds: %q", got)
 	}
-	if c := (Confine{UID: 1000, GID: 1000, MemoryMax: 1 << 30}).withDefaults(); c.UID != 1000 || c.MemoryMax != 1<<30 {
+	if c := (Confine{UID: 1000, GID: 1000, MemoryMax: 1 << 30}).WithDefaults(); c.UID != 1000 || c.MemoryMax != 1<<30 {
 		t.Errorf("kept: %+v", c)
 	}
 }

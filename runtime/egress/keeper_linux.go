@@ -67,7 +67,7 @@ func runKeeper(configFile string) error {
 	if err := readGatewayConfig(configFile, &pc); err != nil {
 		return fail(err)
 	}
-	c := pc.Confine.withDefaults()
+	c := pc.Confine.WithDefaults()
 	if c.UID == 0 || c.GID == 0 {
 		return fail(fmt.Errorf("gateway config %s: the gateway may not run as uid 0 or gid 0", configFile))
 	}
@@ -353,7 +353,7 @@ func runKeeperReduced(configFile, state string) error {
 		_ = RemoveGatewayCgroups(pc.Sandbox)
 		return err
 	}
-	c := pc.Confine.withDefaults()
+	c := pc.Confine.WithDefaults()
 	log = log.With("sandbox", pc.Sandbox)
 	mirror := filepath.Join(filepath.Dir(configFile), "gateway", "policy.yaml")
 	if ks.Cred >= 0 {

@@ -80,7 +80,7 @@ type processConfig struct {
 // until it has loaded the policy. It returns the process's pid.
 func Start(o StartOptions) (int, error) {
 	o.Config.Attribution = o.AttributionSocket != ""
-	data, err := json.MarshalIndent(processConfig{o.Config, o.Confine.withDefaults()}, "", "  ")
+	data, err := json.MarshalIndent(processConfig{o.Config, o.Confine.WithDefaults()}, "", "  ")
 	if err != nil {
 		return 0, fmt.Errorf("gateway config: %w", err)
 	}
