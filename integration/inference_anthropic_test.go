@@ -118,18 +118,3 @@ sandbox:
 	searchHostForKey(t, key, keyFile, []string{stateDir, audit, dir, filepath.Dir(pf)})
 	assertNothingLeft(t, stateDir)
 }
-
-// rewriteFile replaces old (which must be there) with new in file.
-func rewriteFile(t *testing.T, file, old, new string) {
-	t.Helper()
-	data, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(string(data), old) {
-		t.Fatalf("%s has no %q", file, old)
-	}
-	if err := os.WriteFile(file, []byte(strings.Replace(string(data), old, new, 1)), 0o644); err != nil {
-		t.Fatal(err)
-	}
-}

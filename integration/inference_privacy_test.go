@@ -80,13 +80,7 @@ func testInferencePrivacy(t *testing.T, run func(root, config string) ([]byte, e
 		t.Fatal(err)
 	}
 	// The engines take the policy inline, which the operator allows.
-	cfg, err := os.ReadFile(config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(config, append([]byte("allow_inline_policy = true\n"), cfg...), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	rewriteFile(t, config, "[egress]\n", "allow_inline_policy = true\n[egress]\n")
 	out, err := run(root, config)
 	t.Logf("sandbox: %s", out)
 	if err != nil || !strings.Contains(string(out), "card: 200 hello from fake openai") || !strings.Contains(string(out), "plain: 200 hello from fake openai") {

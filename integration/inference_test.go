@@ -76,6 +76,21 @@ credential = "file:%s"
 	return llm, llm2, keyFile, config, audit
 }
 
+// rewriteFile replaces old (which must be there) with new in file.
+func rewriteFile(t *testing.T, file, old, new string) {
+	t.Helper()
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(data), old) {
+		t.Fatalf("%s has no %q", file, old)
+	}
+	if err := os.WriteFile(file, []byte(strings.Replace(string(data), old, new, 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // inferenceClient runs in the sandbox, knowing only http://inference.local/v1.
 const inferenceClient = `
 import json, os, sys, urllib.request, urllib.error
