@@ -235,6 +235,26 @@ func veth(a, aIf string, aAddr netip.Addr, b, bIf string, bAddr netip.Addr) erro
 	return nil
 }
 
+// deleteLink deletes the link called name in the namespace at path, if
+// there is one.
+func deleteLink(path, name string) error {
+	nl, h, err := handleAt(path)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	defer nl.Close()
+	l, err := nl.LinkByName(name)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return nil
+		}
+		return err
+	}
+	return nl.LinkDel(l)
+}
+
 // removeNetns unmounts and removes a namespace NewNetns made.
 func removeNetns(path string) error {
 	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
@@ -417,6 +437,13 @@ func (n *Net) Close() error {
 func (n *Net) Direct(path string) (func() error, error) {
 	if err := egress.NewNetns(path); err != nil {
 		return nil, err
+	}
+	// The last direct namespace's link can outlive its removal for a
+	// while (the kernel tears namespaces down in the background): this
+	// net's own, so it goes now.
+	if err := deleteLink(n.Inet, "direct0"); err != nil {
+		_ = removeNetns(path)
+		return nil, fmt.Errorf("direct namespace: %w", err)
 	}
 	if err := veth(path, "eth0", directAddr, n.Inet, "direct0", directGW); err != nil {
 		_ = removeNetns(path)
