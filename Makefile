@@ -160,7 +160,7 @@ bench: build runsc containerd deps
 	$(GO) test -run '^$$' -bench . -benchmem ./policyhook/... ./runtime/inference/
 	BIN=$(BIN) test/bench/sandboxes.sh $(BENCH_RUNS)
 	OPENSHELL_BENCH=1 BENCH_RUNS=$(BENCH_RUNS) OPENSHELL_BIN=$(BIN) OPENSHELL_RUNSC=$(BIN)/runsc \
-	  $(GO) test -count=1 -v -run 'TestCtrStartToExit|TestEgressBench|TestEgressL7Bench|TestInferenceBench|TestTimelineBench|TestAttributionBench' ./integration/
+	  $(GO) test -count=1 -v -run 'TestCtrStartToExit|TestEgressBench|TestEgressL7Bench|TestEgressTunnelCPU|TestEgressConnectSteps|TestInferenceBench|TestTimelineBench|TestAttributionBench' ./integration/
 
 # On a host with an NVIDIA GPU and PyTorch: CUDA inside and outside the
 # sandbox, in one run; a SKIP line elsewhere. It builds nothing, so it runs
