@@ -18,6 +18,23 @@ import (
 	"github.com/openshell/openshell/test/fakenet"
 )
 
+// pyTunnel is Python for the probes: open_tunnel(proxy, host) opens a CONNECT
+// tunnel to host:80 through the gateway's proxy at proxy and returns its
+// socket once the 200 has come.
+const pyTunnel = `
+import socket
+def open_tunnel(proxy, host):
+    s = socket.create_connection((proxy, 3128))
+    s.sendall(("CONNECT %s:80 HTTP/1.1\r\nHost: %s:80\r\n\r\n" % (host, host)).encode())
+    got = b""
+    while b"\r\n\r\n" not in got:
+        b = s.recv(4096)
+        assert b, got
+        got += b
+    assert b" 200 " in got, got
+    return s
+`
+
 // egressBenchProbe measures, inside the sandbox: how long a fresh
 // connection to the server takes to become usable (through the gateway:
 // an HTTP CONNECT tunnel, which includes the gateway's decision and its
@@ -26,7 +43,7 @@ import (
 // small HTTP exchange), and 100 MB downloads (the median of three) on a
 // captured port-80 connection and through a CONNECT tunnel; direct, both
 // are the same plain connection.
-const egressBenchProbe = `
+const egressBenchProbe = pyTunnel + `
 import json, socket, sys, time
 host, ip, proxy = sys.argv[1], sys.argv[2], sys.argv[3]
 if ip == "resolve":
@@ -50,12 +67,7 @@ for i in range(320):
     if proxy == "none":
         s = socket.create_connection((ip, 80))
     else:
-        s = socket.create_connection((proxy, 3128))
-        s.sendall(("CONNECT %s:80 HTTP/1.1\r\nHost: %s:80\r\n\r\n" % (host, host)).encode())
-        got = b""
-        while b"\r\n\r\n" not in got:
-            got += s.recv(4096)
-        assert b" 200 " in got, got
+        s = open_tunnel(proxy, host)
     t1 = time.perf_counter()
     s.close()
     if i >= 20:
@@ -64,11 +76,7 @@ tunnel.sort()
 size = 100 << 20
 def download(via_proxy):
     if via_proxy and proxy != "none":
-        s = socket.create_connection((proxy, 3128))
-        s.sendall(("CONNECT %s:80 HTTP/1.1\r\nHost: %s:80\r\n\r\n" % (host, host)).encode())
-        got = b""
-        while b"\r\n\r\n" not in got:
-            got += s.recv(4096)
+        s = open_tunnel(proxy, host)
     else:
         s = socket.create_connection((ip, 80))
     s.sendall(("GET /bytes?n=%d HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % (size, host)).encode())

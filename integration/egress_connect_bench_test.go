@@ -24,7 +24,7 @@ import (
 // the p50 and p99 of the time until each was usable. Through the proxy it
 // first prints "ready" and waits for a line: the test starts its packet
 // captures in between.
-const connectLatencyProbe = `
+const connectLatencyProbe = pyTunnel + `
 import json, socket, sys, time
 host, ip, proxy, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 if proxy != "none":
@@ -36,11 +36,7 @@ for i in range(n + 20):
     if proxy == "none":
         s = socket.create_connection((ip, 80))
     else:
-        s = socket.create_connection((proxy, 3128))
-        s.sendall(("CONNECT %s:80 HTTP/1.1\r\nHost: %s:80\r\n\r\n" % (host, host)).encode())
-        got = b""
-        while b"\r\n\r\n" not in got:
-            got += s.recv(4096)
+        s = open_tunnel(proxy, host)
     t1 = time.perf_counter()
     s.close()
     if i >= 20:

@@ -23,17 +23,12 @@ import (
 // prints "start" and "end" around the counted ones, for the test to read
 // every process's CPU time at both, then their bytes, seconds and median
 // rate.
-const egressCPUProbe = `
+const egressCPUProbe = pyTunnel + `
 import json, socket, sys, time
 host, ip, proxy, mb, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 def download():
     if proxy != "none":
-        s = socket.create_connection((proxy, 3128))
-        s.sendall(("CONNECT %s:80 HTTP/1.1\r\nHost: %s:80\r\n\r\n" % (host, host)).encode())
-        got = b""
-        while b"\r\n\r\n" not in got:
-            got += s.recv(4096)
-        assert b" 200 " in got, got
+        s = open_tunnel(proxy, host)
     else:
         s = socket.create_connection((ip, 80))
     s.sendall(("GET /bytes?n=%d HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % (mb << 20, host)).encode())
