@@ -367,6 +367,14 @@ func (g *Gateway) Reload() error {
 	if f := g.inference.forget; f != nil {
 		f()
 	}
+	// Nor is a kept-alive upstream connection: the new rules may not
+	// allow its address (poolHost keeps requests under them apart, and
+	// this frees the old ones).
+	for _, tr := range []*http.Transport{g.transport, g.tlsTransport, g.skipTransport} {
+		if tr != nil {
+			tr.CloseIdleConnections()
+		}
+	}
 	g.event(nr, Event{Kind: "reload", Host: g.cfg.PolicyFile, Decision: Allow, Reason: fmt.Sprintf("%d egress rule(s) active", len(p.Network.Egress))})
 	g.log.Info("policy reloaded", "file", g.cfg.PolicyFile, "sha256", p.Hash, "rules", len(p.Network.Egress))
 	return nil

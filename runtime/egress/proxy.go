@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -16,6 +18,7 @@ import (
 	"net/http/httputil"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -146,7 +149,10 @@ func (h *proxyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, "no destination", http.StatusBadGateway)
 			return
 		}
-		host, port, err = splitHostPort(r.Host, int(dst.Port()))
+		// The port is the connection's own: the Host header's may say
+		// anything, and neither the decision nor the dial reads it.
+		host, _, err = splitHostPort(r.Host, int(dst.Port()))
+		port = int(dst.Port())
 		if err == nil {
 			t, d = g.authorizeDst(ctx, rs, host, dst)
 		}
@@ -179,7 +185,7 @@ func (h *proxyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ev.Path = auditPath(r)
 	}
 	if d == nil {
-		d = prebuffer(r, t)
+		d = prebuffer(r, t, w)
 	}
 	if d != nil {
 		ev.Rule, ev.Decision, ev.Reason = ruleName(d.rule), Deny, d.reason
@@ -253,13 +259,14 @@ func bodyLimit(r *http.Request, t *target) int64 {
 const maxPrebuffer = 64 << 10
 
 // prebuffer reads a chunked body whole when its limit is small, so a
-// body over the limit is refused before a byte of it leaves.
-func prebuffer(r *http.Request, t *target) *denial {
+// body over the limit is refused before a byte of it leaves. A body that
+// stops coming ends at the idle timeout, as a forwarded one does.
+func prebuffer(r *http.Request, t *target, w http.ResponseWriter) *denial {
 	lim := bodyLimit(r, t)
 	if lim < 0 || lim > maxPrebuffer || r.ContentLength >= 0 || r.Body == nil || r.Body == http.NoBody {
 		return nil
 	}
-	data, err := io.ReadAll(io.LimitReader(r.Body, lim+1))
+	data, err := io.ReadAll(io.LimitReader(newIdleBody(r, w), lim+1))
 	switch {
 	case int64(len(data)) > lim:
 		return deny(t.rule, "max_request_size_kb %d exceeded (a chunked body of more than %d bytes after %d bytes of headers)", t.rule.MaxRequestKB, lim, requestHeaderSize(r))
@@ -277,9 +284,28 @@ func prebuffer(r *http.Request, t *target) *denial {
 // allowed for the request that needs it.
 type targetKey struct{}
 
+// poolHost is an outgoing request's URL host. The transports pool
+// kept-alive connections by it, and read nothing else of it: the dialer
+// dials the target's own addresses, the Host header is the request's and
+// TLS names t.name. It stands for the name, the port and the exact
+// addresses the decision allowed, so a connection is reused only by a
+// request allowed that same name and those same addresses: one name can
+// have others under another rule (another binary's, other allowed_ips)
+// or after a reload.
+func poolHost(host string, t *target) string {
+	addrs := slices.Clone(t.addrs)
+	slices.SortFunc(addrs, netip.Addr.Compare)
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\x00%d", host, t.port)
+	for _, a := range addrs {
+		h.Write(a.AsSlice())
+	}
+	return net.JoinHostPort(hex.EncodeToString(h.Sum(nil)[:16])+".pool.invalid", strconv.Itoa(t.port))
+}
+
 // newTransport is the gateway's one upstream HTTP transport. It keeps
-// connections alive: pooled by host name and port, so a connection is
-// reused only by requests the policy allowed for that same name.
+// connections alive, pooled by poolHost: a connection is reused only by
+// requests the policy allowed for that same name and addresses.
 func (g *Gateway) newTransport() *http.Transport {
 	return &http.Transport{
 		Proxy: nil,
@@ -321,8 +347,11 @@ func (h *proxyHandler) forward(w http.ResponseWriter, r *http.Request, rs *rules
 	}
 	r.Body = up
 	var down *counter
+	var stream *upgradeStream
 	var dialed atomic.Value
+	var upConn atomic.Value
 	trace := &httptrace.ClientTrace{GotConn: func(ci httptrace.GotConnInfo) {
+		upConn.Store(ci.Conn)
 		if ap, err := netip.ParseAddrPort(ci.Conn.RemoteAddr().String()); err == nil {
 			dialed.Store(ap)
 		}
@@ -341,13 +370,17 @@ func (h *proxyHandler) forward(w http.ResponseWriter, r *http.Request, rs *rules
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.Out.URL.Scheme = scheme
-			pr.Out.URL.Host = net.JoinHostPort(host, strconv.Itoa(t.port))
+			pr.Out.URL.Host = poolHost(host, t)
 			if checked != "" {
 				if p, err := url.PathUnescape(checked); err == nil {
 					pr.Out.URL.Path, pr.Out.URL.RawPath = p, checked
 				}
 			}
 			pr.Out.Host = r.Host
+			if pr.Out.Host == "" {
+				// The URL's host is poolHost's: never a Host header.
+				pr.Out.Host = net.JoinHostPort(host, strconv.Itoa(t.port))
+			}
 			pr.Out.Header.Del("Proxy-Authorization")
 			pr.Out.Header.Del("Proxy-Connection")
 		},
@@ -358,7 +391,20 @@ func (h *proxyHandler) forward(w http.ResponseWriter, r *http.Request, rs *rules
 			if resp.StatusCode == http.StatusSwitchingProtocols {
 				// An upgrade (WebSocket) the rules allowed as a GET of its
 				// path: from here the connection is a two-way stream that
-				// ReverseProxy splices, which needs the body writable.
+				// ReverseProxy copies (it needs the body writable), held to
+				// the rule's size limits and the idle timeout, and counted.
+				rwc, ok := resp.Body.(io.ReadWriteCloser)
+				c, _ := upConn.Load().(net.Conn)
+				switch {
+				case !websocketAccepted(resp):
+					return errors.New("the server switched protocols without completing a WebSocket handshake: only WebSocket upgrades are relayed")
+				case !ok || c == nil:
+					return errors.New("an upgrade the gateway cannot hold to its limits")
+				case r.ContentLength != 0 || len(r.TransferEncoding) > 0:
+					return errors.New("an upgrade of a request with a body")
+				}
+				stream = newUpgradeStream(rwc, c, t, up.limit, up.what)
+				resp.Body = stream
 				return nil
 			}
 			down = &counter{r: resp.Body}
@@ -389,6 +435,9 @@ func (h *proxyHandler) forward(w http.ResponseWriter, r *http.Request, rs *rules
 			ev.IP = ap.Addr().String()
 		}
 		ev.BytesUp = up.n
+		if stream != nil {
+			stream.audit(&ev)
+		}
 		if down != nil {
 			ev.BytesDown = down.n
 			if down.tripped != nil {
@@ -606,18 +655,25 @@ func (h *proxyHandler) connect(w http.ResponseWriter, r *http.Request, rs *rules
 	}
 	if up != nil {
 		defer up.Close()
+		ev.IP = ap.Addr().String()
 	}
+	ev.Rule = ruleName(t.rule)
 	down, br, ok := acceptConnect(w)
 	if !ok {
+		// Allowed, and (unless it waits to see HTTP) dialled: a line
+		// says so, though the sandbox was gone before the 200.
+		ev.Decision, ev.Reason = Allow, "the sandbox's connection ended before the tunnel opened"
+		g.event(rs, ev)
 		return
 	}
 	defer down.Close()
-	ev.Rule = ruleName(t.rule)
 	if maybeHTTP {
 		_ = down.SetReadDeadline(time.Now().Add(headerTimeout))
 		first, err := br.Peek(1)
 		_ = down.SetReadDeadline(time.Time{})
 		if err != nil {
+			ev.Decision, ev.Reason = Allow, "the tunnel ended before its first byte: "+err.Error()
+			g.event(rs, ev)
 			return
 		}
 		if first[0] != recordHandshake {
@@ -644,8 +700,8 @@ func (h *proxyHandler) connect(w http.ResponseWriter, r *http.Request, rs *rules
 			return
 		}
 		defer up.Close()
+		ev.IP = ap.Addr().String()
 	}
-	ev.IP = ap.Addr().String()
 	var hello []byte
 	if t.rule.TLSRequired {
 		_ = down.SetReadDeadline(time.Now().Add(headerTimeout))
@@ -685,11 +741,19 @@ func (h *proxyHandler) tunnelHTTP(down net.Conn, br *bufio.Reader, host string, 
 }
 
 // serveConn serves the requests one connection carries with h, until the
-// client closes it or it idles.
+// client closes it or it idles. It returns when its handler has: one that
+// took the connection over (an upgrade the server switched to) still
+// holds it, and the caller closes it only after.
 func serveConn(c net.Conn, h http.Handler) {
 	l := &oneConnListener{c: c, done: make(chan struct{})}
+	var handlers sync.WaitGroup
+	defer handlers.Wait()
 	srv := &http.Server{
-		Handler:           h,
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			handlers.Add(1)
+			defer handlers.Done()
+			h.ServeHTTP(w, r)
+		}),
 		ReadHeaderTimeout: headerTimeout,
 		IdleTimeout:       keepAliveTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,

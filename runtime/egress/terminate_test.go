@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -29,6 +30,13 @@ network_policies:
 // fakeAddrConn reports a public address as its peer: the test's server
 // is on loopback, which the gateway would never dial.
 type fakeAddrConn struct{ net.Conn }
+
+func (c fakeAddrConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return errors.ErrUnsupported
+}
 
 func (c fakeAddrConn) RemoteAddr() net.Addr {
 	return &net.TCPAddr{IP: net.IPv4(93, 184, 216, 34), Port: 443}
