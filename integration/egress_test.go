@@ -217,6 +217,7 @@ curl("proxy-http", "http://allowed.test/")
 curl("proxy-https", "https://allowed.test/")
 curl("transparent-http", *np, "http://allowed.test/")
 curl("transparent-https", *np, "https://allowed.test/")
+curl("transparent-host-port", *np, "-H", "Host: allowed.test:9999", "http://allowed.test/hostport")
 curl("proxy-denied-name", "http://denied.test/")
 curl("proxy-denied-https", "https://denied.test/")
 curl("transparent-denied-name", *np, "http://denied.test/")
@@ -267,7 +268,7 @@ func TestEgressGateway(t *testing.T) {
 		}
 	}
 	reached := func(k string) bool { return strings.Contains(got[k], "hello from") }
-	for _, k := range []string{"proxy-http", "proxy-https", "transparent-http", "transparent-https", "limited-1", "tcp-allowed-name"} {
+	for _, k := range []string{"proxy-http", "proxy-https", "transparent-http", "transparent-https", "transparent-host-port", "limited-1", "tcp-allowed-name"} {
 		if !reached(k) {
 			t.Errorf("%s: allowed destination not reached: %q", k, got[k])
 		}
@@ -323,6 +324,20 @@ func TestEgressGateway(t *testing.T) {
 	// Every denial is in the audit log, and `openshell audit
 	// --violations-only` lists exactly the denials.
 	events := e.events(t)
+	// A captured request's line has the port it went to, whatever its
+	// Host header says.
+	hostPort := 0
+	for _, ev := range events {
+		if ev.Path == "/hostport" {
+			hostPort++
+			if ev.Port != 80 {
+				t.Errorf("a captured port-80 request whose Host says 9999 is audited on port %d", ev.Port)
+			}
+		}
+	}
+	if hostPort != 1 {
+		t.Errorf("%d audit lines for the captured request whose Host says 9999, want 1", hostPort)
+	}
 	// A denial repeated within a second is folded into a summary line
 	// with its count: the lines stand for at least one event per case.
 	var violations, denials int
