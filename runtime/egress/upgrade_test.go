@@ -83,6 +83,30 @@ func upgradeClient(t *testing.T, c net.Conn, target string, up int) int64 {
 	return n
 }
 
+// apiProxy is a gateway whose policy allows api.example.com:80, with
+// extra in its rule (", max_response_size_mb: 4"), and the address of its
+// proxy, whose every dial reaches handler.
+func apiProxy(t *testing.T, extra string, handler http.Handler) (g *Gateway, up *upstream, audit, addr string) {
+	t.Helper()
+	g, up, audit = newTestGateway(t, "version: \"1.0\"\nname: unit\nsandbox:\n  network:\n    allowed_egress:\n      - {host: api.example.com, port: 80"+extra+"}\n")
+	ul, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return g, up, audit, serveProxy(t, g, ul, handler)
+}
+
+// dialProxy connects to the proxy at addr, closed when the test ends.
+func dialProxy(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp4", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
 // upgradeEvent is the audit line of the upgrade request (kind http, path
 // /ws), waiting for the gateway to write it.
 func upgradeEvent(t *testing.T, audit string) Event {
@@ -125,19 +149,10 @@ func TestUpgradeHeldToLimits(t *testing.T) {
 		{name: "tunnel, response limit", limits: ", max_response_size_mb: 1", connect: true, down: 3 * mb, wantDown: mb, wantDeny: "max_response_size_mb 1 exceeded"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			g, _, audit := newTestGateway(t, "version: \"1.0\"\nname: unit\nsandbox:\n  network:\n    allowed_egress:\n      - {host: api.example.com, port: 80"+tc.limits+"}\n")
-			ul, err := net.Listen("tcp4", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
 			var got atomic.Int64
 			got.Store(-1)
-			addr := serveProxy(t, g, ul, upgradeServer(tc.down, &got, true))
-			c, err := net.Dial("tcp4", addr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
+			_, _, audit, addr := apiProxy(t, tc.limits, upgradeServer(tc.down, &got, true))
+			c := dialProxy(t, addr)
 			target := "http://api.example.com/ws"
 			if tc.connect {
 				fmt.Fprintf(c, "CONNECT api.example.com:80 HTTP/1.1\r\nHost: api.example.com:80\r\n\r\n")
@@ -178,18 +193,9 @@ func TestUpgradeIdle(t *testing.T) {
 	saved := idleTimeout
 	idleTimeout = 300 * time.Millisecond
 	t.Cleanup(func() { idleTimeout = saved })
-	g, _, audit := newTestGateway(t, "version: \"1.0\"\nname: unit\nsandbox:\n  network:\n    allowed_egress:\n      - {host: api.example.com, port: 80}\n")
-	ul, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	var got atomic.Int64
-	addr := serveProxy(t, g, ul, upgradeServer(0, &got, true))
-	c, err := net.Dial("tcp4", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	_, _, audit, addr := apiProxy(t, "", upgradeServer(0, &got, true))
+	c := dialProxy(t, addr)
 	fmt.Fprintf(c, "GET http://api.example.com/ws HTTP/1.1\r\nHost: api.example.com\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
 	br := bufio.NewReader(c)
 	resp, err := http.ReadResponse(br, nil)
@@ -257,19 +263,10 @@ func TestUpgradeOnlyWebSocket(t *testing.T) {
 		{"no key", "Connection: Upgrade\r\nUpgrade: websocket\r\n", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			g, _, audit := newTestGateway(t, "version: \"1.0\"\nname: unit\nsandbox:\n  network:\n    allowed_egress:\n      - {host: api.example.com, port: 80}\n")
-			ul, err := net.Listen("tcp4", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
 			var got atomic.Int64
 			got.Store(-1)
-			addr := serveProxy(t, g, ul, upgradeServer(1<<20, &got, tc.accepting))
-			c, err := net.Dial("tcp4", addr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
+			_, _, audit, addr := apiProxy(t, "", upgradeServer(1<<20, &got, tc.accepting))
+			c := dialProxy(t, addr)
 			_ = c.SetDeadline(time.Now().Add(10 * time.Second))
 			fmt.Fprintf(c, "GET http://api.example.com/ws HTTP/1.1\r\nHost: api.example.com\r\n%s\r\n", tc.headers)
 			br := bufio.NewReader(c)
@@ -300,17 +297,9 @@ func TestUpgradeOnlyWebSocket(t *testing.T) {
 // TestConnectEndedAudited: a CONNECT that was allowed but carried nothing
 // before the sandbox closed it still has its audit line.
 func TestConnectEndedAudited(t *testing.T) {
-	g, _, audit := newTestGateway(t, "version: \"1.0\"\nname: unit\nsandbox:\n  network:\n    allowed_egress:\n      - {host: api.example.com, port: 80, max_response_size_mb: 4}\n")
-	ul, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	var got atomic.Int64
-	addr := serveProxy(t, g, ul, upgradeServer(0, &got, true))
-	c, err := net.Dial("tcp4", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, _, audit, addr := apiProxy(t, ", max_response_size_mb: 4", upgradeServer(0, &got, true))
+	c := dialProxy(t, addr)
 	fmt.Fprintf(c, "CONNECT api.example.com:80 HTTP/1.1\r\nHost: api.example.com:80\r\n\r\n")
 	buf := make([]byte, 39)
 	if _, err := io.ReadFull(c, buf); err != nil || !strings.Contains(string(buf), " 200 ") {
@@ -338,21 +327,12 @@ func TestChunkedBodyIdle(t *testing.T) {
 	saved := idleTimeout
 	idleTimeout = 300 * time.Millisecond
 	t.Cleanup(func() { idleTimeout = saved })
-	g, _, _ := newTestGateway(t, "version: \"1.0\"\nname: unit\nsandbox:\n  network:\n    allowed_egress:\n      - {host: api.example.com, port: 80, max_request_size_kb: 8}\n")
-	ul, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := serveProxy(t, g, ul, bytesHandler())
-	c, err := net.Dial("tcp4", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	_, _, _, addr := apiProxy(t, ", max_request_size_kb: 8", bytesHandler())
+	c := dialProxy(t, addr)
 	fmt.Fprintf(c, "POST http://api.example.com/ HTTP/1.1\r\nHost: api.example.com\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
 	start := time.Now()
 	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	_, err = io.ReadAll(c)
+	_, err := io.ReadAll(c)
 	if err != nil {
 		t.Fatalf("the stalled body held the connection: %v", err)
 	}
@@ -365,21 +345,12 @@ func TestChunkedBodyIdle(t *testing.T) {
 // request for the same name only while that name is allowed the same
 // addresses; otherwise a new one is dialled to an address now allowed.
 func TestPoolKeptApart(t *testing.T) {
-	g, up, _ := newTestGateway(t, "version: \"1.0\"\nname: unit\nsandbox:\n  network:\n    allowed_egress:\n      - {host: api.example.com, port: 80}\n")
-	ul, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := serveProxy(t, g, ul, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	g, up, _, addr := apiProxy(t, "", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprint(w, r.RemoteAddr)
 	}))
 	from := func() string {
 		t.Helper()
-		c, err := net.Dial("tcp4", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
+		c := dialProxy(t, addr)
 		fmt.Fprintf(c, "GET http://api.example.com/ HTTP/1.1\r\nHost: api.example.com\r\n\r\n")
 		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 		if err != nil {
