@@ -17,6 +17,7 @@ import (
 	"net/http/httptrace"
 	"net/http/httputil"
 	"net/netip"
+	"net/textproto"
 	"net/url"
 	"slices"
 	"strconv"
@@ -350,12 +351,27 @@ func (h *proxyHandler) forward(w http.ResponseWriter, r *http.Request, rs *rules
 	var stream *upgradeStream
 	var dialed atomic.Value
 	var upConn atomic.Value
-	trace := &httptrace.ClientTrace{GotConn: func(ci httptrace.GotConnInfo) {
-		upConn.Store(ci.Conn)
-		if ap, err := netip.ParseAddrPort(ci.Conn.RemoteAddr().String()); err == nil {
-			dialed.Store(ap)
-		}
-	}}
+	var informational int
+	trace := &httptrace.ClientTrace{
+		GotConn: func(ci httptrace.GotConnInfo) {
+			upConn.Store(ci.Conn)
+			if ap, err := netip.ParseAddrPort(ci.Conn.RemoteAddr().String()); err == nil {
+				dialed.Store(ap)
+			}
+		},
+		// ReverseProxy relays 1xx answers (its hook runs before this
+		// one), and the transport then lifts its own bound on how many
+		// come: a server could send headers without end, counted by no
+		// limit. The last one relayed ends the request.
+		Got1xxResponse: func(int, textproto.MIMEHeader) error {
+			if informational++; informational >= maxInformational {
+				return fmt.Errorf("%d informational (1xx) responses: at most %d are relayed", informational, maxInformational)
+			}
+			return nil
+		},
+	}
+	var userConn atomic.Pointer[net.Conn]
+	var keys wsKeys
 	// See ServeHTTP: a client that is really gone fails the response's
 	// writes instead.
 	ctx := context.WithoutCancel(r.Context())
@@ -383,6 +399,7 @@ func (h *proxyHandler) forward(w http.ResponseWriter, r *http.Request, rs *rules
 			}
 			pr.Out.Header.Del("Proxy-Authorization")
 			pr.Out.Header.Del("Proxy-Connection")
+			keys.replace(pr.Out.Header)
 		},
 		Transport:  transport,
 		BufferPool: copyBuffers,
@@ -396,14 +413,15 @@ func (h *proxyHandler) forward(w http.ResponseWriter, r *http.Request, rs *rules
 				rwc, ok := resp.Body.(io.ReadWriteCloser)
 				c, _ := upConn.Load().(net.Conn)
 				switch {
-				case !websocketAccepted(resp):
-					return errors.New("the server switched protocols without completing a WebSocket handshake: only WebSocket upgrades are relayed")
+				case !keys.accepted(resp):
+					return &upgradeRefused{"the server switched protocols without completing a WebSocket handshake: only WebSocket upgrades are relayed"}
 				case !ok || c == nil:
-					return errors.New("an upgrade the gateway cannot hold to its limits")
+					return &upgradeRefused{"an upgrade the gateway cannot hold to its limits"}
 				case r.ContentLength != 0 || len(r.TransferEncoding) > 0:
-					return errors.New("an upgrade of a request with a body")
+					return &upgradeRefused{"an upgrade of a request with a body"}
 				}
 				stream = newUpgradeStream(rwc, c, t, up.limit, up.what)
+				stream.watch(&userConn)
 				resp.Body = stream
 				return nil
 			}
@@ -420,6 +438,12 @@ func (h *proxyHandler) forward(w http.ResponseWriter, r *http.Request, rs *rules
 		},
 		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) {
 			var le *limitError
+			var ur *upgradeRefused
+			if errors.As(err, &ur) {
+				ev.Decision, ev.Reason, ev.Status = Deny, ur.Error(), http.StatusBadGateway
+				http.Error(w, "openshell gateway: "+ur.Error(), http.StatusBadGateway)
+				return
+			}
 			if errors.As(err, &le) {
 				ev.Decision, ev.Reason, ev.Status = Deny, le.Error(), http.StatusForbidden
 				writeDenial(w, http.StatusForbidden, host, t.port, deny(t.rule, "%s", le.Error()))
@@ -434,25 +458,41 @@ func (h *proxyHandler) forward(w http.ResponseWriter, r *http.Request, rs *rules
 		if ap, ok := dialed.Load().(netip.AddrPort); ok {
 			ev.IP = ap.Addr().String()
 		}
-		ev.BytesUp = up.n
+		var upTripped error
+		ev.BytesUp, upTripped = up.counted()
 		if stream != nil {
 			stream.audit(&ev)
 		}
 		if down != nil {
-			ev.BytesDown = down.n
-			if down.tripped != nil {
-				ev.Decision, ev.Reason = Deny, down.tripped.Error()
+			var downTripped error
+			if ev.BytesDown, downTripped = down.counted(); downTripped != nil {
+				ev.Decision, ev.Reason = Deny, downTripped.Error()
 			}
 		}
-		if up.tripped != nil {
-			ev.Decision, ev.Reason = Deny, up.tripped.Error()
+		if upTripped != nil {
+			ev.Decision, ev.Reason = Deny, upTripped.Error()
 		}
 		if ev.Decision == Allow && t.audit != "" {
 			ev.Decision, ev.Reason = Audit, t.audit
 		}
 		g.event(rs, ev)
 	}()
-	rp.ServeHTTP(noCloseNotify{w}, r)
+	rp.ServeHTTP(hijackWatch{noCloseNotify{w}, &userConn}, r)
+}
+
+// hijackWatch keeps the sandbox's connection ReverseProxy takes over for
+// an upgrade, which the stream's watch closes when it idles.
+type hijackWatch struct {
+	noCloseNotify
+	conn *atomic.Pointer[net.Conn]
+}
+
+func (w hijackWatch) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	c, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err == nil {
+		w.conn.Store(&c)
+	}
+	return c, brw, err
 }
 
 // copyBuffers are the proxy's copy buffers: larger than ReverseProxy's
@@ -541,27 +581,42 @@ func (b *idleBody) Read(p []byte) (int, error) {
 }
 
 // counter counts what passes through a reader and fails it past limit,
-// passing on no byte beyond it.
+// passing on no byte beyond it. Its count is read (counted) while the
+// transport may still be reading a request body through it.
 type counter struct {
-	r       io.ReadCloser
+	r     io.ReadCloser
+	limit int64 // 0: none
+	what  string
+
+	mu      sync.Mutex
 	n       int64
-	limit   int64 // 0: none
-	what    string
 	tripped error
+}
+
+// counted is what has passed, and the limit that stopped it (if one did).
+func (c *counter) counted() (int64, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n, c.tripped
 }
 
 func (c *counter) Read(p []byte) (int, error) {
 	if c.r == nil {
 		return 0, io.EOF
 	}
-	if c.tripped != nil {
-		return 0, c.tripped
+	c.mu.Lock()
+	tripped, room := c.tripped, c.limit-c.n+1
+	c.mu.Unlock()
+	if tripped != nil {
+		return 0, tripped
 	}
-	if c.limit > 0 && int64(len(p)) > c.limit-c.n+1 {
+	if c.limit > 0 && int64(len(p)) > room {
 		// One byte past the limit is enough to know it is crossed.
-		p = p[:c.limit-c.n+1]
+		p = p[:room]
 	}
 	n, err := c.r.Read(p)
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.limit > 0 && c.n+int64(n) > c.limit {
 		n = int(c.limit - c.n)
 		c.n = c.limit
@@ -987,13 +1042,15 @@ func (g *Gateway) relay(rs *rules, ev Event, t *target, hello, head []byte, down
 	go run(rawDown, rawUp, downSrc, nil, &downN, &downErr)
 	wg.Wait()
 	ev.BytesUp, ev.BytesDown = upN, downN
+	_, upTripped := upC.counted()
+	_, downTripped := downC.counted()
 	ev.Decision = Allow
 	var nt *notTLSError
 	switch {
-	case upC.tripped != nil:
-		ev.Decision, ev.Reason = Deny, upC.tripped.Error()
-	case downC.tripped != nil:
-		ev.Decision, ev.Reason = Deny, downC.tripped.Error()
+	case upTripped != nil:
+		ev.Decision, ev.Reason = Deny, upTripped.Error()
+	case downTripped != nil:
+		ev.Decision, ev.Reason = Deny, downTripped.Error()
 	case errors.As(upErr, &nt), errors.As(downErr, &nt):
 		ev.Decision, ev.Reason = Deny, nt.Error()
 	case isTimeout(upErr) || isTimeout(downErr):

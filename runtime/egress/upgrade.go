@@ -1,6 +1,7 @@
 package egress
 
 import (
+	"crypto/rand"
 	"crypto/sha1"
 	"encoding/base64"
 	"errors"
@@ -10,28 +11,67 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/openshell/openshell/policyhook/policy"
 )
 
-// websocketAccepted reports whether resp, a 101, completes a WebSocket
-// handshake: both sides name websocket alone, and the server's
-// Sec-WebSocket-Accept is the one its request's key asks for (RFC 6455
-// 4.2.2). A server that switches to anything else (h2c, whose requests
-// the gateway would never see), or answers 101 without speaking
-// WebSocket (and might read what follows as more HTTP), gets no stream.
-func websocketAccepted(resp *http.Response) bool {
-	if resp.Request == nil {
+// upgradeRefused is a switch of protocols the gateway does not relay: a
+// denial, audited as one.
+type upgradeRefused struct{ why string }
+
+func (e *upgradeRefused) Error() string { return e.why }
+
+// maxInformational bounds the 1xx answers a request may get.
+const maxInformational = 5
+
+const websocketGUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+func websocketAccept(key string) string {
+	sum := sha1.Sum([]byte(key + websocketGUID))
+	return base64.StdEncoding.EncodeToString(sum[:])
+}
+
+// wsKeys is a WebSocket handshake's two keys. The sandbox picks its own
+// Sec-WebSocket-Key, so it could compute the accept itself and a server
+// that lets the caller choose its response headers could "accept" without
+// ever switching (and go on reading what follows as more HTTP, past the
+// rules): the server is sent a key the gateway drew instead, its accept
+// is checked against that, and the sandbox gets the accept for its own.
+type wsKeys struct{ sandbox, server string }
+
+// replace puts the gateway's key in the outgoing request's headers.
+func (k *wsKeys) replace(h http.Header) {
+	k.sandbox = h.Get("Sec-WebSocket-Key")
+	if k.sandbox == "" {
+		return
+	}
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	k.server = base64.StdEncoding.EncodeToString(b[:])
+	h.Set("Sec-WebSocket-Key", k.server)
+}
+
+// accepted reports whether resp, a 101, completes a WebSocket handshake:
+// both sides name websocket alone, and the server's Sec-WebSocket-Accept
+// is the one the gateway's key asks for (RFC 6455 4.2.2). It then gives
+// resp the accept the sandbox's key asks for. A server that switches to
+// anything else (h2c, whose requests the gateway would never see), or
+// answers 101 without speaking WebSocket, gets no stream.
+func (k *wsKeys) accepted(resp *http.Response) bool {
+	if resp.Request == nil || k.server == "" {
 		return false
 	}
 	req := resp.Request.Header
-	key := req.Get("Sec-WebSocket-Key")
-	if key == "" || !strings.EqualFold(req.Get("Upgrade"), "websocket") || !strings.EqualFold(resp.Header.Get("Upgrade"), "websocket") {
+	if !strings.EqualFold(req.Get("Upgrade"), "websocket") || !strings.EqualFold(resp.Header.Get("Upgrade"), "websocket") {
 		return false
 	}
-	sum := sha1.Sum([]byte(key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
-	return resp.Header.Get("Sec-WebSocket-Accept") == base64.StdEncoding.EncodeToString(sum[:])
+	if got := resp.Header.Values("Sec-WebSocket-Accept"); len(got) != 1 || got[0] != websocketAccept(k.server) {
+		return false
+	}
+	resp.Header.Set("Sec-WebSocket-Accept", websocketAccept(k.sandbox))
+	return true
 }
 
 // upgradeStream is the server's side of a connection after it switched
@@ -53,10 +93,14 @@ type upgradeStream struct {
 	downWhat  string
 	up, down  int64
 	tripped   error
+	idle      bool // ended by watch
+
+	done      chan struct{}
+	closeOnce sync.Once
 }
 
 func newUpgradeStream(rwc io.ReadWriteCloser, conn net.Conn, t *target, upLimit int64, upWhat string) *upgradeStream {
-	s := &upgradeStream{rwc: rwc, conn: conn, upLimit: upLimit, upWhat: upWhat}
+	s := &upgradeStream{rwc: rwc, conn: conn, upLimit: upLimit, upWhat: upWhat, done: make(chan struct{})}
 	if t.rule.MaxResponseMB > 0 && t.rule.Enforcement != policy.EnforcementAudit && t.audit == "" {
 		s.downLimit, s.downWhat = t.rule.MaxResponseMB<<20, fmt.Sprintf("max_response_size_mb %d", t.rule.MaxResponseMB)
 	}
@@ -66,32 +110,22 @@ func newUpgradeStream(rwc io.ReadWriteCloser, conn net.Conn, t *target, upLimit 
 
 // Read is the server's bytes toward the sandbox.
 func (s *upgradeStream) Read(p []byte) (int, error) {
-	for {
-		if err := s.trippedErr(); err != nil {
-			return 0, err
-		}
-		_ = s.conn.SetReadDeadline(time.Now().Add(idleTimeout))
-		n, err := s.rwc.Read(p)
-		if n > 0 {
-			s.clock.touch()
-		}
-		s.mu.Lock()
-		if s.downLimit > 0 && s.down+int64(n) > s.downLimit {
-			n = int(s.downLimit - s.down)
-			s.tripped = &limitError{what: s.downWhat}
-			err = s.tripped
-		}
-		s.down += int64(n)
-		s.mu.Unlock()
-		if err != nil && isTimeout(err) && !s.clock.quiet() {
-			// Quiet this way only: the sandbox is still sending.
-			if n > 0 {
-				return n, nil
-			}
-			continue
-		}
-		return n, err
+	if err := s.trippedErr(); err != nil {
+		return 0, err
 	}
+	n, err := s.rwc.Read(p)
+	if n > 0 {
+		s.clock.touch()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.downLimit > 0 && s.down+int64(n) > s.downLimit {
+		n = int(s.downLimit - s.down)
+		s.tripped = &limitError{what: s.downWhat}
+		err = s.tripped
+	}
+	s.down += int64(n)
+	return n, err
 }
 
 // Write is the sandbox's bytes toward the server: none past the limit is
@@ -115,7 +149,41 @@ func (s *upgradeStream) Write(p []byte) (int, error) {
 	return n, err
 }
 
-func (s *upgradeStream) Close() error { return s.rwc.Close() }
+func (s *upgradeStream) Close() error {
+	s.closeOnce.Do(func() { close(s.done) })
+	return s.rwc.Close()
+}
+
+// watch ends the stream once no byte has moved either way for the idle
+// timeout: it closes both connections, which ends both of ReverseProxy's
+// copies wherever they wait (a sandbox that stops reading blocks one in
+// a write with no deadline). user is the sandbox's connection, once
+// taken over.
+func (s *upgradeStream) watch(user *atomic.Pointer[net.Conn]) {
+	every := idleTimeout / 4
+	go func() {
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-s.done:
+				return
+			case <-t.C:
+			}
+			if !s.clock.quiet() {
+				continue
+			}
+			s.mu.Lock()
+			s.idle = s.tripped == nil
+			s.mu.Unlock()
+			if c := user.Load(); c != nil {
+				_ = (*c).Close()
+			}
+			_ = s.Close()
+			return
+		}
+	}()
+}
 
 // CloseWrite passes the sandbox's half-close on to the server, so that
 // what the server still sends goes on (ReverseProxy ends the whole stream
@@ -139,7 +207,10 @@ func (s *upgradeStream) audit(ev *Event) {
 	defer s.mu.Unlock()
 	ev.BytesUp += s.up
 	ev.BytesDown += s.down
-	if s.tripped != nil {
+	switch {
+	case s.tripped != nil:
 		ev.Decision, ev.Reason = Deny, s.tripped.Error()
+	case s.idle:
+		ev.Reason = fmt.Sprintf("closed: quiet both ways for %s", idleTimeout)
 	}
 }

@@ -3,8 +3,6 @@ package egress
 import (
 	"bufio"
 	"bytes"
-	"crypto/sha1"
-	"encoding/base64"
 	"fmt"
 	"io"
 	"net"
@@ -16,24 +14,22 @@ import (
 	"time"
 )
 
-// upgradeServer answers every request with 101 (switching to what it
-// asked for: with the WebSocket accept its key asks for where accepting,
-// a wrong one where not), then sends down bytes and counts what the
-// client sends until the client is gone (got, from -1, for the first
-// stream only).
-func upgradeServer(down int, got *atomic.Int64, accepting bool) http.Handler {
+// sandboxKey is the Sec-WebSocket-Key the tests' sandbox sends.
+const sandboxKey = "dGhlIHNhbXBsZSBub25jZQ=="
+
+// upgradeServer answers every request with 101, switching to what it
+// asked for, with the Sec-WebSocket-Accept accept makes of the key it was
+// sent (websocketAccept: a WebSocket server's), then sends down bytes
+// and counts what the client sends until the client is gone (got, from
+// -1, for the first stream only).
+func upgradeServer(down int, got *atomic.Int64, accept func(key string) string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c, brw, err := w.(http.Hijacker).Hijack()
 		if err != nil {
 			return
 		}
 		defer c.Close()
-		sum := sha1.Sum([]byte(r.Header.Get("Sec-WebSocket-Key") + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
-		accept := base64.StdEncoding.EncodeToString(sum[:])
-		if !accepting {
-			accept = "bm90IGEgd2Vic29ja2V0IHNlcnZlcg=="
-		}
-		_, _ = fmt.Fprintf(brw, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: %s\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n", r.Header.Get("Upgrade"), accept)
+		_, _ = fmt.Fprintf(brw, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: %s\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n", r.Header.Get("Upgrade"), accept(r.Header.Get("Sec-WebSocket-Key")))
 		_ = brw.Flush()
 		sent := make(chan struct{})
 		go func() {
@@ -67,6 +63,9 @@ func upgradeClient(t *testing.T, c net.Conn, target string, up int) int64 {
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		b, _ := io.ReadAll(resp.Body)
 		t.Fatalf("upgrade: %s %s", resp.Status, b)
+	}
+	if a := resp.Header.Get("Sec-WebSocket-Accept"); a != websocketAccept(sandboxKey) {
+		t.Fatalf("the sandbox got the accept %q, not the one its key asks for", a)
 	}
 	go func() {
 		chunk := bytes.Repeat([]byte("u"), 4<<10)
@@ -151,7 +150,7 @@ func TestUpgradeHeldToLimits(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var got atomic.Int64
 			got.Store(-1)
-			_, _, audit, addr := apiProxy(t, tc.limits, upgradeServer(tc.down, &got, true))
+			_, _, audit, addr := apiProxy(t, tc.limits, upgradeServer(tc.down, &got, websocketAccept))
 			c := dialProxy(t, addr)
 			target := "http://api.example.com/ws"
 			if tc.connect {
@@ -194,7 +193,7 @@ func TestUpgradeIdle(t *testing.T) {
 	idleTimeout = 300 * time.Millisecond
 	t.Cleanup(func() { idleTimeout = saved })
 	var got atomic.Int64
-	_, _, audit, addr := apiProxy(t, "", upgradeServer(0, &got, true))
+	_, _, audit, addr := apiProxy(t, "", upgradeServer(0, &got, websocketAccept))
 	c := dialProxy(t, addr)
 	fmt.Fprintf(c, "GET http://api.example.com/ws HTTP/1.1\r\nHost: api.example.com\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
 	br := bufio.NewReader(c)
@@ -254,18 +253,23 @@ func TestPoolHost(t *testing.T) {
 // answers 101 without the accept its key asks for, a request without a
 // key.
 func TestUpgradeOnlyWebSocket(t *testing.T) {
+	wrong := func(string) string { return "bm90IGEgd2Vic29ja2V0IHNlcnZlcg==" }
+	// A server that lets its caller choose the headers it answers with
+	// (a mock, an echo API) "accepts" the key the sandbox chose.
+	echoed := func(string) string { return websocketAccept(sandboxKey) }
 	for _, tc := range []struct {
 		name, headers string
-		accepting     bool
+		accept        func(string) string
 	}{
-		{"h2c", "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n", true},
-		{"wrong accept", "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", false},
-		{"no key", "Connection: Upgrade\r\nUpgrade: websocket\r\n", true},
+		{"h2c", "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\nSec-WebSocket-Key: " + sandboxKey + "\r\n", websocketAccept},
+		{"wrong accept", "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: " + sandboxKey + "\r\n", wrong},
+		{"the sandbox's own accept", "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: " + sandboxKey + "\r\n", echoed},
+		{"no key", "Connection: Upgrade\r\nUpgrade: websocket\r\n", websocketAccept},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var got atomic.Int64
 			got.Store(-1)
-			_, _, audit, addr := apiProxy(t, "", upgradeServer(1<<20, &got, tc.accepting))
+			_, _, audit, addr := apiProxy(t, "", upgradeServer(1<<20, &got, tc.accept))
 			c := dialProxy(t, addr)
 			_ = c.SetDeadline(time.Now().Add(10 * time.Second))
 			fmt.Fprintf(c, "GET http://api.example.com/ws HTTP/1.1\r\nHost: api.example.com\r\n%s\r\n", tc.headers)
@@ -287,8 +291,8 @@ func TestUpgradeOnlyWebSocket(t *testing.T) {
 			if n := got.Load(); n > 0 {
 				t.Errorf("the server received %d bytes after its 101", n)
 			}
-			if ev := upgradeEvent(t, audit); ev.Status != http.StatusBadGateway || !strings.Contains(ev.Reason, "WebSocket") {
-				t.Errorf("audit: %d %q", ev.Status, ev.Reason)
+			if ev := upgradeEvent(t, audit); ev.Decision != Deny || ev.Status != http.StatusBadGateway || !strings.Contains(ev.Reason, "WebSocket") {
+				t.Errorf("audit: %s %d %q, want a denial", ev.Decision, ev.Status, ev.Reason)
 			}
 		})
 	}
@@ -298,7 +302,7 @@ func TestUpgradeOnlyWebSocket(t *testing.T) {
 // before the sandbox closed it still has its audit line.
 func TestConnectEndedAudited(t *testing.T) {
 	var got atomic.Int64
-	_, _, audit, addr := apiProxy(t, ", max_response_size_mb: 4", upgradeServer(0, &got, true))
+	_, _, audit, addr := apiProxy(t, ", max_response_size_mb: 4", upgradeServer(0, &got, websocketAccept))
 	c := dialProxy(t, addr)
 	fmt.Fprintf(c, "CONNECT api.example.com:80 HTTP/1.1\r\nHost: api.example.com:80\r\n\r\n")
 	buf := make([]byte, 39)
@@ -332,9 +336,12 @@ func TestChunkedBodyIdle(t *testing.T) {
 	fmt.Fprintf(c, "POST http://api.example.com/ HTTP/1.1\r\nHost: api.example.com\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
 	start := time.Now()
 	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	_, err := io.ReadAll(c)
+	answer, err := io.ReadAll(c)
 	if err != nil {
 		t.Fatalf("the stalled body held the connection: %v", err)
+	}
+	if !strings.HasPrefix(string(answer), "HTTP/1.1 403") || !strings.Contains(string(answer), "request body") {
+		t.Errorf("the stalled body got %q, want a 403 naming the request body", answer)
 	}
 	if d := time.Since(start); d > 10*idleTimeout {
 		t.Errorf("the stalled body ended after %s", d)
@@ -357,6 +364,9 @@ func TestPoolKeptApart(t *testing.T) {
 			t.Fatal(err)
 		}
 		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s %s", resp.Status, b)
+		}
 		return string(b)
 	}
 	first, again := from(), from()
@@ -369,5 +379,91 @@ func TestPoolKeptApart(t *testing.T) {
 	g.dns.mu.Unlock()
 	if other := from(); other == first {
 		t.Errorf("a connection dialled for 93.184.216.34 served a request allowed only 93.184.216.35 (%s)", other)
+	}
+}
+
+// TestUpgradeStalled: a stream the sandbox stops reading while the server
+// still sends, and one on terminated TLS whose server has closed while
+// the sandbox stays silent, end at the idle timeout: their handlers
+// return and their lines are written.
+func TestUpgradeStalled(t *testing.T) {
+	saved := idleTimeout
+	idleTimeout = 300 * time.Millisecond
+	t.Cleanup(func() { idleTimeout = saved })
+	waitIdleLine := func(t *testing.T, audit, kind string) {
+		t.Helper()
+		deadline := time.Now().Add(20 * idleTimeout)
+		for time.Now().Before(deadline) {
+			for _, e := range readEvents(t, audit) {
+				if e.Kind == kind && e.Path == "/ws" {
+					if !strings.Contains(e.Reason, "quiet both ways") {
+						t.Errorf("audit: %q", e.Reason)
+					}
+					return
+				}
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		t.Fatal("the stalled stream never ended: no audit line")
+	}
+	t.Run("sandbox stops reading", func(t *testing.T) {
+		var got atomic.Int64
+		_, _, audit, addr := apiProxy(t, "", upgradeServer(1<<30, &got, websocketAccept))
+		c := dialProxy(t, addr)
+		if tc, ok := c.(*net.TCPConn); ok {
+			_ = tc.SetReadBuffer(4 << 10)
+		}
+		fmt.Fprintf(c, "GET http://api.example.com/ws HTTP/1.1\r\nHost: api.example.com\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: %s\r\n\r\n", sandboxKey)
+		waitIdleLine(t, audit, "http")
+	})
+	t.Run("terminated TLS, server gone, sandbox silent", func(t *testing.T) {
+		// The server switches and closes at once.
+		_, audit, open := terminatedSetup(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			c, brw, err := w.(http.Hijacker).Hijack()
+			if err != nil {
+				return
+			}
+			fmt.Fprintf(brw, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n", websocketAccept(r.Header.Get("Sec-WebSocket-Key")))
+			_ = brw.Flush()
+			c.Close()
+		}))
+		c := open()
+		defer c.Close()
+		fmt.Fprintf(c, "GET /ws HTTP/1.1\r\nHost: api.example.com\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: %s\r\n\r\n", sandboxKey)
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+			t.Fatalf("upgrade: %v %v", resp, err)
+		}
+		waitIdleLine(t, audit, "https")
+	})
+}
+
+// TestInformationalBounded: a server that answers with informational
+// (1xx) responses without end gets a 502 after a few, instead of being
+// relayed, uncounted, for as long as it likes.
+func TestInformationalBounded(t *testing.T) {
+	_, _, audit, addr := apiProxy(t, "", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for range 50 {
+			w.Header().Set("Link", "</style.css>; rel=preload")
+			w.WriteHeader(http.StatusEarlyHints)
+		}
+		fmt.Fprint(w, "done")
+	}))
+	c := dialProxy(t, addr)
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(c, "GET http://api.example.com/hints HTTP/1.1\r\nHost: api.example.com\r\nConnection: close\r\n\r\n")
+	all, _ := io.ReadAll(c)
+	if n := strings.Count(string(all), "103 Early Hints"); n > maxInformational {
+		t.Errorf("%d informational responses relayed, at most %d", n, maxInformational)
+	}
+	if !strings.Contains(string(all), "502 Bad Gateway") || strings.Contains(string(all), "done") {
+		t.Errorf("the sandbox got %q, want a 502", all)
+	}
+	var seen bool
+	for _, e := range readEvents(t, audit) {
+		seen = seen || e.Path == "/hints" && strings.Contains(e.Reason, "informational")
+	}
+	if !seen {
+		t.Errorf("no audit line names the informational responses: %+v", readEvents(t, audit))
 	}
 }
