@@ -365,7 +365,7 @@ func (h *proxyHandler) forward(w http.ResponseWriter, r *http.Request, rs *rules
 		// limit. The last one relayed ends the request.
 		Got1xxResponse: func(int, textproto.MIMEHeader) error {
 			if informational++; informational >= maxInformational {
-				return fmt.Errorf("%d informational (1xx) responses: at most %d are relayed", informational, maxInformational)
+				return &refusal{fmt.Sprintf("%d informational (1xx) responses: at most %d are relayed", informational, maxInformational)}
 			}
 			return nil
 		},
@@ -414,18 +414,19 @@ func (h *proxyHandler) forward(w http.ResponseWriter, r *http.Request, rs *rules
 				c, _ := upConn.Load().(net.Conn)
 				switch {
 				case !keys.accepted(resp):
-					return &upgradeRefused{"the server switched protocols without completing a WebSocket handshake: only WebSocket upgrades are relayed"}
+					return &refusal{"the server switched protocols without completing a WebSocket handshake: only WebSocket upgrades are relayed"}
 				case !ok || c == nil:
-					return &upgradeRefused{"an upgrade the gateway cannot hold to its limits"}
+					return &refusal{"an upgrade the gateway cannot hold to its limits"}
 				case r.ContentLength != 0 || len(r.TransferEncoding) > 0:
-					return &upgradeRefused{"an upgrade of a request with a body"}
+					return &refusal{"an upgrade of a request with a body"}
 				}
 				stream = newUpgradeStream(rwc, c, t, up.limit, up.what)
 				stream.watch(&userConn)
 				resp.Body = stream
 				return nil
 			}
-			down = &counter{r: resp.Body}
+			c, _ := upConn.Load().(net.Conn)
+			down = &counter{r: idleRead{resp.Body, c}}
 			if t.rule.MaxResponseMB > 0 && t.rule.Enforcement != policy.EnforcementAudit {
 				down.limit = t.rule.MaxResponseMB << 20
 				down.what = fmt.Sprintf("max_response_size_mb %d", t.rule.MaxResponseMB)
@@ -438,7 +439,7 @@ func (h *proxyHandler) forward(w http.ResponseWriter, r *http.Request, rs *rules
 		},
 		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) {
 			var le *limitError
-			var ur *upgradeRefused
+			var ur *refusal
 			if errors.As(err, &ur) {
 				ev.Decision, ev.Reason, ev.Status = Deny, ur.Error(), http.StatusBadGateway
 				http.Error(w, "openshell gateway: "+ur.Error(), http.StatusBadGateway)
@@ -473,11 +474,56 @@ func (h *proxyHandler) forward(w http.ResponseWriter, r *http.Request, rs *rules
 			ev.Decision, ev.Reason = Deny, upTripped.Error()
 		}
 		if ev.Decision == Allow && t.audit != "" {
-			ev.Decision, ev.Reason = Audit, t.audit
+			reason := t.audit
+			if ev.Reason != "" {
+				reason += "; " + ev.Reason
+			}
+			ev.Decision, ev.Reason = Audit, reason
 		}
 		g.event(rs, ev)
 	}()
-	rp.ServeHTTP(hijackWatch{noCloseNotify{w}, &userConn}, r)
+	hw := hijackWatch{noCloseNotify{w}, &userConn}
+	rp.ServeHTTP(hw, r)
+	// What the server flushes after the handler is held to it too.
+	hw.arm()
+}
+
+// arm gives the next write of the answer the idle timeout: a sandbox
+// that stops reading would otherwise hold the handler, the upstream
+// connection and a busy slot for as long as it likes. Every header and
+// body write arms it (a connection's next answer never inherits an old
+// deadline).
+func (w hijackWatch) arm() {
+	_ = http.NewResponseController(w.ResponseWriter).SetWriteDeadline(time.Now().Add(idleTimeout))
+}
+
+func (w hijackWatch) WriteHeader(code int) {
+	w.arm()
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w hijackWatch) Write(p []byte) (int, error) {
+	w.arm()
+	return w.ResponseWriter.Write(p)
+}
+
+// idleRead holds each read of an answer's body to the idle timeout: a
+// server that goes quiet in the middle of one ends it. The deadline goes
+// at the body's end, so a kept-alive connection does not carry it.
+type idleRead struct {
+	io.ReadCloser
+	conn net.Conn
+}
+
+func (r idleRead) Read(p []byte) (int, error) {
+	if r.conn != nil {
+		_ = r.conn.SetReadDeadline(time.Now().Add(idleTimeout))
+	}
+	n, err := r.ReadCloser.Read(p)
+	if err != nil && r.conn != nil {
+		_ = r.conn.SetReadDeadline(time.Time{})
+	}
+	return n, err
 }
 
 // hijackWatch keeps the sandbox's connection ReverseProxy takes over for

@@ -17,11 +17,12 @@ import (
 	"github.com/openshell/openshell/policyhook/policy"
 )
 
-// upgradeRefused is a switch of protocols the gateway does not relay: a
-// denial, audited as one.
-type upgradeRefused struct{ why string }
+// refusal is an answer of the server's the gateway does not relay (a
+// switch of protocols it cannot hold, informational answers without end):
+// a denial, audited as one.
+type refusal struct{ why string }
 
-func (e *upgradeRefused) Error() string { return e.why }
+func (e *refusal) Error() string { return e.why }
 
 // maxInformational bounds the 1xx answers a request may get.
 const maxInformational = 5

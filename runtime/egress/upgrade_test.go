@@ -461,9 +461,54 @@ func TestInformationalBounded(t *testing.T) {
 	}
 	var seen bool
 	for _, e := range readEvents(t, audit) {
-		seen = seen || e.Path == "/hints" && strings.Contains(e.Reason, "informational")
+		seen = seen || e.Path == "/hints" && e.Decision == Deny && strings.Contains(e.Reason, "informational")
 	}
 	if !seen {
 		t.Errorf("no audit line names the informational responses: %+v", readEvents(t, audit))
+	}
+}
+
+// TestAnswerStalls: an ordinary answer the sandbox stops reading, and one
+// whose server goes quiet in the middle of its body, end at the idle
+// timeout: the handler returns and the line is written.
+func TestAnswerStalls(t *testing.T) {
+	saved := idleTimeout
+	idleTimeout = 300 * time.Millisecond
+	t.Cleanup(func() { idleTimeout = saved })
+	quiet := make(chan struct{})
+	t.Cleanup(func() { close(quiet) })
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/quiet" {
+			w.Header().Set("Content-Length", "1048576")
+			_, _ = w.Write(make([]byte, 1024))
+			w.(http.Flusher).Flush()
+			<-quiet
+			return
+		}
+		bytesHandler().ServeHTTP(w, r)
+	})
+	for _, tc := range []struct{ name, path string }{
+		{"sandbox stops reading", "/?n=268435456"},
+		{"server goes quiet", "/quiet"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, _, audit, addr := apiProxy(t, "", handler)
+			c := dialProxy(t, addr)
+			if tc, ok := c.(*net.TCPConn); ok {
+				_ = tc.SetReadBuffer(4 << 10)
+			}
+			fmt.Fprintf(c, "GET http://api.example.com%s HTTP/1.1\r\nHost: api.example.com\r\n\r\n", tc.path)
+			want := strings.SplitN(tc.path, "?", 2)[0]
+			deadline := time.Now().Add(30 * idleTimeout)
+			for time.Now().Before(deadline) {
+				for _, e := range readEvents(t, audit) {
+					if e.Kind == "http" && e.Path == want {
+						return
+					}
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			t.Fatal("the stalled answer never ended: no audit line")
+		})
 	}
 }
