@@ -349,16 +349,16 @@ func (h *proxyHandler) forward(w http.ResponseWriter, r *http.Request, rs *rules
 	r.Body = up
 	var down *counter
 	var stream *upgradeStream
-	var dialed atomic.Value
+	// The upstream connection the request went on: its address is the
+	// audit line's, its deadlines the idle timeout's.
 	var upConn atomic.Value
+	upstream := func() net.Conn {
+		c, _ := upConn.Load().(net.Conn)
+		return c
+	}
 	var informational int
 	trace := &httptrace.ClientTrace{
-		GotConn: func(ci httptrace.GotConnInfo) {
-			upConn.Store(ci.Conn)
-			if ap, err := netip.ParseAddrPort(ci.Conn.RemoteAddr().String()); err == nil {
-				dialed.Store(ap)
-			}
-		},
+		GotConn: func(ci httptrace.GotConnInfo) { upConn.Store(ci.Conn) },
 		// ReverseProxy relays 1xx answers (its hook runs before this
 		// one), and the transport then lifts its own bound on how many
 		// come: a server could send headers without end, counted by no
@@ -411,7 +411,7 @@ func (h *proxyHandler) forward(w http.ResponseWriter, r *http.Request, rs *rules
 				// ReverseProxy copies (it needs the body writable), held to
 				// the rule's size limits and the idle timeout, and counted.
 				rwc, ok := resp.Body.(io.ReadWriteCloser)
-				c, _ := upConn.Load().(net.Conn)
+				c := upstream()
 				switch {
 				case !keys.accepted(resp):
 					return &refusal{"the server switched protocols without completing a WebSocket handshake: only WebSocket upgrades are relayed"}
@@ -425,14 +425,9 @@ func (h *proxyHandler) forward(w http.ResponseWriter, r *http.Request, rs *rules
 				resp.Body = stream
 				return nil
 			}
-			c, _ := upConn.Load().(net.Conn)
-			down = &counter{r: idleRead{resp.Body, c}}
-			if t.rule.MaxResponseMB > 0 && t.rule.Enforcement != policy.EnforcementAudit {
-				down.limit = t.rule.MaxResponseMB << 20
-				down.what = fmt.Sprintf("max_response_size_mb %d", t.rule.MaxResponseMB)
-				if resp.ContentLength > down.limit {
-					return &limitError{what: down.what}
-				}
+			down = responseCounter(t, idleRead{resp.Body, upstream()})
+			if down.limit > 0 && resp.ContentLength > down.limit {
+				return &limitError{what: down.what}
 			}
 			resp.Body = down
 			return nil
@@ -456,8 +451,10 @@ func (h *proxyHandler) forward(w http.ResponseWriter, r *http.Request, rs *rules
 	}
 	ev.Decision = Allow
 	defer func() {
-		if ap, ok := dialed.Load().(netip.AddrPort); ok {
-			ev.IP = ap.Addr().String()
+		if c := upstream(); c != nil {
+			if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
+				ev.IP = ap.Addr().String()
+			}
 		}
 		var upTripped error
 		ev.BytesUp, upTripped = up.counted()
@@ -486,6 +483,21 @@ func (h *proxyHandler) forward(w http.ResponseWriter, r *http.Request, rs *rules
 	rp.ServeHTTP(hw, r)
 	// What the server flushes after the handler is held to it too.
 	hw.arm()
+}
+
+// hijackWatch keeps the sandbox's connection ReverseProxy takes over for
+// an upgrade, which the stream's watch closes when it idles.
+type hijackWatch struct {
+	noCloseNotify
+	conn *atomic.Pointer[net.Conn]
+}
+
+func (w hijackWatch) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	c, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err == nil {
+		w.conn.Store(&c)
+	}
+	return c, brw, err
 }
 
 // arm gives the next write of the answer the idle timeout: a sandbox
@@ -524,21 +536,6 @@ func (r idleRead) Read(p []byte) (int, error) {
 		_ = r.conn.SetReadDeadline(time.Time{})
 	}
 	return n, err
-}
-
-// hijackWatch keeps the sandbox's connection ReverseProxy takes over for
-// an upgrade, which the stream's watch closes when it idles.
-type hijackWatch struct {
-	noCloseNotify
-	conn *atomic.Pointer[net.Conn]
-}
-
-func (w hijackWatch) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	c, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
-	if err == nil {
-		w.conn.Store(&c)
-	}
-	return c, brw, err
 }
 
 // copyBuffers are the proxy's copy buffers: larger than ReverseProxy's
@@ -624,6 +621,16 @@ func (b *idleBody) Read(p []byte) (int, error) {
 		b.eof = true
 	}
 	return n, err
+}
+
+// responseCounter counts an answer's bytes, body, toward t's
+// max_response_size_mb (counted only, where the rule only audits).
+func responseCounter(t *target, body io.ReadCloser) *counter {
+	c := &counter{r: body}
+	if t.rule.MaxResponseMB > 0 && t.rule.Enforcement != policy.EnforcementAudit {
+		c.limit, c.what = t.rule.MaxResponseMB<<20, fmt.Sprintf("max_response_size_mb %d", t.rule.MaxResponseMB)
+	}
+	return c
 }
 
 // counter counts what passes through a reader and fails it past limit,
@@ -1029,13 +1036,10 @@ func (g *Gateway) relay(rs *rules, ev Event, t *target, hello, head []byte, down
 	guard := hello != nil
 	rawDown, rawUp := rawConn(down), rawConn(up)
 	upC := &counter{}
-	downC := &counter{}
 	if t.rule.MaxRequestKB > 0 && enforce {
 		upC.limit, upC.what = t.rule.MaxRequestKB<<10, fmt.Sprintf("max_request_size_kb %d", t.rule.MaxRequestKB)
 	}
-	if t.rule.MaxResponseMB > 0 && enforce {
-		downC.limit, downC.what = t.rule.MaxResponseMB<<20, fmt.Sprintf("max_response_size_mb %d", t.rule.MaxResponseMB)
-	}
+	downC := responseCounter(t, nil) // its reader is set below, where one is needed
 	// nil: the kernel copies the raw socket.
 	var upSrc, downSrc io.Reader
 	if guard || upC.limit > 0 {

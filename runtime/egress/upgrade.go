@@ -13,8 +13,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/openshell/openshell/policyhook/policy"
 )
 
 // refusal is an answer of the server's the gateway does not relay (a
@@ -84,16 +82,15 @@ func (k *wsKeys) accepted(resp *http.Response) bool {
 // the stream; the audit line has its bytes and the limit that ended it.
 type upgradeStream struct {
 	rwc   io.ReadWriteCloser
-	conn  net.Conn // under rwc: its read deadline
+	conn  net.Conn // under rwc: for its half-close
+	down  *counter // rwc's reads: the server's bytes, under max_response_size_mb
 	clock idleClock
 
 	mu        sync.Mutex
 	upLimit   int64 // what may follow the request's headers; 0: no limit
 	upWhat    string
-	downLimit int64
-	downWhat  string
-	up, down  int64
-	tripped   error
+	up        int64
+	upTripped error
 	idle      bool // ended by watch
 
 	done      chan struct{}
@@ -101,43 +98,48 @@ type upgradeStream struct {
 }
 
 func newUpgradeStream(rwc io.ReadWriteCloser, conn net.Conn, t *target, upLimit int64, upWhat string) *upgradeStream {
-	s := &upgradeStream{rwc: rwc, conn: conn, upLimit: upLimit, upWhat: upWhat, done: make(chan struct{})}
-	if t.rule.MaxResponseMB > 0 && t.rule.Enforcement != policy.EnforcementAudit && t.audit == "" {
-		s.downLimit, s.downWhat = t.rule.MaxResponseMB<<20, fmt.Sprintf("max_response_size_mb %d", t.rule.MaxResponseMB)
-	}
+	s := &upgradeStream{rwc: rwc, conn: conn, down: responseCounter(t, rwc), upLimit: upLimit, upWhat: upWhat, done: make(chan struct{})}
 	s.clock.touch()
 	return s
 }
 
-// Read is the server's bytes toward the sandbox.
-func (s *upgradeStream) Read(p []byte) (int, error) {
-	if err := s.trippedErr(); err != nil {
-		return 0, err
-	}
-	n, err := s.rwc.Read(p)
-	if n > 0 {
-		s.clock.touch()
+// tripped is the limit that ended the stream, either way, if one did.
+func (s *upgradeStream) tripped() error {
+	if _, err := s.down.counted(); err != nil {
+		return err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.downLimit > 0 && s.down+int64(n) > s.downLimit {
-		n = int(s.downLimit - s.down)
-		s.tripped = &limitError{what: s.downWhat}
-		err = s.tripped
+	return s.upTripped
+}
+
+// Read is the server's bytes toward the sandbox.
+func (s *upgradeStream) Read(p []byte) (int, error) {
+	s.mu.Lock()
+	err := s.upTripped
+	s.mu.Unlock()
+	if err != nil {
+		return 0, err
 	}
-	s.down += int64(n)
+	n, err := s.down.Read(p)
+	if n > 0 {
+		s.clock.touch()
+	}
 	return n, err
 }
 
 // Write is the sandbox's bytes toward the server: none past the limit is
 // sent.
 func (s *upgradeStream) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	if s.tripped == nil && s.upLimit > 0 && s.up+int64(len(p)) > s.upLimit {
-		s.tripped = &limitError{what: s.upWhat}
+	err := s.tripped()
+	if err == nil {
+		s.mu.Lock()
+		if s.upLimit > 0 && s.up+int64(len(p)) > s.upLimit {
+			s.upTripped = &limitError{what: s.upWhat}
+			err = s.upTripped
+		}
+		s.mu.Unlock()
 	}
-	err := s.tripped
-	s.mu.Unlock()
 	if err != nil {
 		_ = s.rwc.Close()
 		return 0, err
@@ -174,8 +176,9 @@ func (s *upgradeStream) watch(user *atomic.Pointer[net.Conn]) {
 			if !s.clock.quiet() {
 				continue
 			}
+			idle := s.tripped() == nil
 			s.mu.Lock()
-			s.idle = s.tripped == nil
+			s.idle = idle
 			s.mu.Unlock()
 			if c := user.Load(); c != nil {
 				_ = (*c).Close()
@@ -196,21 +199,17 @@ func (s *upgradeStream) CloseWrite() error {
 	return errors.ErrUnsupported
 }
 
-func (s *upgradeStream) trippedErr() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.tripped
-}
-
 // audit adds the stream's bytes, and the limit that ended it, to ev.
 func (s *upgradeStream) audit(ev *Event) {
+	down, _ := s.down.counted()
+	tripped := s.tripped()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ev.BytesUp += s.up
-	ev.BytesDown += s.down
+	ev.BytesDown += down
 	switch {
-	case s.tripped != nil:
-		ev.Decision, ev.Reason = Deny, s.tripped.Error()
+	case tripped != nil:
+		ev.Decision, ev.Reason = Deny, tripped.Error()
 	case s.idle:
 		ev.Reason = fmt.Sprintf("closed: quiet both ways for %s", idleTimeout)
 	}
