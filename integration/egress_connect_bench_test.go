@@ -322,13 +322,6 @@ func TestEgressConnectSteps(t *testing.T) {
 	for range benchRounds() {
 		round()
 	}
-	med := func(v []latency, get func(latency) float64) float64 {
-		x := make([]float64, len(v))
-		for i := range v {
-			x[i] = get(v[i])
-		}
-		return pct(x, .5)
-	}
 	fmt.Printf("egress CONNECT steps: %d rounds of %d fresh tunnels; the steps from packet captures with the kernel's timestamps (all tunnels), the rest from inside the sandbox (medians of the rounds)\n", len(tunnel), n)
 	fmt.Printf("%-56s %10s %10s\n", "", "p50 (ms)", "p99 (ms)")
 	row := func(name string, p50, p99 float64) { fmt.Printf("%-56s %10.3f %10.3f\n", name, p50, p99) }
@@ -336,8 +329,8 @@ func TestEgressConnectSteps(t *testing.T) {
 	row("server: SYN to SYN-ACK (the fake internet)", pct(server, .5), pct(server, .99))
 	row("gateway: SYN-ACK in to 200 out", pct(after, .5), pct(after, .99))
 	row("gateway: request in to 200 out", pct(whole, .5), pct(whole, .99))
-	row("sandbox: CONNECT tunnel usable", med(tunnel, func(l latency) float64 { return l.P50 }), med(tunnel, func(l latency) float64 { return l.P99 }))
-	row("sandbox: a plain connection usable (its handshake)", med(direct, func(l latency) float64 { return l.P50 }), med(direct, func(l latency) float64 { return l.P99 }))
+	row("sandbox: CONNECT tunnel usable", medianOf(tunnel, func(l latency) float64 { return l.P50 }), medianOf(tunnel, func(l latency) float64 { return l.P99 }))
+	row("sandbox: a plain connection usable (its handshake)", medianOf(direct, func(l latency) float64 { return l.P50 }), medianOf(direct, func(l latency) float64 { return l.P99 }))
 }
 
 // TestConnectStepsCut checks the cutting on made-up segments: a tunnel

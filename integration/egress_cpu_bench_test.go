@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -254,26 +253,18 @@ func TestEgressTunnelCPU(t *testing.T) {
 			tr, dr = append(tr, tunnel()), append(dr, direct())
 		}
 	}
-	median := func(fs []cpuFigures, get func(cpuFigures) float64) float64 {
-		v := make([]float64, len(fs))
-		for i, f := range fs {
-			v[i] = get(f)
-		}
-		slices.Sort(v)
-		return v[len(v)/2]
-	}
 	fmt.Printf("egress tunnel CPU: %d rounds, %d downloads of %d MB each (after one not counted); CPU-seconds per GB moved (medians of the rounds)\n", rounds, cpuCount, cpuDownload)
 	fmt.Printf("%-36s %10s %10s %16s\n", "", "direct", "CONNECT", "CONNECT-direct")
 	for _, c := range cpuClasses {
-		d := median(dr, func(f cpuFigures) float64 { return f.PerGB[c] })
-		g := median(tr, func(f cpuFigures) float64 { return f.PerGB[c] })
+		d := medianOf(dr, func(f cpuFigures) float64 { return f.PerGB[c] })
+		g := medianOf(tr, func(f cpuFigures) float64 { return f.PerGB[c] })
 		fmt.Printf("%-36s %10.3f %10.3f %+16.3f\n", c, d, g, g-d)
 	}
-	d := median(dr, func(f cpuFigures) float64 { return f.Busy })
-	g := median(tr, func(f cpuFigures) float64 { return f.Busy })
+	d := medianOf(dr, func(f cpuFigures) float64 { return f.Busy })
+	g := medianOf(tr, func(f cpuFigures) float64 { return f.Busy })
 	fmt.Printf("%-36s %9.0f%% %9.0f%%\n", "machine busy over the downloads", 100*d, 100*g)
-	d = median(dr, func(f cpuFigures) float64 { return f.MBps })
-	g = median(tr, func(f cpuFigures) float64 { return f.MBps })
+	d = medianOf(dr, func(f cpuFigures) float64 { return f.MBps })
+	g = medianOf(tr, func(f cpuFigures) float64 { return f.MBps })
 	fmt.Printf("%-36s %10.1f %10.1f %15.2fx\n", "throughput (MB/s)", d, g, g/d)
 	for _, fs := range [][]cpuFigures{dr, tr} {
 		for _, f := range fs {
